@@ -1,0 +1,34 @@
+# Two commands set up and run everything: `make demo` (the whole method on synthetic data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES := $(shell nproc 2>/dev/null || echo 2)
+export OMP_NUM_THREADS ?= $(CORES)
+export MXNET_CPU_WORKER_NTHREADS ?= $(CORES)
+
+.PHONY: install test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(VENV)/bin/vargface demo --out demo_out
+
+bench: install
+	$(PY) bench/infer.py
+	$(PY) bench/loader.py
+	$(PY) bench/train.py
+	$(PY) bench/distill.py
+	$(PY) bench/tar_at_far.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache demo_out bench_out

@@ -1,0 +1,1 @@
+"""InsightFace-compatible RecordIO data: conversion, checks, verification packs, synthetic faces, iterators."""

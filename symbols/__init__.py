@@ -1,0 +1,1 @@
+"""MXNet Symbol-API networks: VarGFaceNet (as released), ResNet-IR teachers, MobileFaceNet, FLOPs counter."""

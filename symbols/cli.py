@@ -1,0 +1,5 @@
+"""`vargface` subcommands of vargface.symbols."""
+
+
+def register(subparsers):
+    """Add this package's subcommands to the `vargface` parser."""

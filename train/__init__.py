@@ -1,0 +1,1 @@
+"""Training: configs, margin losses, multi-device trainer, checkpoints, distillation."""

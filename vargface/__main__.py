@@ -1,0 +1,3 @@
+from vargface.cli import main
+
+main()
