@@ -1,0 +1,143 @@
+"""Pair verification as reported for LFW / CFP-FP / AgeDB-30 (InsightFace's verification.py protocol).
+
+Each image and its horizontal flip are embedded, the two embeddings summed and L2-normalised; pair i is rows
+2i and 2i+1; distance is squared L2; thresholds 0, 0.01, ..., 3.99; 10 folds without shuffling: the threshold
+with the best accuracy on 9 folds (the first one on ties) is scored on the 10th; "Accuracy-Flip" is the mean and
+std of the 10 fold accuracies.
+"""
+import numpy as np
+
+from vargface.errors import VargfaceError
+
+THRESHOLDS = np.arange(0, 4, 0.01)
+
+
+def _folds(n_pairs, nrof_folds):
+    if nrof_folds <= 1:
+        indices = np.arange(n_pairs)
+        return [(indices, indices)]
+    from sklearn.model_selection import KFold
+
+    return KFold(n_splits=nrof_folds, shuffle=False).split(np.arange(n_pairs))
+
+
+def _rates(dist, issame, thresholds):
+    """Per threshold: TPR, FPR and accuracy of 'same iff dist < threshold' (InsightFace's calculate_accuracy)."""
+    predict = dist[None, :] < thresholds[:, None]
+    tp = np.sum(predict & issame, axis=1)
+    fp = np.sum(predict & ~issame, axis=1)
+    positives, negatives = issame.sum(), (~issame).sum()
+    tpr = tp / positives if positives else np.zeros(len(thresholds))
+    fpr = fp / negatives if negatives else np.zeros(len(thresholds))
+    accuracy = np.mean(predict == issame, axis=1)
+    return tpr, fpr, accuracy
+
+
+def evaluate(embeddings, issame_list, nrof_folds=10, thresholds=THRESHOLDS):
+    """SPEC §6 on flip-summed, L2-normalised embeddings (2P rows for P pairs).
+
+    Returns a dict: accuracy (mean over folds), std, fold_accuracy, fold_thresholds, best_threshold (the mean of
+    the fold thresholds), tpr/fpr (fold-averaged, per threshold, as InsightFace's ROC), thresholds, and
+    tar_at_far (exact, on all pairs with cosine score, at the decades of FAR the set has impostor pairs for)."""
+    from vargface.eval.tar_at_far import tar_at_far_pairs
+
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    issame = np.asarray(issame_list, dtype=bool).reshape(-1)
+    if embeddings.ndim != 2 or len(embeddings) != 2 * len(issame):
+        raise VargfaceError(f"evaluate: expected {2 * len(issame)} embedding rows (2 per pair) for {len(issame)} "
+                            f"pairs, got shape {embeddings.shape}")
+    if len(issame) < max(nrof_folds, 1):
+        raise VargfaceError(f"evaluate: {len(issame)} pairs cannot be split into {nrof_folds} folds")
+    dist = np.sum(np.square(embeddings[0::2] - embeddings[1::2]), axis=1)
+    folds = max(nrof_folds, 1)
+    tprs, fprs = np.zeros((folds, len(thresholds))), np.zeros((folds, len(thresholds)))
+    accuracy, best = np.zeros(folds), np.zeros(folds)
+    for fold, (train, test) in enumerate(_folds(len(issame), nrof_folds)):
+        best_index = int(np.argmax(_rates(dist[train], issame[train], thresholds)[2]))
+        tprs[fold], fprs[fold], test_accuracy = _rates(dist[test], issame[test], thresholds)
+        accuracy[fold], best[fold] = test_accuracy[best_index], thresholds[best_index]
+    cosine = 1.0 - dist / 2.0  # unit vectors: |a-b|^2 = 2 - 2 cos
+    return {
+        "accuracy": float(np.mean(accuracy)), "std": float(np.std(accuracy)),
+        "fold_accuracy": accuracy.tolist(), "fold_thresholds": best.tolist(),
+        "best_threshold": float(np.mean(best)),
+        "tpr": tprs.mean(0), "fpr": fprs.mean(0), "thresholds": np.asarray(thresholds),
+        "tar_at_far": tar_at_far_pairs(cosine, issame),
+        "pairs": int(len(issame)), "distances": dist, "issame": issame,
+    }
+
+
+def module_forward(module):
+    """Wrap a bound, initialised mx.mod.Module (first output = embedding) as forward(batch NCHW) -> (n, D) numpy.
+
+    A short last batch is padded with zeros up to the bound batch size (inference mode, so padding cannot
+    change the real rows)."""
+    import mxnet as mx
+
+    bound = module.data_shapes[0].shape[0]
+
+    def forward(batch):
+        count = len(batch)
+        if count < bound:
+            batch = np.concatenate([batch, np.zeros((bound - count,) + batch.shape[1:], batch.dtype)])
+        module.forward(mx.io.DataBatch(data=[mx.nd.array(batch)]), is_train=False)
+        return module.get_outputs()[0].asnumpy()[:count]
+
+    return forward
+
+
+def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32, progress=False, desc="embed"):
+    """Embeddings of float32 NCHW ``images``: (embedding(x) + embedding(flip(x))) L2-normalised when ``flip``,
+    else embedding(x) L2-normalised. ``forward`` maps a batch of at most ``batch_size`` to (n, D) numpy."""
+    from tqdm import tqdm
+
+    images = np.asarray(images, dtype=np.float32)
+    out = None
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = images[start:start + batch_size]
+        emb = np.asarray(forward(batch), dtype=np.float64)
+        if flip:
+            emb = emb + np.asarray(forward(np.ascontiguousarray(batch[:, :, :, ::-1])), dtype=np.float64)
+        if out is None:
+            out = np.zeros((len(images), emb.shape[1]), np.float64)
+        out[start:start + len(batch)] = emb
+    if out is None:
+        return np.zeros((0, 0), dtype)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.maximum(norms, 1e-12)).astype(dtype)
+
+
+def verify_images(images, issame_list, forward, batch_size, nrof_folds=10):
+    """Verification of decoded pair images (float32 NCHW, 2P rows) with a forward callable: SPEC §6 end to end."""
+    embeddings = flip_sum_embeddings(images, forward, batch_size, dtype=np.float64)
+    return evaluate(embeddings, issame_list, nrof_folds=nrof_folds)
+
+
+def load_pairs(path, image_size):
+    """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array)."""
+    from vargface.data.verification import load_bin
+    from vargface.eval.images import decode_image, to_nchw
+
+    bins, issame = load_bin(path)
+    if len(bins) != 2 * len(issame):
+        raise VargfaceError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected 2 images per pair")
+    images = np.stack([decode_image(b, f"{path} image {i}", image_size) for i, b in enumerate(bins)]) \
+        if len(bins) else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return to_nchw(images), np.asarray(issame, dtype=bool)
+
+
+def verify_model(prefix, epoch, targets, ctx=None, batch_size=64, nrof_folds=10, progress=True):
+    """Load a checkpoint and evaluate it on each .bin in ``targets`` -> {set name: evaluate() dict}."""
+    import os
+
+    from vargface.eval.embedder import FaceEmbedder
+
+    embedder = FaceEmbedder(prefix, epoch, ctx=ctx, batch_size=batch_size)
+    results = {}
+    for path in targets:
+        images, issame = load_pairs(path, embedder.input_size)
+        name = os.path.splitext(os.path.basename(path))[0]
+        embeddings = flip_sum_embeddings(images, embedder.forward, embedder.batch_size, dtype=np.float64,
+                                         progress=progress, desc=name)
+        results[name] = evaluate(embeddings, issame, nrof_folds=nrof_folds)
+    return results
