@@ -1,0 +1,113 @@
+"""The frozen teacher: any MXNet checkpoint's `fc1_output`, run as an inference-only Module.
+
+The teacher lives outside the student's training graph, so it cannot receive gradients or optimizer updates;
+binding with ``for_training=False`` makes BatchNorm use its moving statistics."""
+import hashlib
+import os
+
+from vargface.errors import VargfaceError
+
+CHUNK = 1 << 20
+
+
+def file_checksum(path):
+    """Cheap fingerprint that is still safe for multi-GB files: size + sha1 over the first, middle and last MiB.
+
+    Any re-written, truncated, appended or re-packed file changes its size or one of those chunks; reading three
+    MiB keeps this instant for a 20 GB .rec. Small files (< 3 MiB, e.g. .idx, -symbol.json) are hashed whole."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= 3 * CHUNK:
+            digest.update(f.read())
+        else:
+            for offset in (0, size // 2 - CHUNK // 2, size - CHUNK):
+                f.seek(offset)
+                digest.update(f.read(CHUNK))
+    return f"{size}:{digest.hexdigest()}"
+
+
+def checkpoint_files(prefix, epoch):
+    return f"{prefix}-symbol.json", "%s-%04d.params" % (prefix, epoch)
+
+
+def checkpoint_checksum(prefix, epoch):
+    """Fingerprint of a checkpoint: its graph and its weights (see `file_checksum`)."""
+    return "+".join(file_checksum(p) for p in checkpoint_files(prefix, epoch))
+
+
+class Teacher:
+    """A frozen embedding network loaded from ``prefix,epoch``.
+
+    ``embed(data)`` takes the student's batch (N,3,H,W RGB 0..255, already mirrored as the student sees it) and
+    returns the teacher's raw ``fc1_output`` (N,D); inputs of another size are resized to the teacher's input."""
+
+    def __init__(self, model, ctx=None, option="--teacher"):
+        import mxnet as mx
+
+        from vargface.symbols.checkpoint import check_params, input_size_of, load_checkpoint, parse_model_arg
+
+        try:
+            self.prefix, self.epoch = parse_model_arg(model)
+        except VargfaceError as error:
+            raise VargfaceError(f"{option}: {error}") from None
+        self.model = f"{self.prefix},{self.epoch}"
+        for path in checkpoint_files(self.prefix, self.epoch):
+            if not os.path.isfile(path):
+                raise VargfaceError(f"{option} {self.model}: teacher checkpoint file {path} does not exist")
+        try:
+            sym, arg_params, aux_params = load_checkpoint(self.prefix, self.epoch)
+        except VargfaceError as error:
+            raise VargfaceError(f"{option} {self.model}: {error}") from None
+        if "fc1_output" not in sym.list_outputs():
+            internals = sym.get_internals()
+            if "fc1_output" not in internals.list_outputs():
+                raise VargfaceError(f"{option} {self.model}: the teacher graph {self.prefix}-symbol.json has no "
+                                    f"'fc1_output' (the embedding); expected an InsightFace-style embedding network")
+            sym = internals["fc1_output"]
+        self.symbol = sym
+        self.input_size = input_size_of(sym)
+        shape = (1, 3, self.input_size, self.input_size)
+        try:
+            check_params(sym, arg_params, aux_params, shape)
+        except VargfaceError as error:
+            raise VargfaceError(f"{option} {self.model}: {error}") from None
+        self.emb_size = int(sym.infer_shape(data=shape)[1][0][1])
+        self.arg_params, self.aux_params = arg_params, aux_params
+        self.checksum = checkpoint_checksum(self.prefix, self.epoch)
+        self.ctx = list(ctx) if ctx else [mx.cpu()]
+        self._module, self._batch = None, None
+
+    def _bind(self, batch_size):
+        import mxnet as mx
+
+        shape = [("data", (batch_size, 3, self.input_size, self.input_size))]
+        if self._module is None:
+            ctx = self.ctx[:batch_size] if batch_size < len(self.ctx) else self.ctx
+            self._module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None, context=ctx)
+            self._module.bind(data_shapes=shape, for_training=False, inputs_need_grad=False)
+            self._module.set_params(self.arg_params, self.aux_params, allow_missing=False, allow_extra=True)
+        else:
+            self._module.reshape(shape)
+        self._batch = batch_size
+
+    def embed(self, data):
+        """Teacher embeddings (NDArray (N,D), float32, on cpu) of a batch of images (NDArray N,3,H,W)."""
+        import mxnet as mx
+
+        if data.shape[2:] != (self.input_size, self.input_size):
+            data = mx.nd.contrib.BilinearResize2D(data, height=self.input_size, width=self.input_size)
+        if self._batch != data.shape[0]:
+            self._bind(data.shape[0])
+        self._module.forward(mx.io.DataBatch(data=[data]), is_train=False)
+        return self._module.get_outputs()[0].as_in_context(mx.cpu())
+
+    def get_params(self):
+        """Copies of the teacher's weights as the running Module holds them (what a test compares)."""
+        if self._module is None:
+            return self.arg_params, self.aux_params
+        return self._module.get_params()
+
+    def describe(self):
+        return {"checkpoint": self.model, "checksum": self.checksum, "emb_size": self.emb_size,
+                "input_size": self.input_size}

@@ -1,0 +1,160 @@
+"""Teacher-embedding cache: the frozen teacher's embedding of every record and of its mirror, computed once.
+
+With mirror-only augmentation the teacher only ever sees two versions of each record, so training can read
+``cache[record, mirrored]`` instead of running a ResNet teacher every step. The sidecar file is bound to the data
+(.rec + .idx) and to the teacher checkpoint by checksums (`vargface.train.teacher.file_checksum`), so a cache made
+for other data or another teacher is refused instead of silently teaching the wrong targets.
+
+File layout (little-endian): 8-byte magic ``VARGKD01``, uint64 header length, JSON header, then (64-byte
+aligned) the int64 record indices (N,) and the float32 embeddings (N, 2, D) [:, 0] plain, [:, 1] mirrored.
+Embeddings are memory-mapped, so a 5.8M-image data set needs no RAM for them."""
+import json
+import math
+import os
+import struct
+import time
+
+import numpy as np
+
+from vargface.errors import VargfaceError
+
+MAGIC = b"VARGKD01"
+VERSION = 1
+
+
+def data_files(data_dir):
+    return os.path.join(data_dir, "train.rec"), os.path.join(data_dir, "train.idx")
+
+
+def data_checksum(data_dir):
+    """Checksums of train.rec (size + head/middle/tail) and train.idx (whole, as it is small)."""
+    from vargface.train.teacher import file_checksum
+
+    rec, idx = data_files(data_dir)
+    for path in (rec, idx):
+        if not os.path.isfile(path):
+            raise VargfaceError(f"--data-dir {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
+    return {"rec": file_checksum(rec), "idx": file_checksum(idx)}
+
+
+def default_cache_path(data_dir, teacher):
+    """Where `vargface distill cache` writes by default: beside the .rec, named after the teacher checkpoint."""
+    return os.path.join(data_dir, "train.%s-%04d.kdcache" % (os.path.basename(teacher.prefix), teacher.epoch))
+
+
+def _layout(header_length, count, emb_size):
+    """Byte offsets of the index and embedding arrays, and the file size."""
+    start = 16 + header_length
+    index_offset = (start + 63) // 64 * 64
+    emb_offset = (index_offset + 8 * count + 63) // 64 * 64
+    return index_offset, emb_offset, emb_offset + 4 * count * 2 * emb_size
+
+
+def build_cache(teacher, data_dir, path=None, batch_size=64, overwrite=False, progress=True):
+    """Embed every record of ``data_dir``/train.rec and its mirror with ``teacher``; write the cache atomically.
+
+    Images come from `FaceRecordIter` without shuffling or augmentation, so they are decoded exactly as in
+    training; the mirror is the same horizontal flip the iterator applies. Returns the cache path."""
+    import mxnet as mx
+    from tqdm import tqdm
+
+    from vargface.atomic import atomic_path
+    from vargface.data.iterator import FaceRecordIter
+    from vargface.data.recordio import read_property
+
+    path = path or default_cache_path(data_dir, teacher)
+    if os.path.exists(path) and not overwrite:
+        raise VargfaceError(f"output {path} exists; pass --overwrite to replace it")
+    checksums = data_checksum(data_dir)
+    _, height, width = read_property(data_dir)
+    it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=(3, height, width),
+                        shuffle=False, rand_mirror=False)
+    count = int(it.num_samples)
+    header = {"version": VERSION, "count": count, "emb_size": teacher.emb_size, "image_shape": [3, height, width],
+              "data_dir": os.path.abspath(data_dir), "data": checksums, "teacher": teacher.describe(),
+              "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    header_bytes = json.dumps(header, sort_keys=True).encode()
+    index_offset, emb_offset, end = _layout(len(header_bytes), count, teacher.emb_size)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes)
+            f.truncate(end)
+        indices = np.memmap(tmp, dtype="<i8", mode="r+", offset=index_offset, shape=(count,))
+        embeddings = np.memmap(tmp, dtype="<f4", mode="r+", offset=emb_offset, shape=(count, 2, teacher.emb_size))
+        row = 0
+        for batch in tqdm(it, total=math.ceil(count / batch_size), desc="teacher cache", unit="batch",
+                          disable=not progress):
+            valid = batch_size - (batch.pad or 0)
+            data = batch.data[0]
+            indices[row:row + valid] = np.asarray(batch.index)[:valid]
+            embeddings[row:row + valid, 0] = teacher.embed(data).asnumpy()[:valid]
+            embeddings[row:row + valid, 1] = teacher.embed(mx.nd.flip(data, axis=3)).asnumpy()[:valid]
+            row += valid
+        if row != count:
+            raise VargfaceError(f"{data_files(data_dir)[0]}: read {row} images, but the iterator announced {count}")
+        indices.flush()
+        embeddings.flush()
+        del indices, embeddings
+    return path
+
+
+def read_header(path):
+    """The JSON header of a cache file (raises a clear error for anything that is not one)."""
+    if not os.path.isfile(path):
+        raise VargfaceError(f"--teacher-cache: {path} does not exist; make it with `vargface distill cache`")
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 16 or head[:8] != MAGIC:
+            raise VargfaceError(f"--teacher-cache: {path} is not a vargface teacher cache (bad magic)")
+        (length,) = struct.unpack("<Q", head[8:])
+        try:
+            header = json.loads(f.read(length).decode())
+        except ValueError:
+            raise VargfaceError(f"--teacher-cache: {path} has a damaged header") from None
+    if header.get("version") != VERSION:
+        raise VargfaceError(f"--teacher-cache: {path} has version {header.get('version')}, expected {VERSION}; "
+                            f"rebuild it with `vargface distill cache`")
+    return header, length
+
+
+class TeacherCache:
+    """Read-only view of a cache file, checked against the data and teacher it is used with."""
+
+    def __init__(self, path, data_dir, teacher, image_shape=None):
+        header, length = read_header(path)
+        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --data-dir {data_dir}`")
+        current = data_checksum(data_dir)
+        for key in ("rec", "idx"):
+            if header["data"][key] != current[key]:
+                raise VargfaceError(f"--teacher-cache: {path} was made for other data: train.{key} of "
+                                    f"{header['data_dir']} had checksum {header['data'][key]}, but "
+                                    f"{data_files(data_dir)[key == 'idx']} has {current[key]}{rebuild}")
+        made_by = header["teacher"]
+        if made_by["checksum"] != teacher.checksum:
+            raise VargfaceError(f"--teacher-cache: {path} was made by teacher {made_by['checkpoint']} "
+                                f"(checksum {made_by['checksum']}), not by --teacher {teacher.model} "
+                                f"(checksum {teacher.checksum}){rebuild}")
+        if image_shape is not None and tuple(header["image_shape"]) != tuple(image_shape):
+            raise VargfaceError(f"--teacher-cache: {path} holds embeddings of {tuple(header['image_shape'])} images, "
+                                f"but training feeds {tuple(image_shape)}{rebuild}")
+        self.path, self.header = path, header
+        count, emb_size = header["count"], header["emb_size"]
+        index_offset, emb_offset, end = _layout(length, count, emb_size)
+        if os.path.getsize(path) != end:
+            raise VargfaceError(f"--teacher-cache: {path} is truncated ({os.path.getsize(path)} bytes, expected "
+                                f"{end}){rebuild}")
+        indices = np.fromfile(path, dtype="<i8", count=count, offset=index_offset)
+        self._order = np.argsort(indices, kind="stable")
+        self._sorted = indices[self._order]
+        self.embeddings = np.memmap(path, dtype="<f4", mode="r", offset=emb_offset, shape=(count, 2, emb_size))
+        self.emb_size = emb_size
+
+    def lookup(self, index, mirrored):
+        """Teacher embeddings (N,D) float32 of records ``index`` (N,), mirrored where ``mirrored`` (N,) is true."""
+        index = np.asarray(index, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, index), len(self._sorted) - 1)
+        missing = self._sorted[pos] != index
+        if missing.any():
+            raise VargfaceError(f"--teacher-cache: {self.path} has no entry for record {int(index[missing][0])}; "
+                                f"it was made for other data")
+        return np.asarray(self.embeddings[self._order[pos], np.asarray(mirrored, dtype=bool).astype(np.int64)])
