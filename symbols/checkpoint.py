@@ -1,0 +1,107 @@
+"""Loading embedding checkpoints (`prefix-symbol.json` + `prefix-%04d.params`) with errors that name the array.
+
+Training checkpoints hold the whole training graph (embedding + margin loss); InsightFace users cut it at
+`fc1_output`. `load_checkpoint` does that cut, keeps only the arrays the embedding uses, and checks every
+array's presence and shape against the stored graph at its own input size."""
+import json
+import os
+
+from vargface.errors import VargfaceError
+from vargface.symbols.common import DEFAULT_INPUT_SIZE, INPUT_SIZE_ATTR
+
+OUTPUT = "fc1_output"
+
+
+def parse_model_arg(text, option="--model"):
+    """'prefix,epoch' -> (prefix, int epoch); the prefix may itself contain commas."""
+    prefix, sep, epoch = str(text).rpartition(",")
+    if not sep or not prefix or not epoch.strip().isdigit():
+        raise VargfaceError(f"{option} {text!r}: expected 'prefix,epoch', e.g. 'models/vargfacenet,1'")
+    return prefix, int(epoch)
+
+
+def checkpoint_files(prefix, epoch):
+    return f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
+
+
+def load_checkpoint(prefix, epoch):
+    """Return (sym, arg_params, aux_params) of the embedding stored at prefix/epoch.
+
+    sym has the single output `fc1_output`; the params hold exactly the embedding's arrays; a missing or
+    wrong-shaped array raises VargfaceError naming it."""
+    import mxnet as mx
+
+    symbol_file, params_file = checkpoint_files(prefix, epoch)
+    for path in (symbol_file, params_file):
+        if not os.path.isfile(path):
+            raise VargfaceError(f"checkpoint file {path} does not exist (model {prefix},{epoch})")
+    try:
+        full = mx.sym.load(symbol_file)
+    except Exception as error:
+        raise VargfaceError(f"checkpoint {symbol_file} is not a readable MXNet symbol file: {error}") from None
+    sym = embedding_output(full, symbol_file)
+    try:
+        saved = mx.nd.load(params_file)
+    except Exception as error:
+        raise VargfaceError(f"checkpoint {params_file} is not a readable MXNet params file: {error}") from None
+    if not isinstance(saved, dict):
+        raise VargfaceError(f"checkpoint {params_file} holds unnamed arrays; expected 'arg:NAME'/'aux:NAME' keys")
+    arg_params, aux_params = {}, {}
+    for key, value in saved.items():
+        kind, _, name = key.partition(":")
+        if kind == "arg":
+            arg_params[name] = value
+        elif kind == "aux":
+            aux_params[name] = value
+    used_args, used_aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+    arg_params = {k: v for k, v in arg_params.items() if k in used_args}
+    aux_params = {k: v for k, v in aux_params.items() if k in used_aux}
+    size = input_size_of(sym)
+    check_params(sym, arg_params, aux_params, (1, 3, size, size), source=params_file)
+    return sym, arg_params, aux_params
+
+
+def embedding_output(sym, source="symbol"):
+    """The `fc1_output` part of a graph (the graph itself when that is its only output)."""
+    if sym.list_outputs() == [OUTPUT]:
+        return sym
+    internals = sym.get_internals()
+    if OUTPUT not in internals.list_outputs():
+        raise VargfaceError(
+            f"{source} has no '{OUTPUT}' node (outputs: {', '.join(sym.list_outputs())}); expected an "
+            f"embedding graph whose last layer is the BatchNorm 'fc1'"
+        )
+    return internals[OUTPUT]
+
+
+def input_size_of(sym):
+    """Input side the stored graph was built for (the attribute on its `data` Variable), 112 when absent."""
+    for node in json.loads(sym.tojson())["nodes"]:
+        if node["op"] == "null" and node["name"] == "data":
+            value = node.get("attrs", {}).get(INPUT_SIZE_ATTR)
+            if value is not None and value.isdigit():
+                return int(value)
+    return DEFAULT_INPUT_SIZE
+
+
+def check_params(sym, arg_params, aux_params, data_shape, source="checkpoint"):
+    """Check that every array ``sym`` needs at ``data_shape`` is present with the right shape.
+
+    All problems are listed at once, each by name with the expected and found shapes."""
+    try:
+        arg_shapes, _, aux_shapes = sym.infer_shape(data=tuple(data_shape))
+    except Exception as error:
+        raise VargfaceError(f"{source}: the graph cannot take input {tuple(data_shape)}: {error}") from None
+    problems = []
+    expected = list(zip(sym.list_arguments(), arg_shapes, ["arg"] * len(arg_shapes)))
+    expected += list(zip(sym.list_auxiliary_states(), aux_shapes, ["aux"] * len(aux_shapes)))
+    for name, shape, kind in expected:
+        if kind == "arg" and (name == "data" or name.endswith("label")):
+            continue
+        found = (arg_params if kind == "arg" else aux_params).get(name)
+        if found is None:
+            problems.append(f"missing array '{name}' (expected shape {tuple(shape)})")
+        elif tuple(found.shape) != tuple(shape):
+            problems.append(f"array '{name}' has shape {tuple(found.shape)}, expected {tuple(shape)}")
+    if problems:
+        raise VargfaceError(f"{source} does not fit the network: " + "; ".join(problems))
