@@ -1,0 +1,75 @@
+"""Classification heads on the embedding (SPEC §7): plain softmax, and the margin-softmax family
+``s·(cos(m1·θ + m2) − m3)`` for the true class (nsoftmax, ArcFace, CosFace, combined) plus ArcNegFace.
+
+The angle enters only through ``arccos`` of a clipped cosine, and past ``m1·θ + m2 = π`` the target logit continues
+linearly (it would otherwise rise again), so logits and gradients stay finite at θ = 0 and at θ + m > π."""
+import math
+
+import mxnet as mx
+
+# Keeps arccos' derivative finite (≈ 1/sqrt(2·EPS)) where the cosine touches ±1.
+EPS = 1e-6
+
+
+def margin_target(cos_t, m1, m2, m3):
+    """cos(m1·θ + m2) − m3 for the true-class cosine ``cos_t`` (shape (B,)), monotone decreasing in θ."""
+    if m1 == 1.0 and m2 == 0.0:
+        return cos_t - m3
+    theta = mx.sym.arccos(mx.sym.clip(cos_t, -1.0 + EPS, 1.0 - EPS))
+    target = mx.sym.cos(theta * m1 + m2)
+    theta_max = (math.pi - m2) / m1
+    if theta_max < math.pi:
+        # Past θ_max, cos(m1·θ + m2) would increase again: continue it as cos_t − (cos θ_max + 1), which equals
+        # −1 at θ_max and keeps decreasing (InsightFace's "threshold" trick, made continuous).
+        cos_max = math.cos(theta_max)
+        target = mx.sym.where(cos_t > cos_max, target, cos_t - (cos_max + 1.0))
+    return target - m3
+
+
+def logits(embedding, label, config, num_classes=None):
+    """The (B, C) logits fed to the softmax cross-entropy for ``config.loss_name`` and its margins."""
+    num_classes = num_classes or config.num_classes
+    s, m1, m2, m3 = float(config.loss_s), float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)
+    lr_mult, wd_mult = float(config.get("fc7_lr_mult", 1.0)), float(config.get("fc7_wd_mult", 1.0))
+    sigma = float(config.get("fc7_init_sigma", 0.01))
+    if config.loss_name == "softmax":
+        weight = mx.sym.Variable("fc7_weight", lr_mult=lr_mult, wd_mult=wd_mult, init=mx.init.Normal(sigma))
+        if config.get("fc7_no_bias", False):
+            return mx.sym.FullyConnected(embedding, weight, no_bias=True, num_hidden=num_classes, name="fc7")
+        bias = mx.sym.Variable("fc7_bias", lr_mult=2.0, wd_mult=0.0)
+        return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
+    if config.loss_name not in ("margin_softmax", "arcneg"):
+        raise ValueError(f"unknown loss_name {config.loss_name!r}: expected softmax, margin_softmax or arcneg")
+    cos_all = cosine_logits(embedding, num_classes, lr_mult, wd_mult, sigma)
+    one_hot = mx.sym.one_hot(label, depth=num_classes)
+    cos_t = mx.sym.pick(cos_all, label, axis=1)
+    target = margin_target(cos_t, m1, m2, m3)
+    if config.loss_name == "margin_softmax":
+        if m1 == 1.0 and m2 == 0.0 and m3 == 0.0:
+            return cos_all * s
+        # Only the true class changes: add (target − cos θ_y) at the label position.
+        return (cos_all + mx.sym.broadcast_mul(one_hot, mx.sym.expand_dims(target - cos_t, 1))) * s
+    # ArcNegFace: negatives re-weighted by t_j = α·exp(−(cos θ_j − cos(θ_y + m))² / σ), t_j not back-propagated.
+    near = mx.sym.broadcast_sub(cos_all, mx.sym.expand_dims(target, 1))
+    t = mx.sym.BlockGrad(float(config.loss_alpha) * mx.sym.exp(-mx.sym.square(near) / float(config.loss_sigma)))
+    negative = t * cos_all + t - 1.0
+    positive = mx.sym.broadcast_mul(one_hot, mx.sym.expand_dims(target, 1))
+    return (positive + (1.0 - one_hot) * negative) * s
+
+
+def cosine_logits(embedding, num_classes, lr_mult=1.0, wd_mult=1.0, sigma=0.01):
+    """cos θ between L2-normalised embeddings and L2-normalised class weights ``fc7_weight``: (B, C)."""
+    weight = mx.sym.Variable("fc7_weight", lr_mult=lr_mult, wd_mult=wd_mult, init=mx.init.Normal(sigma))
+    norm_emb = mx.sym.L2Normalization(embedding, mode="instance")
+    norm_w = mx.sym.L2Normalization(weight, mode="instance")
+    return mx.sym.FullyConnected(norm_emb, norm_w, no_bias=True, num_hidden=num_classes, name="fc7")
+
+
+def loss_head(embedding, config, num_classes=None):
+    """Softmax cross-entropy over the head's logits; its output is the class probability (B, C).
+
+    Gradients are averaged over the device batch (``normalization='valid'``); the trainer rescales by the number
+    of devices/workers whose gradients the KVStore sums."""
+    label = mx.sym.Variable("softmax_label")
+    fc7 = logits(embedding, label, config, num_classes)
+    return mx.sym.SoftmaxOutput(fc7, label, normalization="valid", name="softmax")
