@@ -27,12 +27,10 @@ def file_checksum(path):
     return f"{size}:{digest.hexdigest()}"
 
 
-def checkpoint_files(prefix, epoch):
-    return f"{prefix}-symbol.json", "%s-%04d.params" % (prefix, epoch)
-
-
 def checkpoint_checksum(prefix, epoch):
     """Fingerprint of a checkpoint: its graph and its weights (see `file_checksum`)."""
+    from vargface.symbols.checkpoint import checkpoint_files
+
     return "+".join(file_checksum(p) for p in checkpoint_files(prefix, epoch))
 
 
@@ -45,34 +43,16 @@ class Teacher:
     def __init__(self, model, ctx=None, option="--teacher"):
         import mxnet as mx
 
-        from vargface.symbols.checkpoint import check_params, input_size_of, load_checkpoint, parse_model_arg
+        from vargface.symbols.checkpoint import input_size_of, load_checkpoint, parse_model_arg
 
-        try:
-            self.prefix, self.epoch = parse_model_arg(model)
-        except VargfaceError as error:
-            raise VargfaceError(f"{option}: {error}") from None
+        self.prefix, self.epoch = parse_model_arg(model, option=option)
         self.model = f"{self.prefix},{self.epoch}"
-        for path in checkpoint_files(self.prefix, self.epoch):
-            if not os.path.isfile(path):
-                raise VargfaceError(f"{option} {self.model}: teacher checkpoint file {path} does not exist")
-        try:
-            sym, arg_params, aux_params = load_checkpoint(self.prefix, self.epoch)
+        try:  # checks the files, cuts the graph at fc1_output and checks every array's shape
+            self.symbol, arg_params, aux_params = load_checkpoint(self.prefix, self.epoch)
         except VargfaceError as error:
-            raise VargfaceError(f"{option} {self.model}: {error}") from None
-        if "fc1_output" not in sym.list_outputs():
-            internals = sym.get_internals()
-            if "fc1_output" not in internals.list_outputs():
-                raise VargfaceError(f"{option} {self.model}: the teacher graph {self.prefix}-symbol.json has no "
-                                    f"'fc1_output' (the embedding); expected an InsightFace-style embedding network")
-            sym = internals["fc1_output"]
-        self.symbol = sym
-        self.input_size = input_size_of(sym)
-        shape = (1, 3, self.input_size, self.input_size)
-        try:
-            check_params(sym, arg_params, aux_params, shape)
-        except VargfaceError as error:
-            raise VargfaceError(f"{option} {self.model}: {error}") from None
-        self.emb_size = int(sym.infer_shape(data=shape)[1][0][1])
+            raise VargfaceError(f"{option} {self.model}: cannot use it as the teacher: {error}") from None
+        self.input_size = input_size_of(self.symbol)
+        self.emb_size = int(self.symbol.infer_shape(data=(1, 3, self.input_size, self.input_size))[1][0][1])
         self.arg_params, self.aux_params = arg_params, aux_params
         self.checksum = checkpoint_checksum(self.prefix, self.epoch)
         self.ctx = list(ctx) if ctx else [mx.cpu()]

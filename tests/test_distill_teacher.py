@@ -1,0 +1,72 @@
+"""The frozen teacher: loading, inference-mode embeddings, checksums and clear errors."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+from vargface.errors import VargfaceError
+from vargface.symbols import get_symbol
+from vargface.train.teacher import Teacher, checkpoint_checksum, file_checksum
+
+
+def save_tiny(prefix, emb_size=32, input_size=32, seed=0):
+    """A tiny VarGFaceNet checkpoint with trained-looking (non-default) BatchNorm statistics."""
+    sym = get_symbol("vargfacenet", input_size=input_size, multiplier=0.25, emb_size=emb_size)
+    mod = mx.mod.Module(sym, data_names=["data"], label_names=None)
+    mod.bind(data_shapes=[("data", (2, 3, input_size, input_size))], for_training=False)
+    mx.random.seed(seed)
+    mod.init_params(mx.init.Xavier(magnitude=2))
+    arg, aux = mod.get_params()
+    rng = np.random.RandomState(seed)
+    for name, value in aux.items():
+        value[:] = rng.uniform(0.5, 1.5, value.shape) if name.endswith("var") else rng.randn(*value.shape) * 0.1
+    mx.model.save_checkpoint(prefix, 1, sym, arg, aux)
+    return f"{prefix},1", sym, arg, aux
+
+
+def test_teacher_embeds_in_inference_mode_and_resizes(tmp_path):
+    model, sym, arg, aux = save_tiny(str(tmp_path / "t"))
+    teacher = Teacher(model)
+    assert (teacher.emb_size, teacher.input_size) == (32, 32)
+    images = mx.nd.array(np.random.RandomState(1).uniform(0, 255, (5, 3, 32, 32)))
+    # reference: the same graph bound for inference, i.e. BatchNorm with the stored moving statistics
+    ref = sym.bind(mx.cpu(), {"data": images, **arg}, aux_states={k: v.copy() for k, v in aux.items()})
+    expected = ref.forward(is_train=False)[0].asnumpy()
+    np.testing.assert_allclose(teacher.embed(images).asnumpy(), expected, rtol=1e-4, atol=1e-4)
+    # batch statistics (training mode) would give other values: the teacher must not use them
+    assert not np.allclose(ref.forward(is_train=True)[0].asnumpy(), expected, atol=1e-3)
+    # per-sample independence: any batch size gives the same embedding
+    np.testing.assert_allclose(teacher.embed(images[:2]).asnumpy(), expected[:2], rtol=1e-4, atol=1e-4)
+    # inputs of another size are resized to the teacher's input
+    assert teacher.embed(mx.nd.zeros((3, 3, 40, 40))).shape == (3, 32)
+
+
+def test_teacher_errors_name_the_checkpoint(tmp_path):
+    with pytest.raises(VargfaceError, match=r"--teacher .*nope,3.*does not exist"):
+        Teacher(str(tmp_path / "nope") + ",3")
+    with pytest.raises(VargfaceError, match="--teacher"):
+        Teacher(str(tmp_path / "nope"))
+    # a graph without fc1_output (e.g. a classifier) is refused
+    data = mx.sym.Variable("data")
+    sym = mx.sym.FullyConnected(mx.sym.flatten(data), num_hidden=4, name="fc")
+    mx.model.save_checkpoint(str(tmp_path / "cls"), 2, sym, {"fc_weight": mx.nd.zeros((4, 12)),
+                                                           "fc_bias": mx.nd.zeros(4)}, {})
+    with pytest.raises(VargfaceError, match="fc1_output"):
+        Teacher(str(tmp_path / "cls") + ",2")
+
+
+def test_checksums_see_changes_anywhere(tmp_path):
+    big = tmp_path / "big.bin"
+    payload = bytearray(np.random.RandomState(0).bytes(5 << 20))
+    big.write_bytes(payload)
+    first = file_checksum(str(big))
+    assert file_checksum(str(big)) == first
+    for offset in (0, len(payload) // 2, len(payload) - 1):  # head, middle, tail chunks
+        changed = bytearray(payload)
+        changed[offset] ^= 1
+        big.write_bytes(changed)
+        assert file_checksum(str(big)) != first
+    big.write_bytes(payload + b"x")
+    assert file_checksum(str(big)) != first
+    model, *_ = save_tiny(str(tmp_path / "a"), seed=0)
+    save_tiny(str(tmp_path / "b"), seed=1)
+    assert checkpoint_checksum(str(tmp_path / "a"), 1) != checkpoint_checksum(str(tmp_path / "b"), 1)
