@@ -26,9 +26,7 @@ def register(subparsers):
                    "(default: from scratch)")
     p.add_argument("--teacher-cache", metavar="PATH", help="teacher-embedding cache from `vargface distill cache`"
                    " ('auto': the default cache path beside train.rec); used only with mirror-only augmentation")
-    from vargface.train.cli import add_train_arguments
-
-    add_train_arguments(p)
+    # TODO(trainer options): shared with `vargface train` once train/cli.py exposes them
     p.set_defaults(func=_distill)
 
     sub = p.add_subparsers(dest="distill_command", metavar="{cache}")
