@@ -131,8 +131,9 @@ def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name=
     for key, value in overrides.items():
         check_key(config, key)
         config[key] = parse_value(config[key], value, key)
-    if isinstance(config.image_size, int):
-        config.image_size = [config.image_size, config.image_size]
+    if isinstance(config.image_size, int) or len(config.image_size) == 1:
+        side = int(config.image_size if isinstance(config.image_size, int) else config.image_size[0])
+        config.image_size = [side, side]
     return config
 
 

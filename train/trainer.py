@@ -1,0 +1,400 @@
+"""Data-parallel training on mx.mod.Module: embedding network + margin-softmax head (+ plugin losses), KVStore
+local / device / dist_sync / dist_device_sync, exact resume, periodic verification, NaN guard.
+
+Determinism for resume: the data order comes from (seed, epoch) in FaceRecordIter, the MXNet and NumPy RNGs are
+re-seeded from (seed, update count) before every batch, and the update count drives the LR schedule; so restoring
+weights, optimizer state, epoch, batch and update count reproduces the uninterrupted run."""
+import copy
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from vargface.errors import VargfaceError
+from vargface.train import checkpoint as ckpt
+from vargface.train.metrics import Window, batch_metrics, first_nonfinite
+
+KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
+
+
+class TrainerPlugin:
+    """Extension points of fit(); the base class changes nothing. Distillation is one plugin."""
+
+    def extra_inputs(self, batch_size):
+        """-> list of (name, shape): extra data fed to the training graph, sliced across devices like `data`."""
+        return []
+
+    def extra_losses(self, embedding, config):
+        """embedding: the student's fc1_output Symbol -> list of (MakeLoss Symbol, metric_name)."""
+        return []
+
+    def extra_data(self, batch):
+        """batch: DataBatch from FaceRecordIter (has .index, .mirrored) -> list of NDArray, one per extra input."""
+        return []
+
+    def describe(self):
+        """-> dict merged into the saved config."""
+        return {}
+
+
+class NanLoss(Exception):
+    def __init__(self, metric, value, epoch, batch, step):
+        super().__init__(f"{metric} became {value} at epoch {epoch} batch {batch} (update {step + 1})")
+        self.metric, self.value, self.epoch, self.batch, self.step = metric, value, epoch, batch, step
+
+
+def resolve_prefix(config):
+    """Checkpoint prefix: ``config.prefix`` or InsightFace's models_root/NETWORK-LOSS-DATASET/model."""
+    if config.prefix:
+        return config.prefix
+    return os.path.join(config.models_root, f"{config.network}-{config.loss}-{os.path.basename(str(config.dataset))}",
+                        "model")
+
+
+def make_initializer(name):
+    """'xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>' -> mx.init.Xavier (SPEC §8)."""
+    import mxnet as mx
+
+    parts = str(name).split("_")
+    if len(parts) != 4 or parts[0] != "xavier" or parts[1] not in ("uniform", "gaussian") \
+            or parts[2] not in ("in", "out", "avg"):
+        raise VargfaceError(f"--net-init {name!r}: expected xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>, "
+                            f"e.g. xavier_gaussian_out_2")
+    try:
+        magnitude = float(parts[3])
+    except ValueError:
+        raise VargfaceError(f"--net-init {name!r}: magnitude {parts[3]!r} is not a number") from None
+    return mx.init.Xavier(rnd_type=parts[1], factor_type=parts[2], magnitude=magnitude)
+
+
+def embedding_symbol(config):
+    """get_symbol(config.net_name, ...) with the net_* options that are set."""
+    from vargface.symbols import get_symbol
+
+    options = {"emb_size": int(config.emb_size), "input_size": int(config.image_size[0])}
+    for key, value in config.items():
+        if key.startswith("net_") and key not in ("net_name", "net_init") and value is not None:
+            options[key[4:]] = value
+    return get_symbol(config.net_name, **options)
+
+
+def _seed_rngs(seed, step):
+    import mxnet as mx
+
+    value = (int(seed) * 1000003 + int(step)) % (2 ** 31)
+    mx.random.seed(value)
+    np.random.seed(value)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM during fit set a flag; the loop stops at the next batch boundary and saves its state."""
+
+    def __init__(self):
+        self.signal, self._old = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class _Run:
+    """One training run: graph, Module, iterator, state; fit() drives it."""
+
+    def __init__(self, config, plugin, contexts, log):
+        import mxnet as mx
+
+        from vargface.train.config import resolve_dataset, save_config
+        from vargface.train.losses import loss_head
+
+        self.config, self.plugin, self.contexts, self.log = config, plugin, contexts, log
+        if config.kvstore not in KVSTORES:
+            raise VargfaceError(f"--kvstore {config.kvstore!r}: expected one of {', '.join(KVSTORES)}")
+        if config.on_nan not in ("stop", "rollback"):
+            raise VargfaceError(f"--on-nan {config.on_nan!r}: expected 'stop' or 'rollback'")
+        for key in ("per_batch_size", "frequent", "verbose"):
+            if int(config[key]) < 1:
+                raise VargfaceError(f"--{key.replace('_', '-')} must be >= 1 (got {config[key]})")
+        resolve_dataset(config)
+        self.dist = config.kvstore.startswith("dist")
+        if self.dist and config.on_nan == "rollback":
+            raise VargfaceError("--on-nan rollback needs every worker to roll back together; with a dist kvstore "
+                                "use --on-nan stop and --resume")
+        self.kv = mx.kv.create(config.kvstore) if self.dist else None
+        self.rank, self.workers = (self.kv.rank, self.kv.num_workers) if self.dist else (0, 1)
+        self.prefix = resolve_prefix(config) + (f"-worker{self.rank}" if self.rank > 0 else "")
+        os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
+
+        size = int(config.image_size[0])
+        self.data_shape = (3, size, size)
+        self.batch_size = int(config.per_batch_size) * len(contexts)
+        self.emb_sym = embedding_symbol(config)
+        self.extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(self.batch_size)]
+        extra_losses = plugin.extra_losses(self.emb_sym, config)
+        self.extra_names = [name for _, name in extra_losses]
+        self.train_sym = mx.sym.Group([loss_head(self.emb_sym, config)] + [loss for loss, _ in extra_losses])
+        self.data_shapes = [("data", (self.batch_size,) + self.data_shape)] + self.extra_inputs
+        self.label_shapes = [("softmax_label", (self.batch_size,))]
+
+        # Everything a resume or --pretrained needs is checked before any training work.
+        self.state = None
+        if config.resume:
+            info, arg, aux, states = ckpt.load_state(self.prefix)
+            ckpt.check_compatible(info, arg, aux, self.train_sym, self.data_shapes + self.label_shapes, config,
+                                  ckpt.state_path(self.prefix))
+            self.state = (info, arg, aux, states)
+        self.pretrained = ({}, {})
+        if config.pretrained and not config.resume:
+            self.pretrained = ckpt.load_pretrained(config.pretrained, self.emb_sym, (1,) + self.data_shape)
+
+        self.train_iter = self._make_iter()
+        self.iters_per_epoch = max(self.train_iter.num_samples // self.batch_size, 1)
+        self.val_sets = self._load_val_sets()
+        self.module = mx.mod.Module(self.train_sym, data_names=[n for n, _ in self.data_shapes],
+                                    label_names=["softmax_label"], context=contexts, logger=logging.getLogger("vargface"))
+        self.module.bind(data_shapes=self.data_shapes, label_shapes=self.label_shapes)
+        self.infer = None
+        if self.val_sets:
+            self.infer = mx.mod.Module(self.emb_sym, data_names=["data"], label_names=None, context=contexts)
+            self.infer.bind(data_shapes=[("data", (max(int(config.val_batch_size), len(contexts)),) + self.data_shape)],
+                            for_training=False, shared_module=self.module)
+
+        self.config_path = f"{self.prefix}-config.json"
+        self.log_path = f"{self.prefix}-log.jsonl"
+        described = {"plugin": plugin.describe(), "workers": self.workers, "rank": self.rank,
+                     "contexts": [str(c) for c in contexts]}
+        log("vargface train: resolved config\n" + json.dumps({**config, **described}, indent=1, sort_keys=True))
+        save_config(config, self.config_path, described)
+
+    def _make_iter(self):
+        from vargface.data.iterator import FaceRecordIter
+
+        c = self.config
+        return FaceRecordIter(path_imgrec=os.path.join(c.dataset_path, "train.rec"), batch_size=self.batch_size,
+                              data_shape=self.data_shape, shuffle=True, rand_mirror=bool(c.data_rand_mirror),
+                              cutoff=int(c.data_cutoff), color_jittering=int(c.data_color), seed=int(c.seed),
+                              part_index=self.rank, num_parts=self.workers)
+
+    def _load_val_sets(self):
+        from vargface.eval.verification import load_pairs
+
+        sets = []
+        for name in self.config.val_targets:
+            path = os.path.join(self.config.dataset_path, name + ".bin")
+            images, issame = load_pairs(path, self.data_shape[1])
+            sets.append((name, images, issame))
+        return sets
+
+    # ---- state -------------------------------------------------------------------------------------------------
+    def fresh_state(self):
+        _seed_rngs(self.config.seed, 0)
+        arg, aux = self.pretrained
+        self.module.init_params(make_initializer(self.config.net_init), arg_params=arg or None,
+                                aux_params=aux or None, allow_missing=True, force_init=True)
+        if arg:
+            self.log(f"vargface train: embedding initialised from --pretrained {self.config.pretrained}")
+        return {"epoch": 0, "batch": 0, "num_update": 0, "msave": 0, "lr_scale": 1.0, "best": None,
+                "best_checkpoint": None, "last_checkpoint": None}
+
+    def restore(self, info, arg, aux, states):
+        self.module.set_params(arg, aux, allow_missing=False, force_init=True, allow_extra=True)
+        keys = ("epoch", "batch", "num_update", "msave", "lr_scale", "best", "best_checkpoint", "last_checkpoint")
+        return {k: info.get(k) for k in keys}, states
+
+    def init_optimizer(self, pos, states=None):
+        from vargface.train.lr_scheduler import build
+
+        c = self.config
+        schedule = build(c, self.iters_per_epoch, scale=pos["lr_scale"])
+        schedule.base_lr = float(c.lr)
+        params = {"learning_rate": float(c.lr), "momentum": float(c.mom), "wd": float(c.wd),
+                  "rescale_grad": 1.0 / (len(self.contexts) * self.workers), "lr_scheduler": schedule,
+                  "begin_num_update": int(pos["num_update"])}
+        self.module.init_optimizer(kvstore=self.kv if self.dist else c.kvstore, optimizer="sgd",
+                                   optimizer_params=params, force_init=True)
+        if states:
+            self.module.load_optimizer_states(states)
+        self.schedule = schedule
+
+    def save_state(self, pos):
+        arg, aux = self.module.get_params()
+        info = dict(pos, network=self.config.network, net_name=self.config.net_name, seed=int(self.config.seed),
+                    num_classes=int(self.config.num_classes), saved=time.strftime("%Y-%m-%d %H:%M:%S"))
+        ckpt.save_state(self.prefix, info, arg, aux, self.module)
+
+    def save_embedding(self, number):
+        arg, aux = self.module.get_params()
+        ckpt.save_embedding(self.prefix, number, self.emb_sym, arg, aux)
+        return f"{self.prefix},{number}"
+
+    # ---- verification ------------------------------------------------------------------------------------------
+    def verify(self):
+        from vargface.eval.verification import evaluate, flip_sum_embeddings, module_forward
+
+        forward = module_forward(self.infer)
+        bound = self.infer.data_shapes[0].shape[0]
+        results = {}
+        for name, images, issame in self.val_sets:
+            emb = flip_sum_embeddings(images, forward, bound, dtype=np.float64)
+            result = evaluate(emb, issame, nrof_folds=min(10, len(issame)))
+            results[name] = {"accuracy": result["accuracy"], "std": result["std"]}
+        return results
+
+    # ---- logging -----------------------------------------------------------------------------------------------
+    def record(self, entry, history):
+        history.append(entry)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def fit(config, plugin=None, ctx=None, log=print):
+    """Train ``config`` (see vargface.train.config); returns {'prefix', 'epoch' (last saved checkpoint number),
+    'best' ({target: {'accuracy', 'std'}} of the best verification round), 'best_checkpoint', 'history',
+    'num_update', 'interrupted'}.
+
+    ``config.resume`` continues from ``prefix-state.json``; ``config.pretrained`` ('prefix,epoch') initialises the
+    embedding only. ``ctx`` (list of mx.Context) overrides ``config.ctx``."""
+    from vargface.context import parse_ctx
+
+    config = copy.deepcopy(config)
+    plugin = plugin or TrainerPlugin()
+    contexts = ctx or parse_ctx(config.ctx, option="--ctx")
+    run = _Run(config, plugin, contexts, log)
+    if run.state is not None:
+        pos, states = run.restore(*run.state)
+        log(f"vargface train: resuming {run.prefix} at epoch {pos['epoch']} batch {pos['batch']} "
+            f"(update {pos['num_update']})")
+    else:
+        pos, states = run.fresh_state(), None
+        run.save_state(pos)  # the rollback target before the first checkpoint
+    history, rollbacks = [], 0
+    with _StopFlag() as stop:
+        while True:
+            run.init_optimizer(pos, states)
+            try:
+                pos, interrupted = _train(run, pos, history, stop)
+                break
+            except NanLoss as nan:
+                if config.on_nan == "stop":
+                    raise VargfaceError(f"training stopped: {nan}; the last good state is "
+                                        f"{ckpt.state_path(run.prefix)}. Lower --lr, add --warmup-steps, or pass "
+                                        f"--on-nan rollback") from None
+                rollbacks += 1
+                if rollbacks > int(config.nan_max_rollbacks):
+                    raise VargfaceError(f"training stopped: {nan} again after {rollbacks - 1} rollbacks "
+                                        f"(--nan-max-rollbacks {config.nan_max_rollbacks})") from None
+                info, arg, aux, states = ckpt.load_state(run.prefix)
+                pos, states = run.restore(info, arg, aux, states)
+                pos["lr_scale"] = float(pos["lr_scale"]) * float(config.nan_lr_factor)
+                log(f"vargface train: {nan}; rolled back to update {pos['num_update']} with the learning rate "
+                    f"x{pos['lr_scale']:g}")
+                run.record({"type": "rollback", "step": pos["num_update"], "at": nan.step + 1,
+                            "lr_scale": pos["lr_scale"], "metric": nan.metric}, history)
+    return {"prefix": run.prefix, "epoch": pos["last_checkpoint"], "best": (pos["best"] or {}).get("results", {}),
+            "best_checkpoint": pos["best_checkpoint"], "history": history, "num_update": pos["num_update"],
+            "interrupted": interrupted}
+
+
+def _checkpoint(run, pos, history, final=False):
+    """Verification round + checkpoint by InsightFace's --ckpt rule (0 none, 1 when verification improves,
+    2 every round, 3 the latest as number 1); the best round is also kept as PREFIX_best."""
+    c = run.config
+    pos["msave"] += 1
+    number = 1 if int(c.ckpt) == 3 else pos["msave"]
+    improved, results = False, {}
+    if run.val_sets:
+        results = run.verify()
+        score = float(np.mean([r["accuracy"] for r in results.values()]))
+        best = pos["best"]
+        improved = best is None or score >= best["score"]
+        entry = {"type": "verify", "step": pos["num_update"], "epoch": pos["epoch"], "score": score,
+                 **{f"{k}_acc": v["accuracy"] for k, v in results.items()}}
+        run.record(entry, history)
+        run.log(f"[{pos['num_update']}] verification: " + "  ".join(
+            f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items()) +
+            f"  (best {max(score, best['score']) if best else score:.5f})")
+        if improved:
+            pos["best"] = {"score": score, "step": pos["num_update"], "results": results}
+    save = {0: False, 1: improved or not run.val_sets, 2: True, 3: True}.get(int(c.ckpt), True) or \
+        (final and int(c.ckpt) != 0)
+    if save:
+        pos["last_checkpoint"] = number
+        run.save_embedding(number)
+    if improved:  # keep only the best round's files under PREFIX_best
+        best_prefix = run.prefix + "_best"
+        arg, aux = run.module.get_params()
+        ckpt.save_embedding(best_prefix, pos["msave"], run.emb_sym, arg, aux)
+        if pos["best_checkpoint"]:
+            old = int(pos["best_checkpoint"].rpartition(",")[2])
+            if old != pos["msave"] and os.path.exists(f"{best_prefix}-{old:04d}.params"):
+                os.remove(f"{best_prefix}-{old:04d}.params")
+        pos["best_checkpoint"] = f"{best_prefix},{pos['msave']}"
+    run.save_state(pos)
+
+
+def _train(run, pos, history, stop):
+    """The batch loop from ``pos``; returns (pos, interrupted). Raises NanLoss before applying a bad update."""
+    import mxnet as mx
+
+    c, module = run.config, run.module
+    window, tic, max_steps = Window(), time.time(), int(c.max_steps)
+    while pos["epoch"] < int(c.end_epoch) and not (max_steps and pos["num_update"] >= max_steps):
+        run.train_iter.set_epoch(pos["epoch"])
+        for _ in range(pos["batch"]):  # resume mid-epoch: replay the iterator (and its augmentation) to the batch
+            next(run.train_iter, None)
+        for batch in run.train_iter:
+            if max_steps and pos["num_update"] >= max_steps:
+                break
+            extra = run.plugin.extra_data(batch)
+            _seed_rngs(c.seed, pos["num_update"] + 1)
+            module.forward_backward(mx.io.DataBatch(data=list(batch.data) + list(extra), label=batch.label))
+            values = batch_metrics(module.get_outputs(), batch.label[0], run.extra_names)
+            bad = first_nonfinite(values)
+            if bad:
+                raise NanLoss(bad, values[bad], pos["epoch"], pos["batch"], pos["num_update"])
+            module.update()
+            pos["num_update"] += 1
+            pos["batch"] += 1
+            window.add(values)
+            if pos["num_update"] % int(c.frequent) == 0:
+                _speedometer(run, pos, window, tic, history)
+                window.reset()
+                tic = time.time()
+            if pos["num_update"] % int(c.verbose) == 0:
+                _checkpoint(run, pos, history)
+            if stop.signal is not None:
+                run.log(f"vargface train: stopping on signal {stop.signal} at update {pos['num_update']}; "
+                        f"continue with --resume")
+                run.save_state(pos)
+                return pos, True
+        else:
+            pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
+    if pos["last_checkpoint"] is None or pos["num_update"] % int(c.verbose) != 0:
+        _checkpoint(run, pos, history, final=True)
+    return pos, False
+
+
+def _speedometer(run, pos, window, tic, history):
+    """InsightFace-style progress line plus the same numbers as a JSON line."""
+    speed = window.count * run.batch_size / max(time.time() - tic, 1e-9)
+    lr = run.schedule(pos["num_update"])
+    averages = window.averages()
+    run.log(f"Epoch[{pos['epoch']}] Batch[{pos['batch']}] Update[{pos['num_update']}] Speed: {speed:.2f} samples/sec"
+            f" ({speed / len(run.contexts):.2f}/device) " + " ".join(f"{k}={v:.6f}" for k, v in averages.items())
+            + f" lr={lr:.6g}")
+    run.record({"type": "train", "epoch": pos["epoch"], "batch": pos["batch"], "step": pos["num_update"],
+                "speed": speed, "lr": lr, "time": time.time(), **averages}, history)
