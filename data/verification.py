@@ -1,0 +1,113 @@
+"""Verification packs (``lfw.bin`` style, SPEC section 5): a pickle of ``(bins, issame_list)`` where ``bins``
+holds 2*P encoded images (pair i = items 2i, 2i+1) and ``issame_list`` P booleans."""
+import os
+import pickle
+
+import numpy as np
+
+from vargface.errors import VargfaceError
+
+PICKLE_PROTOCOL = 4  # Python 3 readers load it with or without encoding='bytes'
+
+
+def load_bin(path):
+    """Read any InsightFace .bin, Python 2 pickles included: ``(bins, issame_list)`` with ``bins`` a list of
+    ``bytes`` (encoded images) and ``issame_list`` a list of bools."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VargfaceError(f"{path}: verification pack not found")
+    try:
+        with open(path, "rb") as f:
+            bins, issame = pickle.load(f, encoding="bytes")  # Python 2 str -> bytes
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+        raise VargfaceError(f"{path}: not a verification pack (a pickle of (bins, issame_list)): {error}") from None
+    bins = [b.tobytes() if isinstance(b, np.ndarray) else bytes(b) for b in bins]
+    issame = [bool(v) for v in issame]
+    if len(bins) != 2 * len(issame):
+        raise VargfaceError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected 2 images per pair")
+    return bins, issame
+
+
+def write_bin(path, bins, issame_list):
+    """Write a pack atomically; it loads with a plain ``pickle.load(f, encoding='bytes')`` (InsightFace's
+    ``load_bin``)."""
+    from vargface.atomic import atomic_path
+
+    bins = [bytes(b) for b in bins]
+    issame = [bool(v) for v in issame_list]
+    if len(bins) != 2 * len(issame):
+        raise VargfaceError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected 2 per pair")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump((bins, issame), f, protocol=PICKLE_PROTOCOL)
+
+
+def decode_bin(bins, image_size=(112, 112), workers=None):
+    """Decode pack images to an ``(N, H, W, 3)`` uint8 **RGB** array, resized to ``image_size`` when needed
+    (the input ``FaceEmbedder.embed`` takes)."""
+    from vargface.data.images import decode_rgb
+    from vargface.data.parallel import imap_ordered
+
+    height, width = image_size
+    out = np.empty((len(bins), height, width, 3), np.uint8)
+    for i, image in enumerate(imap_ordered(lambda item: decode_rgb(item[1], (height, width), f"image {item[0]}"),
+                                           enumerate(bins), workers)):
+        out[i] = image
+    return out
+
+
+def make_pairs(groups, pairs, seed=0):
+    """A balanced list of ``(a, b, issame)``: ``pairs // 2`` distinct same-identity pairs (from groups with at
+    least 2 items) and the rest different-identity pairs, shuffled by ``seed``. ``groups`` is a list of item
+    lists, one per identity."""
+    rng = np.random.default_rng(seed)
+    pairs = int(pairs)
+    if pairs < 2:
+        raise VargfaceError(f"--pairs {pairs}: need at least 2 (one positive, one negative)")
+    multi = [g for g in groups if len(g) >= 2]
+    if not multi:
+        raise VargfaceError("no identity has 2 or more images; same-identity pairs are impossible")
+    if len([g for g in groups if g]) < 2:
+        raise VargfaceError("fewer than 2 identities; different-identity pairs are impossible")
+    n_pos, n_neg = pairs // 2, pairs - pairs // 2
+    possible = sum(len(g) * (len(g) - 1) // 2 for g in multi)
+    if n_pos > possible:
+        raise VargfaceError(f"--pairs {pairs} needs {n_pos} distinct same-identity pairs; the images allow only "
+                            f"{possible}")
+    nonempty = [g for g in groups if g]
+    seen, out = set(), []
+    while len(out) < n_pos:
+        gi = int(rng.integers(len(multi)))
+        i, j = sorted(rng.choice(len(multi[gi]), 2, replace=False).tolist())
+        if ("p", gi, i, j) not in seen:
+            seen.add(("p", gi, i, j))
+            out.append((multi[gi][i], multi[gi][j], True))
+    tries = 0
+    while len(out) < pairs:
+        ga, gb = rng.choice(len(nonempty), 2, replace=False).tolist()
+        i, j = int(rng.integers(len(nonempty[ga]))), int(rng.integers(len(nonempty[gb])))
+        key = ("n",) + tuple(sorted([(ga, i), (gb, j)]))
+        tries += 1
+        if key not in seen or tries > 50 * pairs:
+            seen.add(key)
+            out.append((nonempty[ga][i], nonempty[gb][j], False))
+    order = rng.permutation(len(out))
+    return [out[k] for k in order]
+
+
+def make_synthetic_bin(path, identities, pairs, size=112, seed=0, per_identity=4, difficulty=1.0,
+                       first_identity=1_000_000, workers=None):
+    """A pack of synthetic identities held out from training: identity numbers start at ``first_identity``
+    (training sets start at 0), so the same ``seed`` never shares a face with a training set."""
+    from vargface.data.synth import synthetic_samples
+
+    groups = [[] for _ in range(identities)]
+    images = []
+    for label, jpeg in synthetic_samples(identities, per_identity, size, seed, difficulty, first_identity,
+                                         workers=workers):
+        groups[label].append(len(images))
+        images.append(jpeg)
+    chosen = make_pairs(groups, pairs, seed)
+    bins = [images[k] for a, b, _ in chosen for k in (a, b)]
+    write_bin(path, bins, [same for _, _, same in chosen])
+    return len(chosen)
