@@ -1,5 +1,164 @@
-"""`vargface` subcommands of vargface.data."""
+"""``vargface data synth|lst|rec|unpack|check|pairs``: build, convert and verify InsightFace data sets."""
+import contextlib
+import sys
 
 
 def register(subparsers):
-    """Add this package's subcommands to the `vargface` parser."""
+    """Add the ``data`` command group to the ``vargface`` parser."""
+    group = subparsers.add_parser("data", help="make, convert and check RecordIO face data sets and .bin packs",
+                                  description=__doc__)
+    sub = group.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    sub.required = True
+
+    def common(p, workers=True, overwrite=True, strict=False):
+        if workers:
+            p.add_argument("--workers", type=int, default=None, help="parallel workers (default: all cores)")
+        if overwrite:
+            p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        if strict:
+            p.add_argument("--strict", action="store_true",
+                           help="reject non-image files, empty identity folders and unreadable images "
+                                "instead of skipping them with a warning")
+
+    p = sub.add_parser("synth", help="synthetic face-like identities, one folder per identity (or a .rec)")
+    p.add_argument("out_dir")
+    p.add_argument("--identities", type=int, required=True)
+    p.add_argument("--per-identity", type=int, required=True)
+    p.add_argument("--size", type=int, default=112, help="image side in pixels (default 112)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", type=float, default=1.0,
+                   help="scale of per-image variation: pose, lighting, blur, noise, occlusion (default 1.0)")
+    p.add_argument("--first-identity", type=int, default=0,
+                   help="number of the first identity; disjoint ranges give disjoint identities")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    p.add_argument("--rec", action="store_true", help="write train.rec/train.idx/property instead of folders")
+    common(p)
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("lst", help="an InsightFace .lst from an image root (one folder per identity)")
+    p.add_argument("image_root")
+    p.add_argument("out_lst")
+    common(p, workers=False, strict=True)
+    p.set_defaults(func=_lst)
+
+    p = sub.add_parser("rec", help="train.rec/train.idx/property from an image root or a .lst "
+                                   "(5-point landmarks in the .lst align to the ArcFace template)")
+    p.add_argument("source", help="image root (one folder per identity) or .lst file")
+    p.add_argument("out_dir")
+    p.add_argument("--size", type=int, default=112, help="output image side (default 112)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    p.add_argument("--image-root", default=None, help="base of relative paths in a .lst (default: its folder)")
+    common(p, strict=True)
+    p.set_defaults(func=_rec)
+
+    p = sub.add_parser("unpack", help="a .rec set back to one folder per identity (stored bytes unchanged)")
+    p.add_argument("data_dir")
+    p.add_argument("out_dir")
+    common(p, workers=False)
+    p.set_defaults(func=_unpack)
+
+    p = sub.add_parser("check", help="verify a .rec set; exit 1 listing the first faults by record index")
+    p.add_argument("data_dir")
+    p.add_argument("--max-faults", type=int, default=20, help="faults to list (default 20)")
+    common(p, overwrite=False)
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("pairs", help="a balanced verification pack (.bin) from an image root")
+    p.add_argument("image_root")
+    p.add_argument("out_bin")
+    p.add_argument("--pairs", type=int, required=True, help="number of pairs (half same, half different)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=112, help="image side in the pack (default 112)")
+    p.add_argument("--quality", type=int, default=95)
+    common(p, strict=True)
+    p.set_defaults(func=_pairs)
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr(args):
+    """Show skipped-input warnings as one plain line each."""
+    import warnings
+
+    from vargface.data.convert import DataWarning
+
+    original = warnings.showwarning
+
+    def show(message, category, *rest, **kw):
+        if issubclass(category, DataWarning):
+            print(f"vargface data {args.data_command}: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, *rest, **kw)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = show
+        yield
+
+
+def _synth(args):
+    from vargface.data import synth
+
+    make = synth.make_synthetic_rec if args.rec else synth.make_synthetic
+    result = make(args.out_dir, args.identities, args.per_identity, size=args.size, seed=args.seed,
+                  difficulty=args.difficulty, first_identity=args.first_identity, quality=args.quality,
+                  workers=args.workers, overwrite=args.overwrite)
+    images = result[0] if args.rec else result
+    print(f"wrote {images} images of {args.identities} identities to {args.out_dir}")
+    return 0
+
+
+def _lst(args):
+    from vargface.data.convert import items_from_root, write_lst
+
+    with _warnings_to_stderr(args):
+        items = items_from_root(args.image_root, args.strict)
+        write_lst(args.out_lst, items, overwrite=args.overwrite)
+    print(f"wrote {len(items)} images of {items[-1].label + 1} identities to {args.out_lst}")
+    return 0
+
+
+def _rec(args):
+    from vargface.data.convert import to_rec
+
+    with _warnings_to_stderr(args):
+        images, classes = to_rec(args.source, args.out_dir, size=args.size, quality=args.quality,
+                                 workers=args.workers, strict=args.strict, overwrite=args.overwrite,
+                                 image_root=args.image_root)
+    print(f"wrote {images} images of {classes} identities to {args.out_dir}")
+    return 0
+
+
+def _unpack(args):
+    from vargface.data.convert import unpack
+
+    images = unpack(args.data_dir, args.out_dir, overwrite=args.overwrite)
+    print(f"unpacked {images} images to {args.out_dir}")
+    return 0
+
+
+def _check(args):
+    from vargface.data.convert import check
+
+    report = check(args.data_dir, workers=args.workers, max_faults=args.max_faults)
+    size = report["image_size"]
+    print(f"{args.data_dir}: {report['images']} images, {report['identities']} identities"
+          + ("" if report["has_header"] else " (no header record: a plain image list)")
+          + (f", property {report['num_classes']} classes {size[1]}x{size[0]}" if size else ""))
+    if report["num_faults"]:
+        print(f"{report['num_faults']} fault(s):", file=sys.stderr)
+        for key, message in report["faults"]:
+            print(f"  {'-' if key is None else f'record {key}'}: {message}", file=sys.stderr)
+        return 1
+    print("ok")
+    return 0
+
+
+def _pairs(args):
+    from vargface.data.convert import pairs_from_root
+
+    with _warnings_to_stderr(args):
+        count = pairs_from_root(args.image_root, args.out_bin, args.pairs, seed=args.seed, size=args.size,
+                                quality=args.quality, workers=args.workers, strict=args.strict,
+                                overwrite=args.overwrite)
+    print(f"wrote {count} pairs to {args.out_bin}")
+    return 0

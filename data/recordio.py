@@ -69,25 +69,22 @@ class RecReader:
     per identity, in identity-record order; empty when the file has no header), ``has_header``.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, check_offsets=True):
         self.rec_path, self.idx_path, self.data_dir = rec_paths(path)
         for p in (self.rec_path, self.idx_path):
             if not os.path.isfile(p):
                 raise VargfaceError(f"{p}: missing; expected an MXNet indexed RecordIO pair train.rec/train.idx")
         self.keys, self.offsets = _read_idx(self.idx_path)
         self.size = os.path.getsize(self.rec_path)
-        past = np.nonzero(self.offsets + 8 > self.size)[0]
-        if len(past):
-            k = past[0]
-            raise VargfaceError(f"{self.idx_path}: record {self.keys[k]} points at offset {self.offsets[k]}, past "
-                                f"the end of {self.rec_path} ({self.size} bytes); the .rec is truncated or the "
-                                ".idx belongs to another file")
+        self.past_end = self.keys[self.offsets + 8 > self.size]
         order = np.argsort(self.offsets, kind="stable")
         ends = np.empty_like(self.offsets)
         ends[order[:-1]] = self.offsets[order[1:]]
         ends[order[-1:]] = self.size
-        self.ends = ends
+        self.ends = np.maximum(ends, self.offsets)
         self._fd = os.open(self.rec_path, os.O_RDONLY)
+        if check_offsets and len(self.past_end):
+            self.read(self.past_end[0])  # raises, naming the record
         self._read_layout()
 
     def _read_layout(self):
@@ -112,20 +109,21 @@ class RecReader:
             self.imgidx = self.keys.copy()
             self.identity_keys = np.zeros(0, dtype=np.int64)
 
-    def load_id_ranges(self):
-        """Read the identity records: a list of ``(first, end)`` image-record ranges."""
+    def identity_range(self, key):
+        """``(first, end)`` image-record range stored in identity record ``key``."""
         import mxnet as mx
 
-        ranges = []
-        for key in self.identity_keys:
-            header, _ = mx.recordio.unpack(self.read(key))
-            label = np.atleast_1d(header.label)
-            if len(label) < 2:
-                raise VargfaceError(f"{self.rec_path}: identity record {key} has label {label.tolist()}, "
-                                    "expected [first, end)")
-            ranges.append((int(label[0]), int(label[1])))
-        self.id_ranges = ranges
-        return ranges
+        header, _ = mx.recordio.unpack(self.read(key))
+        label = np.atleast_1d(header.label)
+        if header.flag <= 0 or len(label) < 2:
+            raise VargfaceError(f"{self.rec_path}: identity record {key} has label {label.tolist()}, "
+                                "expected [first, end)")
+        return int(label[0]), int(label[1])
+
+    def load_id_ranges(self):
+        """Read the identity records: a list of ``(first, end)`` image-record ranges."""
+        self.id_ranges = [self.identity_range(int(key)) for key in self.identity_keys]
+        return self.id_ranges
 
     def __contains__(self, key):
         i = np.searchsorted(self.keys, key)
@@ -137,6 +135,10 @@ class RecReader:
         if i >= len(self.keys) or self.keys[i] != key:
             raise VargfaceError(f"{self.rec_path}: record {key} is not in {self.idx_path}")
         offset, end = int(self.offsets[i]), int(self.ends[i])
+        if offset + 8 > self.size:
+            raise VargfaceError(f"{self.idx_path}: record {key} points at offset {offset}, past the end of "
+                                f"{self.rec_path} ({self.size} bytes); the .rec is truncated or the .idx belongs "
+                                "to another file")
         buf = os.pread(self._fd, end - offset, offset)
         parts, pos = [], 0
         while True:  # dmlc framing: a record is split where its data holds the magic word (cflag 1,2,..,3)
