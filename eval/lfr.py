@@ -1,0 +1,115 @@
+"""LFR2019 image-track feature files: header of four little-endian int32 (rows, cols, cols*4, 5), then rows x cols
+little-endian float32; row i is the L2-normalised sum of the embeddings of image i of the test list and its flip.
+
+Extraction is resumable: rows go into a preallocated ``OUT.partial`` with a JSON sidecar recording how many rows
+are done and for which list and model; a rerun continues there, and the finished file is renamed into place."""
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from vargface.errors import VargfaceError
+
+HEADER = np.dtype("<i4")
+ROW = np.dtype("<f4")
+HEADER_BYTES = 4 * HEADER.itemsize
+
+
+def write_header(handle, rows, cols):
+    handle.write(np.array([rows, cols, cols * 4, 5], dtype=HEADER).tobytes())
+
+
+def write_features(path, features):
+    """Write an (N, D) array as an LFR2019 feature file (atomically)."""
+    from vargface.atomic import atomic_path
+
+    features = np.asarray(features, dtype=ROW)
+    if features.ndim != 2:
+        raise VargfaceError(f"{path}: features must be (rows, cols), got shape {features.shape}")
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        write_header(handle, *features.shape)
+        handle.write(np.ascontiguousarray(features).tobytes())
+
+
+def read_features(path, mmap=False):
+    """Read an LFR2019 feature file -> float32 (rows, cols) array (a read-only memmap when ``mmap``)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            header = np.frombuffer(handle.read(HEADER_BYTES), dtype=HEADER)
+    except OSError as error:
+        raise VargfaceError(f"{path}: cannot read the feature file ({error.strerror})") from None
+    if header.size != 4 or header[3] != 5 or header[2] != header[1] * 4 or header[0] < 0 or header[1] < 1:
+        raise VargfaceError(f"{path}: not an LFR2019 feature file; expected the header (rows, cols, cols*4, 5), "
+                            f"found {header.tolist()}")
+    rows, cols = int(header[0]), int(header[1])
+    if size != HEADER_BYTES + rows * cols * ROW.itemsize:
+        raise VargfaceError(f"{path}: {size} bytes, but its header (rows={rows}, cols={cols}) needs "
+                            f"{HEADER_BYTES + rows * cols * ROW.itemsize}; the file is truncated or corrupt")
+    if mmap:
+        return np.memmap(path, dtype=ROW, mode="r", offset=HEADER_BYTES, shape=(rows, cols))
+    return np.fromfile(path, dtype=ROW, offset=HEADER_BYTES).reshape(rows, cols).astype(np.float32)
+
+
+def read_list(list_file):
+    """Image paths of a test list, one per line (blank lines ignored), in order."""
+    try:
+        with open(list_file, encoding="utf-8") as handle:
+            paths = [line.strip() for line in handle if line.strip()]
+    except OSError as error:
+        raise VargfaceError(f"--list {list_file}: cannot read it ({error.strerror})") from None
+    if not paths:
+        raise VargfaceError(f"--list {list_file}: no image paths in it; expected one path per line")
+    return paths
+
+
+def _digest(paths):
+    return hashlib.sha1("\n".join(paths).encode("utf-8")).hexdigest()
+
+
+def extract_features(embedder, list_file, root, out, chunk=None, progress=True, model_name=""):
+    """Embed every image of ``list_file`` (paths relative to ``root``) into the LFR2019 file ``out``, resumably.
+
+    Returns the number of rows computed in this run."""
+    from tqdm import tqdm
+
+    from vargface.atomic import atomic_path
+    from vargface.eval.images import read_image
+
+    paths = read_list(list_file)
+    rows, cols = len(paths), embedder.embedding_size
+    partial, sidecar = out + ".partial", out + ".partial.json"
+    identity = {"rows": rows, "cols": cols, "list": _digest(paths), "model": model_name}
+    done = 0
+    if os.path.exists(partial) and os.path.exists(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            state = {}
+        if {k: state.get(k) for k in identity} == identity and \
+                os.path.getsize(partial) == HEADER_BYTES + rows * cols * ROW.itemsize:
+            done = int(state.get("done", 0))
+    if done == 0:
+        with open(partial, "wb") as handle:  # preallocate: header, then a sparse body
+            write_header(handle, rows, cols)
+            handle.truncate(HEADER_BYTES + rows * cols * ROW.itemsize)
+    matrix = np.memmap(partial, dtype=ROW, mode="r+", offset=HEADER_BYTES, shape=(rows, cols))
+    chunk = chunk or embedder.batch_size * 8
+    bar = tqdm(total=rows, initial=done, unit="img", desc="lfr features", disable=not progress)
+    start = done
+    while done < rows:
+        names = paths[done:done + chunk]
+        images = np.stack([read_image(os.path.join(root, name), embedder.input_size) for name in names])
+        matrix[done:done + len(names)] = embedder.embed(images, flip=True)
+        matrix.flush()
+        done += len(names)
+        with atomic_path(sidecar) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            json.dump({**identity, "done": done}, handle)
+        bar.update(len(names))
+    bar.close()
+    del matrix
+    os.replace(partial, out)
+    os.remove(sidecar)
+    return rows - start
