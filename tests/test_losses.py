@@ -73,7 +73,7 @@ LOSSES = ["softmax", "nsoftmax", "arcface", "cosface", "combined", "arcneg"]
 
 @pytest.mark.parametrize("name", LOSSES)
 def test_logits_and_gradients_match_numpy(name):
-    cfg = generate_config("r18_tiny", "emore", name, num_classes=C)
+    cfg = generate_config("r18_tiny", "emore", name, num_classes=C, emb_size=D)
     emb, weight, bias, label = inputs(LOSSES.index(name))
     head = np.random.RandomState(7).randn(B, C)
     exe, grads = bind(lambda d, c: logits(d, mx.sym.Variable("softmax_label"), c), cfg, emb, weight, bias, label)
@@ -115,7 +115,7 @@ def ref_logits_frozen_t(emb, weight, label, cfg, t):
 @pytest.mark.parametrize("name", ["softmax", "arcface", "combined"])
 def test_softmax_cross_entropy_gradient(name):
     """The full head (SoftmaxOutput) back-propagates the gradient of the mean cross-entropy."""
-    cfg = generate_config("r18_tiny", "emore", name, num_classes=C, loss_s=8.0)
+    cfg = generate_config("r18_tiny", "emore", name, num_classes=C, emb_size=D, loss_s=8.0)
     emb, weight, bias, label = inputs(11)
     exe, grads = bind(loss_head, cfg, emb, weight, bias, label)
     prob = exe.forward(is_train=True)[0].asnumpy()
@@ -129,7 +129,7 @@ def test_softmax_cross_entropy_gradient(name):
 @pytest.mark.parametrize("name", ["arcface", "combined", "arcneg"])
 def test_finite_and_monotone_at_the_edges(name):
     """θ = 0 exactly and θ + m > π: the true-class logit stays finite, decreases with θ, gradients finite."""
-    cfg = generate_config("r18_tiny", "emore", name, num_classes=2)
+    cfg = generate_config("r18_tiny", "emore", name, num_classes=2, emb_size=2)
     angles = np.array([0.0, 0.01, 0.3, 1.5, math.pi - 0.6, math.pi - 0.4, math.pi - 0.1, math.pi])
     weight = np.array([[1.0, 0.0], [0.0, 1.0]])
     emb = np.stack([np.cos(angles), np.sin(angles)], axis=1)

@@ -30,7 +30,7 @@ default = edict(
     end_epoch=10000, max_steps=0,
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
     models_root="./models", prefix="", pretrained="", resume=False, ckpt=3, frequent=20, verbose=2000,
-    val_batch_size=64, on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
+    on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
 )
 
 network = edict(
@@ -147,14 +147,11 @@ def resolve_dataset(config):
     rec = os.path.join(path, "train.rec")
     if not os.path.isfile(rec):
         raise VargfaceError(f"dataset directory {path}: no train.rec (make one with `vargface data`)")
-    num_classes, height, width = read_property(path)
+    num_classes = read_property(path)[0]  # the iterator resizes images to image_size
     if config.num_classes and config.num_classes != num_classes:
         raise VargfaceError(f"{os.path.join(path, 'property')} says {num_classes} classes but the config says "
                             f"num_classes={config.num_classes} (dataset preset {config.dataset!r}); "
                             f"fix the data directory or pass --num-classes {num_classes}")
-    if (height, width) != tuple(config.image_size) and (height, width) != (112, 112) or height != width:
-        raise VargfaceError(f"{os.path.join(path, 'property')} says images are {height}x{width} but the config "
-                            f"expects image_size={config.image_size}")
     config.num_classes = num_classes
     if config.val_targets is None:
         config.val_targets = sorted(f[:-4] for f in os.listdir(path) if f.endswith(".bin"))

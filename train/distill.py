@@ -90,14 +90,7 @@ def make_plugin(config, teacher, kd_type, kd_weight, teacher_cache=None, log=pri
     return DistillPlugin(teacher, kd_type, kd_weight, cache)
 
 
-def _generation_config(config, prefix, generation, init):
-    gen = copy.deepcopy(config)
-    gen.prefix = f"{prefix}-gen{generation}"
-    gen.pretrained = init or ""
-    return gen
-
-
-def _start_manifest(path, config, plugin, generations, init, resume):
+def _start_manifest(path, plugin, generations, init, resume):
     """Load the manifest of an interrupted chain (resume) or begin a new one; refuse to mix chains."""
     teacher = plugin.teacher.describe()
     if os.path.exists(path):
@@ -119,50 +112,66 @@ def _start_manifest(path, config, plugin, generations, init, resume):
 
 
 def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, init=None, teacher_cache=None,
-            resume=False, ctx=None, log=print, **fit_kwargs):
+            ctx=None, log=print):
     """Recursive distillation: ``generations`` runs of the trainer's `fit` under the same frozen teacher.
 
-    Generation 1 starts from ``init`` ('prefix,epoch') or scratch; generation k+1 from generation k's last
-    checkpoint (weights only: fresh optimizer and schedule). ``config`` is the student's trainer config; its
-    ``prefix`` names the chain: checkpoints go to PREFIX-genK, the manifest to PREFIX-lineage.json, rewritten
-    atomically after every change. With ``resume`` the chain continues at the generation (and, through the
-    trainer's resume, the batch) where it stopped. Returns the manifest."""
+    ``config`` is the student's trainer config (`generate_config`); its prefix names the chain: checkpoints go to
+    PREFIX-genK, the manifest to PREFIX-lineage.json, rewritten atomically after every change. Generation 1
+    starts from ``init`` ('prefix,epoch'; default ``config.pretrained``) or scratch; generation k+1 from generation
+    k's final checkpoint, weights only (`fit`'s --pretrained: fresh optimizer and schedule). With
+    ``config.resume`` the chain continues at the generation, and through the trainer's resume at the batch,
+    where it stopped. ``teacher`` is a `Teacher` or 'prefix,epoch'. Returns the manifest (with
+    ``interrupted`` set when a signal stopped training)."""
     from vargface.context import parse_ctx
+    from vargface.train import checkpoint as ckpt
     from vargface.train.teacher import Teacher
     from vargface.train.trainer import fit, resolve_prefix
 
     if not isinstance(generations, int) or generations < 1:
         raise VargfaceError(f"--generations: must be an integer >= 1 (got {generations})")
+    if int(config.ckpt) == 0:
+        raise VargfaceError("--ckpt 0 saves no checkpoint, but each generation starts from the previous one's "
+                            "final checkpoint; use --ckpt 1, 2 or 3")
+    contexts = ctx or parse_ctx(config.ctx, option="--ctx")
     if isinstance(teacher, str):
-        teacher = Teacher(teacher, ctx=ctx or parse_ctx(config.ctx, option="--ctx"))
+        teacher = Teacher(teacher, ctx=contexts)
+    init = init or config.pretrained or None
     plugin = make_plugin(config, teacher, kd_type, kd_weight, teacher_cache, log=log)
     prefix = resolve_prefix(config)
     path = manifest_path(prefix)
-    manifest = _start_manifest(path, config, plugin, generations, init, resume)
-    done = [g for g in manifest["generations"] if g["status"] == "done"]
+    manifest = _start_manifest(path, plugin, generations, init, bool(config.resume))
+    manifest.pop("interrupted", None)
     for number in range(1, generations + 1):
-        if number <= len(done):
+        entries = manifest["generations"]
+        if number <= len(entries) and entries[number - 1]["status"] == "done":
             continue
-        if manifest["generations"] and manifest["generations"][-1]["generation"] == number:
-            entry, resuming = manifest["generations"][-1], True
+        gen = copy.deepcopy(config)
+        gen.prefix = f"{prefix}-gen{number}"
+        if number <= len(entries):  # the generation that was interrupted: the trainer resumes it
+            entry = entries[number - 1]
+            gen.resume = os.path.exists(ckpt.state_path(gen.prefix))
         else:
-            start = init if number == 1 else manifest["generations"][-1]["final"]
-            entry, resuming = {"generation": number, "init": start or None, "status": "running",
-                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}, False
-            manifest["generations"].append(entry)
-        gen_config = _generation_config(config, prefix, number, entry["init"])
-        gen_config.resume = resuming
-        entry["prefix"] = gen_config.prefix
-        entry["config"] = dict(gen_config)
+            entry = {"generation": number, "prefix": gen.prefix, "status": "running",
+                     "init": init if number == 1 else entries[-1]["final"]}
+            entries.append(entry)
+            gen.resume = False
+        gen.pretrained = entry["init"] or ""
+        entry.update(config=dict(gen), started=time.strftime("%Y-%m-%d %H:%M:%S"))
         _write_manifest(path, manifest)
         log(f"distill: generation {number}/{generations} from {entry['init'] or 'scratch'}"
-            f"{' (resuming)' if resuming else ''} -> {gen_config.prefix}")
-        result = fit(gen_config, plugin=plugin, **fit_kwargs)
-        entry.update(status="done", epoch=result["epoch"], final=f"{result['prefix']},{result['epoch']}",
-                     verification=result.get("best") or {}, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
-        history = result.get("history") or []
-        if history and METRIC in history[-1]:
-            entry[METRIC] = history[-1][METRIC]
+            f"{' (resuming)' if gen.resume else ''} -> {gen.prefix}")
+        result = fit(gen, plugin=plugin, ctx=contexts, log=log)
+        if result["interrupted"]:
+            manifest["interrupted"] = True
+            _write_manifest(path, manifest)
+            log(f"distill: interrupted in generation {number}; continue the chain with --resume")
+            return manifest
+        entry.update(status="done", final=f"{result['prefix']},{result['epoch']}", num_update=result["num_update"],
+                     verification=result["best"], best_checkpoint=result["best_checkpoint"],
+                     finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+        losses = [h[METRIC] for h in result["history"] if h.get("type") == "train" and METRIC in h]
+        if losses:
+            entry[METRIC] = losses[-1]
         _write_manifest(path, manifest)
     log(format_table(manifest))
     return manifest

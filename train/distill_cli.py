@@ -8,8 +8,10 @@ def _add_teacher(parser):
 
 def register(subparsers):
     """Add the `distill` command group to the `vargface` parser."""
+    from vargface.train.cli import add_train_options
+
     p = subparsers.add_parser(
-        "distill", help="train a student under a frozen teacher, for one or more generations",
+        "distill", allow_abbrev=False, help="train a student under a frozen teacher, for one or more generations",
         description="Train a student network under a frozen teacher (margin loss + kd-weight * distillation loss); "
                     "with --generations G, generation k+1 restarts from generation k's final student with a fresh "
                     "optimizer and schedule. Checkpoints go to PREFIX-gen1, PREFIX-gen2, ...; the lineage "
@@ -26,7 +28,7 @@ def register(subparsers):
                    "(default: from scratch)")
     p.add_argument("--teacher-cache", metavar="PATH", help="teacher-embedding cache from `vargface distill cache`"
                    " ('auto': the default cache path beside train.rec); used only with mirror-only augmentation")
-    # TODO(trainer options): shared with `vargface train` once train/cli.py exposes them
+    add_train_options(p)
     p.set_defaults(func=_distill)
 
     sub = p.add_subparsers(dest="distill_command", metavar="{cache}")
@@ -37,6 +39,8 @@ def register(subparsers):
                                    "teacher.")
     _add_teacher(c)
     c.add_argument("--data-dir", required=True, help="folder with train.rec, train.idx and property")
+    c.add_argument("--image-size", type=int, help="side of the images training feeds (the --image-size of the "
+                   "student; default: the size in DATA_DIR/property)")
     c.add_argument("--out", help="cache file (default: DATA_DIR/train.<teacher>-<epoch>.kdcache)")
     c.add_argument("--batch-size", type=int, default=64, help="teacher batch size (default: %(default)s)")
     c.add_argument("--ctx", default="cpu", help="devices, e.g. gpu:0,1 or cpu (default: %(default)s)")
@@ -61,7 +65,8 @@ def _cache(args):
     if args.batch_size < 1:
         raise VargfaceError(f"--batch-size: must be >= 1 (got {args.batch_size})")
     teacher = Teacher(args.teacher, ctx=parse_ctx(args.ctx))
-    path = build_cache(teacher, args.data_dir, path=args.out, batch_size=args.batch_size, overwrite=args.overwrite)
+    path = build_cache(teacher, args.data_dir, path=args.out, batch_size=args.batch_size, image_size=args.image_size,
+                       overwrite=args.overwrite)
     print(f"teacher cache: {path}")
     return 0
 
@@ -72,6 +77,6 @@ def _distill(args):
 
     _need_teacher(args)
     config = config_from_args(args)
-    distill(config, args.teacher, kd_type=args.kd_type, kd_weight=args.kd_weight, generations=args.generations,
-            init=args.init, teacher_cache=args.teacher_cache, resume=getattr(args, "resume", False))
-    return 0
+    manifest = distill(config, args.teacher, kd_type=args.kd_type, kd_weight=args.kd_weight,
+                       generations=args.generations, init=args.init, teacher_cache=args.teacher_cache)
+    return 130 if manifest.get("interrupted") else 0

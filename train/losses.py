@@ -40,7 +40,7 @@ def logits(embedding, label, config, num_classes=None):
         return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
     if config.loss_name not in ("margin_softmax", "arcneg"):
         raise ValueError(f"unknown loss_name {config.loss_name!r}: expected softmax, margin_softmax or arcneg")
-    cos_all = cosine_logits(embedding, num_classes, lr_mult, wd_mult, sigma)
+    cos_all = cosine_logits(embedding, num_classes, int(config.emb_size), lr_mult, wd_mult, sigma)
     one_hot = mx.sym.one_hot(label, depth=num_classes)
     cos_t = mx.sym.pick(cos_all, label, axis=1)
     target = margin_target(cos_t, m1, m2, m3)
@@ -57,9 +57,10 @@ def logits(embedding, label, config, num_classes=None):
     return (positive + (1.0 - one_hot) * negative) * s
 
 
-def cosine_logits(embedding, num_classes, lr_mult=1.0, wd_mult=1.0, sigma=0.01):
+def cosine_logits(embedding, num_classes, emb_size, lr_mult=1.0, wd_mult=1.0, sigma=0.01):
     """cos θ between L2-normalised embeddings and L2-normalised class weights ``fc7_weight``: (B, C)."""
-    weight = mx.sym.Variable("fc7_weight", lr_mult=lr_mult, wd_mult=wd_mult, init=mx.init.Normal(sigma))
+    weight = mx.sym.Variable("fc7_weight", shape=(num_classes, emb_size), lr_mult=lr_mult, wd_mult=wd_mult,
+                             init=mx.init.Normal(sigma))
     norm_emb = mx.sym.L2Normalization(embedding, mode="instance")
     norm_w = mx.sym.L2Normalization(weight, mode="instance")
     return mx.sym.FullyConnected(norm_emb, norm_w, no_bias=True, num_hidden=num_classes, name="fc7")

@@ -23,7 +23,9 @@ VERSION = 1
 
 
 def data_files(data_dir):
-    return os.path.join(data_dir, "train.rec"), os.path.join(data_dir, "train.idx")
+    from vargface.data.recordio import rec_paths
+
+    return rec_paths(data_dir)[:2]
 
 
 def data_checksum(data_dir):
@@ -50,11 +52,12 @@ def _layout(header_length, count, emb_size):
     return index_offset, emb_offset, emb_offset + 4 * count * 2 * emb_size
 
 
-def build_cache(teacher, data_dir, path=None, batch_size=64, overwrite=False, progress=True):
+def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, overwrite=False, progress=True):
     """Embed every record of ``data_dir``/train.rec and its mirror with ``teacher``; write the cache atomically.
 
-    Images come from `FaceRecordIter` without shuffling or augmentation, so they are decoded exactly as in
-    training; the mirror is the same horizontal flip the iterator applies. Returns the cache path."""
+    Images come from `FaceRecordIter` without shuffling or augmentation, at ``image_size`` (the student's input
+    side; default the stored size), so they are decoded and resized exactly as in training; the mirror is the same
+    horizontal flip the iterator applies. Returns the cache path."""
     import mxnet as mx
     from tqdm import tqdm
 
@@ -67,8 +70,10 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, overwrite=False, pr
         raise VargfaceError(f"output {path} exists; pass --overwrite to replace it")
     checksums = data_checksum(data_dir)
     _, height, width = read_property(data_dir)
+    if image_size:
+        height = width = int(image_size)
     it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=(3, height, width),
-                        shuffle=False, rand_mirror=False)
+                        shuffle=False, rand_mirror=False, last_batch="pad")
     count = int(it.num_samples)
     header = {"version": VERSION, "count": count, "emb_size": teacher.emb_size, "image_shape": [3, height, width],
               "data_dir": os.path.abspath(data_dir), "data": checksums, "teacher": teacher.describe(),
@@ -95,6 +100,7 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, overwrite=False, pr
         indices.flush()
         embeddings.flush()
         del indices, embeddings
+    it.close()
     return path
 
 

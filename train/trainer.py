@@ -162,16 +162,12 @@ class _Run:
             self.pretrained = ckpt.load_pretrained(config.pretrained, self.emb_sym, (1,) + self.data_shape)
 
         self.train_iter = self._make_iter()
-        self.iters_per_epoch = max(self.train_iter.num_samples // self.batch_size, 1)
+        self.iters_per_epoch = self.train_iter.num_batches
         self.val_sets = self._load_val_sets()
         self.module = mx.mod.Module(self.train_sym, data_names=[n for n, _ in self.data_shapes],
                                     label_names=["softmax_label"], context=contexts, logger=logging.getLogger("vargface"))
         self.module.bind(data_shapes=self.data_shapes, label_shapes=self.label_shapes)
         self.infer = None
-        if self.val_sets:
-            self.infer = mx.mod.Module(self.emb_sym, data_names=["data"], label_names=None, context=contexts)
-            self.infer.bind(data_shapes=[("data", (max(int(config.val_batch_size), len(contexts)),) + self.data_shape)],
-                            for_training=False, shared_module=self.module)
 
         self.config_path = f"{self.prefix}-config.json"
         self.log_path = f"{self.prefix}-log.jsonl"
@@ -243,8 +239,17 @@ class _Run:
 
     # ---- verification ------------------------------------------------------------------------------------------
     def verify(self):
+        """SPEC §6 accuracy on each target, embedding with the current weights: an inference Module bound on the
+        training Module's arrays (no copy)."""
+        import mxnet as mx
+
         from vargface.eval.verification import evaluate, flip_sum_embeddings, module_forward
 
+        if self.infer is None:
+            self.infer = mx.mod.Module(self.emb_sym, data_names=["data"], label_names=None, context=self.contexts)
+            # The training batch size: the shared executors' buffers already fit it.
+            self.infer.bind(data_shapes=[("data", (self.batch_size,) + self.data_shape)], for_training=False,
+                            shared_module=self.module)
         forward = module_forward(self.infer)
         bound = self.infer.data_shapes[0].shape[0]
         results = {}
@@ -280,11 +285,12 @@ def fit(config, plugin=None, ctx=None, log=print):
             f"(update {pos['num_update']})")
     else:
         pos, states = run.fresh_state(), None
+    run.init_optimizer(pos, states)
+    if run.state is None:
         run.save_state(pos)  # the rollback target before the first checkpoint
     history, rollbacks = [], 0
     with _StopFlag() as stop:
         while True:
-            run.init_optimizer(pos, states)
             try:
                 pos, interrupted = _train(run, pos, history, stop)
                 break
@@ -300,6 +306,7 @@ def fit(config, plugin=None, ctx=None, log=print):
                 info, arg, aux, states = ckpt.load_state(run.prefix)
                 pos, states = run.restore(info, arg, aux, states)
                 pos["lr_scale"] = float(pos["lr_scale"]) * float(config.nan_lr_factor)
+                run.init_optimizer(pos, states)
                 log(f"vargface train: {nan}; rolled back to update {pos['num_update']} with the learning rate "
                     f"x{pos['lr_scale']:g}")
                 run.record({"type": "rollback", "step": pos["num_update"], "at": nan.step + 1,
@@ -353,9 +360,7 @@ def _train(run, pos, history, stop):
     c, module = run.config, run.module
     window, tic, max_steps = Window(), time.time(), int(c.max_steps)
     while pos["epoch"] < int(c.end_epoch) and not (max_steps and pos["num_update"] >= max_steps):
-        run.train_iter.set_epoch(pos["epoch"])
-        for _ in range(pos["batch"]):  # resume mid-epoch: replay the iterator (and its augmentation) to the batch
-            next(run.train_iter, None)
+        run.train_iter.set_epoch(pos["epoch"], start_batch=min(pos["batch"], run.train_iter.num_batches))
         for batch in run.train_iter:
             if max_steps and pos["num_update"] >= max_steps:
                 break
