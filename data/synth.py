@@ -71,7 +71,7 @@ def render(seed, identity, index, size=112, difficulty=1.0, traits=None):
     S = 16  # cv2 fixed-point shift 4: sub-pixel geometry
     px = lambda x, y: (int(round(x * size * S)), int(round(y * size * S)))  # noqa: E731
 
-    bg = r.uniform(30, 225, 3)
+    bg = 127.5 + r.uniform(-97.5, 97.5, 3) * d
     img = np.empty((size, size, 3), np.uint8)
     img[:] = bg.astype(np.uint8)
     yaw, pitch = u(1.0), u(0.025)
