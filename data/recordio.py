@@ -88,12 +88,10 @@ class RecReader:
         self._read_layout()
 
     def _read_layout(self):
-        import mxnet as mx
-
         self.has_header, self.id_ranges = False, []
         if not len(self.keys):
             raise VargfaceError(f"{self.idx_path}: empty index; the data set has no records")
-        header, _ = mx.recordio.unpack(self.read(self.keys[0]))
+        header, _ = self.unpack(self.keys[0])
         if self.keys[0] == 0 and header.flag > 0:
             label = np.atleast_1d(header.label)
             if len(label) < 2:
@@ -109,11 +107,20 @@ class RecReader:
             self.imgidx = self.keys.copy()
             self.identity_keys = np.zeros(0, dtype=np.int64)
 
-    def identity_range(self, key):
-        """``(first, end)`` image-record range stored in identity record ``key``."""
+    def unpack(self, key):
+        """``(IRHeader, data)`` of record ``key``."""
         import mxnet as mx
 
-        header, _ = mx.recordio.unpack(self.read(key))
+        raw = self.read(key)
+        try:
+            return mx.recordio.unpack(raw)
+        except struct.error:
+            raise VargfaceError(f"{self.rec_path}: record {key} is {len(raw)} bytes, too short for an image "
+                                "record header") from None
+
+    def identity_range(self, key):
+        """``(first, end)`` image-record range stored in identity record ``key``."""
+        header, _ = self.unpack(key)
         label = np.atleast_1d(header.label)
         if header.flag <= 0 or len(label) < 2:
             raise VargfaceError(f"{self.rec_path}: identity record {key} has label {label.tolist()}, "
@@ -162,9 +169,7 @@ class RecReader:
 
     def read_image(self, key):
         """``(label, encoded_bytes)`` of an image record."""
-        import mxnet as mx
-
-        header, payload = mx.recordio.unpack(self.read(key))
+        header, payload = self.unpack(key)
         return image_label(header), payload
 
     def decode(self, key, flags=1):
