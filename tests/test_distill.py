@@ -150,11 +150,30 @@ def test_cache_matches_live_teacher_and_is_used_for_mirror_only(tmp_path, data_d
     assert make_plugin(config, teacher, "angular", 1.0, teacher_cache=path, log=lines.append).cache is None
     assert "live teacher runs instead" in lines[-2]
 
-    # a short training run reading the cache
-    config = student_config(data_dir, tmp_path / "cached", max_steps=2, verbose=2)
-    manifest = distill(config, teacher, kd_weight=5.0, teacher_cache=path, log=lines.append)
+
+def test_cli_cache_then_distill_with_cache(tmp_path, data_dir, teacher_model, capsys):
+    from vargface.cli import main
+
+    def run(*argv):
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(argv))
+        return exit_info.value.code, capsys.readouterr()
+
+    code, out = run("distill", "cache", "--teacher", teacher_model, "--data-dir", data_dir, "--batch-size", "16")
+    path = os.path.join(data_dir, "train.teacher-0001.kdcache")
+    assert code == 0 and path in out.out and os.path.isfile(path)
+    code, out = run("distill", "cache", "--teacher", teacher_model, "--data-dir", data_dir)
+    assert code == 1 and "exists" in out.err
+    prefix = str(tmp_path / "cli" / "student")
+    code, out = run("distill", "--teacher", teacher_model, "--teacher-cache", "auto", "--kd-weight", "5",
+                    "--network", "r18_tiny", "--dataset", data_dir, "--emb-size", str(EMB), "--ctx", "cpu:0,cpu:1",
+                    "--per-batch-size", "4", "--max-steps", "2", "--verbose", "2", "--frequent", "1", "--prefix", prefix)
+    assert code == 0, out.err
+    assert f"teacher embeddings from cache {path}" in out.out and "kd_loss=" in out.out
+    manifest = json.load(open(manifest_path(prefix)))
     assert manifest["teacher_cache"] == path and manifest["generations"][0]["status"] == "done"
     assert np.isfinite(manifest["generations"][0]["kd_loss"])
+    assert "distillation lineage" in out.out
 
 
 def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model):
@@ -178,7 +197,11 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model):
     prefix = tmp_path / "b" / "student"
     with pytest.raises(VargfaceError, match=f"teacher's embedding has {EMB} dimensions but the student's has 48"):
         distill(student_config(data_dir, prefix, emb_size=48), teacher)
-    assert not any(name.endswith(".params") for name in os.listdir(prefix.parent))
+    assert not prefix.parent.exists() or not os.listdir(prefix.parent)
+    # an error inside the trainer before training starts leaves no manifest behind either
+    with pytest.raises(VargfaceError, match="--kvstore"):
+        distill(student_config(data_dir, prefix, kvstore="nccl"), teacher)
+    assert not os.path.exists(manifest_path(str(prefix)))
 
     # a cache made for other data, or stale after the data changed, is refused with the way out
     other = tmp_path / "other"

@@ -31,14 +31,18 @@ class DistillPlugin(TrainerPlugin):
     def extra_inputs(self, batch_size):
         return [(TEACHER_INPUT, (batch_size, self.teacher.emb_size))]
 
-    def extra_losses(self, embedding, config):
-        import mxnet as mx
-
+    def check_student(self, embedding, config):
+        """The distance needs embeddings of one size: refuse a student whose fc1_output differs from the teacher's."""
         student = int(embedding.infer_shape(data=(1, 3, *config.image_size))[1][0][1])
         if student != self.teacher.emb_size:
             raise VargfaceError(f"--teacher {self.teacher.model}: the teacher's embedding has {self.teacher.emb_size} "
                                 f"dimensions but the student's has {student}; set the student's --emb-size "
                                 f"{self.teacher.emb_size} (or use a teacher with {student}-d embeddings)")
+
+    def extra_losses(self, embedding, config):
+        import mxnet as mx
+
+        self.check_student(embedding, config)
         loss = distill_loss(embedding, mx.sym.Variable(TEACHER_INPUT), self.kd_type, self.kd_weight)
         return [(loss, METRIC)]
 
@@ -125,7 +129,7 @@ def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, in
     from vargface.context import parse_ctx
     from vargface.train import checkpoint as ckpt
     from vargface.train.teacher import Teacher
-    from vargface.train.trainer import fit, resolve_prefix
+    from vargface.train.trainer import embedding_symbol, fit, resolve_prefix
 
     if not isinstance(generations, int) or generations < 1:
         raise VargfaceError(f"--generations: must be an integer >= 1 (got {generations})")
@@ -137,6 +141,7 @@ def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, in
         teacher = Teacher(teacher, ctx=contexts)
     init = init or config.pretrained or None
     plugin = make_plugin(config, teacher, kd_type, kd_weight, teacher_cache, log=log)
+    plugin.check_student(embedding_symbol(config), config)  # before the manifest is written
     prefix = resolve_prefix(config)
     path = manifest_path(prefix)
     manifest = _start_manifest(path, plugin, generations, init, bool(config.resume))
@@ -160,7 +165,13 @@ def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, in
         _write_manifest(path, manifest)
         log(f"distill: generation {number}/{generations} from {entry['init'] or 'scratch'}"
             f"{' (resuming)' if gen.resume else ''} -> {gen.prefix}")
-        result = fit(gen, plugin=plugin, ctx=contexts, log=log)
+        try:
+            result = fit(gen, plugin=plugin, ctx=contexts, log=log)
+        except BaseException:
+            if not os.path.exists(ckpt.state_path(gen.prefix)):  # refused before training: leave no trace
+                entries.remove(entry)
+                _write_manifest(path, manifest) if entries else os.remove(path)
+            raise
         if result["interrupted"]:
             manifest["interrupted"] = True
             _write_manifest(path, manifest)
