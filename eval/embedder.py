@@ -59,8 +59,7 @@ class FaceEmbedder:
 
     def prepare(self, images):
         """uint8 RGB NHWC (any side) -> float32 NCHW at the model's input side."""
-        import cv2
-
+        from vargface.data.images import resize
         from vargface.eval.images import to_nchw
 
         images = np.asarray(images)
@@ -68,8 +67,9 @@ class FaceEmbedder:
             images = images[None]
         if images.ndim != 4 or images.shape[3] != 3:
             raise VargfaceError(f"images: expected (N, H, W, 3) RGB, got shape {images.shape}")
-        if images.shape[1:3] != (self.input_size, self.input_size):
-            images = np.stack([cv2.resize(np.asarray(image), (self.input_size, self.input_size)) for image in images])
+        side = (self.input_size, self.input_size)
+        if images.shape[1:3] != side:
+            images = np.stack([resize(image, side) for image in images])
         return to_nchw(images)
 
     def embed(self, images, flip=True, progress=False):

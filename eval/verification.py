@@ -115,14 +115,14 @@ def verify_images(images, issame_list, forward, batch_size, nrof_folds=10):
 
 def load_pairs(path, image_size):
     """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array)."""
-    from vargface.data.verification import load_bin
-    from vargface.eval.images import decode_image, to_nchw
+    from vargface.data.verification import decode_bin, load_bin
+    from vargface.eval.images import to_nchw
 
     bins, issame = load_bin(path)
-    if len(bins) != 2 * len(issame):
-        raise VargfaceError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected 2 images per pair")
-    images = np.stack([decode_image(b, f"{path} image {i}", image_size) for i, b in enumerate(bins)]) \
-        if len(bins) else np.zeros((0, image_size, image_size, 3), np.uint8)
+    try:
+        images = decode_bin(bins, (image_size, image_size))
+    except VargfaceError as error:
+        raise VargfaceError(f"{path}: {error}") from None
     return to_nchw(images), np.asarray(issame, dtype=bool)
 
 
