@@ -1,0 +1,62 @@
+"""Forward speed of each network preset on CPU: images/s at batch 1 and 32 (inference mode), printed as a table.
+
+Threads are set to the core count before MXNet loads (it otherwise used a single core here). Each case runs one
+warm-up pass, then timed passes until --seconds have passed (at least one), so r100 at batch 32 stays short."""
+import argparse
+import os
+import sys
+import time
+
+CORES = os.cpu_count() or 1
+os.environ.setdefault("OMP_NUM_THREADS", str(CORES))
+os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", str(CORES))
+
+import mxnet as mx  # noqa: E402  (after the thread settings)
+import numpy as np  # noqa: E402
+
+from vargface.symbols import PRESETS, get_symbol  # noqa: E402
+from vargface.symbols.flops import count  # noqa: E402
+
+
+def images_per_second(sym, batch, size, seconds):
+    mod = mx.mod.Module(sym, label_names=None, context=mx.cpu())
+    mod.bind([("data", (batch, 3, size, size))], for_training=False)
+    mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
+    data = mx.io.DataBatch([mx.nd.array(np.random.RandomState(0).uniform(0, 255, (batch, 3, size, size)))])
+
+    def once():
+        mod.forward(data, is_train=False)
+        mod.get_outputs()[0].wait_to_read()
+
+    once()  # warm-up: memory planning and MKLDNN primitive creation
+    passes, start = 0, time.perf_counter()
+    while passes == 0 or time.perf_counter() - start < seconds:
+        once()
+        passes += 1
+    return passes * batch / (time.perf_counter() - start), passes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets (default: all)")
+    parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default: 1,32)")
+    parser.add_argument("--input-size", type=int, default=112)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case (default: 3)")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+
+    print(f"forward images/s on CPU, {os.environ['OMP_NUM_THREADS']} OMP threads, MXNet {mx.__version__}, "
+          f"input {args.input_size}x{args.input_size}")
+    header = f"{'preset':<26}{'GFLOPs':>8}" + "".join(f"{'batch ' + str(b):>12}" for b in batches)
+    print(header)
+    print("-" * len(header))
+    for preset in args.presets.split(","):
+        sym = get_symbol(preset, input_size=args.input_size)
+        gflops = count(sym, (1, 3, args.input_size, args.input_size))["flops"] / 1e9
+        cells = [images_per_second(sym, b, args.input_size, args.seconds)[0] for b in batches]
+        print(f"{preset:<26}{gflops:>8.2f}" + "".join(f"{c:>12.1f}" for c in cells), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
