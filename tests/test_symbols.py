@@ -148,10 +148,10 @@ class NumpyVarG:
     def __init__(self, p, eps=2e-5):
         self.p, self.eps = p, eps
 
-    def bn(self, x, name, fix_gamma=False):
+    def bn(self, x, name, fix_gamma=False, eps=None):
         p = self.p
         gamma = 1.0 if fix_gamma else p[name + "_gamma"]
-        scale = gamma / np.sqrt(p[name + "_moving_var"] + self.eps)
+        scale = gamma / np.sqrt(p[name + "_moving_var"] + (self.eps if eps is None else eps))
         return (x - p[name + "_moving_mean"][None, :, None, None]) * np.reshape(scale, (1, -1, 1, 1)) + \
             p[name + "_beta"][None, :, None, None]
 
@@ -195,6 +195,69 @@ class NumpyVarG:
                        "embed_convx_pointwise_act")
         y = y.reshape(len(y), -1) @ p["pre_fc1_weight"].T + p["pre_fc1_bias"]
         return self.bn(y[:, :, None, None], "fc1")[:, :, 0, 0]
+
+
+def numpy_resnet(p, data, units):
+    """SPEC section 3 fresnet (input L, IR units, output E) in NumPy."""
+    f = NumpyVarG(p)
+    x = f.prelu(f.bn(np_conv((data - 127.5) * 0.0078125, p["conv0_weight"], 1, 1), "bn0"), "relu0")
+    for stage, n in enumerate(units, start=1):
+        for unit in range(1, n + 1):
+            u, stride = f"stage{stage}_unit{unit}", 2 if unit == 1 else 1
+            y = f.prelu(f.bn(np_conv(f.bn(x, u + "_bn1"), p[u + "_conv1_weight"], 1, 1), u + "_bn2"), u + "_relu1")
+            y = f.bn(np_conv(y, p[u + "_conv2_weight"], stride, 1), u + "_bn3")
+            x = y + (f.bn(np_conv(x, p[u + "_conv1sc_weight"], stride), u + "_sc") if unit == 1 else x)
+    x = f.bn(x, "bn1").reshape(len(x), -1) @ p["pre_fc1_weight"].T + p["pre_fc1_bias"]
+    return f.bn(x[:, :, None, None], "fc1", fix_gamma=True)[:, :, 0, 0]
+
+
+def numpy_mobilefacenet(p, data, blocks):
+    """SPEC section 3 fmobilefacenet with GDC output in NumPy (conv BNs use MXNet's default eps 1e-3)."""
+    f = NumpyVarG(p, eps=1e-3)
+
+    def conv(x, name, stride=1, pad=0, dw=False, linear=False):
+        w = p[name + "_conv2d_weight"]
+        y = f.bn(np_conv(x, w, stride, pad, groups=w.shape[0] if dw else 1), name + "_batchnorm")
+        return y if linear else f.prelu(y, name + "_relu")
+
+    def dres(x, name, stride):
+        return conv(conv(conv(x, name + "_conv_sep"), name + "_conv_dw", stride, 1, dw=True), name + "_conv_proj",
+                    linear=True)
+
+    def res(x, name, n):
+        for i in range(n):
+            x = dres(x, f"{name}_block{i}", 1) + x
+        return x
+
+    x = conv((data - 127.5) * 0.0078125, "conv_1", 2, 1)
+    x = conv(x, "conv_2_dw", 1, 1, dw=True) if blocks[0] == 1 else res(x, "res_2", blocks[0])
+    x = res(dres(x, "dconv_23", 2), "res_3", blocks[1])
+    x = res(dres(x, "dconv_34", 2), "res_4", blocks[2])
+    x = res(dres(x, "dconv_45", 2), "res_5", blocks[3])
+    x = conv(conv(x, "conv_6sep"), "conv_6dw7_7", dw=True, linear=True)
+    x = x.reshape(len(x), -1) @ p["pre_fc1_weight"].T + p["pre_fc1_bias"]
+    return f.bn(x[:, :, None, None], "fc1", fix_gamma=True, eps=2e-5)[:, :, 0, 0]
+
+
+@pytest.mark.parametrize("preset,options,recompute", [
+    ("r100", dict(num_layers=18, multiplier=0.125, input_size=32, emb_size=16),
+     lambda p, x: numpy_resnet(p, x, (2, 2, 2, 2))),
+    ("y1", dict(multiplier=0.25, input_size=32, emb_size=16), lambda p, x: numpy_mobilefacenet(p, x, (1, 4, 6, 2))),
+    ("y2", dict(multiplier=0.125, input_size=32, emb_size=16, blocks=(2, 1, 1, 1)),
+     lambda p, x: numpy_mobilefacenet(p, x, (2, 1, 1, 1))),
+])
+def test_numpy_recomputation_of_teachers_and_baselines(preset, options, recompute):
+    sym = get_symbol(preset, **options)
+    shape = (2, 3, 32, 32)
+    params = seeded_arrays(sym, shape)
+    data = np.random.RandomState(2).uniform(0, 255, shape).astype(np.float32)
+    aux_names = set(sym.list_auxiliary_states())
+    exe = sym.bind(mx.cpu(), args={k: mx.nd.array(v) for k, v in params.items() if k not in aux_names}
+                   | {"data": mx.nd.array(data)},
+                   aux_states={k: mx.nd.array(params[k]) for k in aux_names}, grad_req="null")
+    got = exe.forward(is_train=False)[0].asnumpy()
+    want = recompute({k: v.astype(np.float64) for k, v in params.items()}, data.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def seeded_arrays(sym, data_shape, seed=0):
