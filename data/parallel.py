@@ -41,5 +41,12 @@ def imap_processes(fn, items, workers=None, chunksize=16):
     if workers <= 1:
         yield from map(fn, items)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread_each) as pool:
         yield from pool.imap(fn, items, chunksize)
+
+
+def _one_thread_each():
+    """The processes already fill the cores; OpenCV's own thread pool in each would only oversubscribe them."""
+    import cv2
+
+    cv2.setNumThreads(1)

@@ -39,7 +39,7 @@ def _identity_traits(seed, identity, size):
         skin=skin, hair=hair, hair_style=int(r.integers(4)), hairline=r.uniform(0.16, 0.30),
         face_c=(0.5 + r.normal(0, 0.012), 0.53 + r.normal(0, 0.015)), face_ax=(r.uniform(0.28, 0.38),
                                                                               r.uniform(0.40, 0.50)),
-        jaw=r.uniform(-0.25, 0.45), texture=texture[..., None] * (tint * r.uniform(4, 18)),
+        jaw=r.uniform(-0.25, 0.45), texture=np.round(texture[..., None] * (tint * r.uniform(4, 18))).astype(np.int16),
         eye_y=0.46 + r.normal(0, 0.02), eye_dx=r.uniform(0.13, 0.18), eye_ax=(r.uniform(0.04, 0.065),
                                                                              r.uniform(0.016, 0.03)),
         iris=IRIS[r.integers(len(IRIS))] + r.normal(0, 10, 3), eye_tilt=r.uniform(-10, 10),
@@ -56,8 +56,23 @@ def _identity_traits(seed, identity, size):
 
 
 @functools.lru_cache(maxsize=8)
-def _ramp(size):
-    return np.broadcast_to((np.arange(size, dtype=np.float32) / size - 0.5)[None, :], (size, size))
+def _fields(size):
+    """Fixed per-size fields: horizontal and vertical ramps (lighting gradients) and a noise bank that each image
+    crops at a random offset (cheaper than fresh Gaussian noise, and as good for this purpose)."""
+    ramp = np.ascontiguousarray(np.broadcast_to((np.arange(size, dtype=np.float32) / size - 0.5), (size, size)))
+    noise = np.random.default_rng(size).standard_normal((2 * size, 2 * size)).astype(np.float32)
+    return ramp, np.ascontiguousarray(ramp.T), noise
+
+
+def _color(c):
+    return tuple(min(max(float(v), 0.0), 255.0) for v in c)
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_circle():
+    import cv2
+
+    return cv2.ellipse2Poly((0, 0), (1000, 1000), 0, 0, 360, 8).astype(np.float64) / 1000
 
 
 def render(seed, identity, index, size=112, difficulty=1.0, traits=None):
@@ -67,19 +82,20 @@ def render(seed, identity, index, size=112, difficulty=1.0, traits=None):
     tr = traits or _identity_traits(seed, identity, size)
     r = np.random.default_rng([seed, 1, identity, index])
     d = float(difficulty)
-    u = lambda scale: r.uniform(-scale, scale) * d  # noqa: E731  symmetric per-image variation
+    draws = iter(r.uniform(-d, d, 24).tolist())
+    u = lambda scale: next(draws) * scale  # noqa: E731  symmetric per-image variation
     S = 16  # cv2 fixed-point shift 4: sub-pixel geometry
     px = lambda x, y: (int(round(x * size * S)), int(round(y * size * S)))  # noqa: E731
 
+    col = _color
     bg = 127.5 + r.uniform(-97.5, 97.5, 3) * d
     img = np.empty((size, size, 3), np.uint8)
-    img[:] = bg.astype(np.uint8)
+    cv2.rectangle(img, (0, 0), (size, size), col(bg), -1)
     yaw, pitch = u(1.0), u(0.025)
     cx, cy = tr["face_c"]
     ax, ay = tr["face_ax"]
     ax *= 1 - 0.12 * abs(yaw)
     fx = cx + 0.05 * yaw  # interior features move with the head turn
-    col = lambda c: tuple(min(max(float(v), 0.0), 255.0) for v in c)  # noqa: E731
     skin, hair = tr["skin"], tr["hair"]
     line = cv2.LINE_AA
 
@@ -90,7 +106,7 @@ def render(seed, identity, index, size=112, difficulty=1.0, traits=None):
         ex = cx + side * ax * (1 - 0.25 * side * yaw)
         cv2.ellipse(img, px(ex, tr["eye_y"] + 0.08 + pitch), px(tr["ear"], tr["ear"] * 1.6), 0, 0, 360,
                     col(skin * 0.92), -1, line, 4)
-    oval = cv2.ellipse2Poly((0, 0), (1000, 1000), 0, 0, 360, 8).astype(np.float64) / 1000
+    oval = _unit_circle()
     below = np.clip(oval[:, 1], 0, None)
     xs = cx + oval[:, 0] * ax * (1 - tr["jaw"] * below ** 2)
     ys = cy + oval[:, 1] * ay
@@ -159,29 +175,32 @@ def render(seed, identity, index, size=112, difficulty=1.0, traits=None):
                    -1, line, 4)
 
     # identity skin texture on the face region, then pose / scale / translation in one affine warp
-    f = img.astype(np.float32)
-    cv2.add(f, tr["texture"], dst=f, mask=mask)
+    cv2.add(img, tr["texture"], dst=img, mask=mask, dtype=cv2.CV_8U)
     angle, scale = u(15.0), 1 + u(0.10)
     m = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
     m[:, 2] += np.array([u(0.05), u(0.05)]) * size
-    f = cv2.warpAffine(f, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    f = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    f = f.astype(np.float32)
     # occlusion (a hand / object)
     if r.uniform() < 0.12 * d:
         w, h = r.uniform(0.2, 0.45, 2) * size
         x0, y0 = r.uniform(0, size - w), r.uniform(size * 0.3, size - h)
         cv2.rectangle(f, (int(x0), int(y0)), (int(x0 + w), int(y0 + h)), col(r.uniform(0, 255, 3)), -1)
     # lighting: gain, colour cast, directional gradient; then blur and sensor noise
-    theta = r.uniform(0, 2 * np.pi)
-    ramp = _ramp(size)
-    gain = (1 + u(0.3)) * (1 + u(0.5) * (np.cos(theta) * ramp + np.sin(theta) * ramp.T))
-    f *= gain[..., None] * (1 + r.normal(0, 0.06 * d, 3)).astype(np.float32)
+    rx, ry, bank = _fields(size)
+    theta, strength = r.uniform(0, 2 * np.pi), u(0.5)
+    gain = cv2.addWeighted(rx, strength * np.cos(theta), ry, strength * np.sin(theta), 1.0)
+    cast = (1 + u(0.3)) * (1 + r.normal(0, 0.06 * d, 3))
+    f = cv2.multiply(f, cv2.merge([gain * float(c) for c in cast]))
     sigma = r.uniform(0, 1.3) * d * size / 112
     if sigma > 0.3:
         f = cv2.GaussianBlur(f, (0, 0), sigma)
     noise = r.uniform(0, 7) * d
     if noise > 0:
-        f += r.standard_normal((size, size, 1), np.float32) * noise
-    return np.clip(f, 0, 255).astype(np.uint8)
+        oy, ox = r.integers(0, size, 2)
+        grain = np.ascontiguousarray(bank[oy:oy + size, ox:ox + size])
+        f = cv2.scaleAdd(cv2.merge([grain, grain, grain]), noise, f)
+    return cv2.add(f, 0.0, dtype=cv2.CV_8U)  # saturating cast to uint8
 
 
 def _encode(image, quality=95):
