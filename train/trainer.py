@@ -403,3 +403,20 @@ def _speedometer(run, pos, window, tic, history):
             + f" lr={lr:.6g}")
     run.record({"type": "train", "epoch": pos["epoch"], "batch": pos["batch"], "step": pos["num_update"],
                 "speed": speed, "lr": lr, "time": time.time(), **averages}, history)
+
+
+def serve(role):
+    """Run this process as a parameter-server ``role`` ('server' or 'scheduler') until the workers finish.
+
+    Plain ``DMLC_ROLE=server python -c 'import mxnet'`` starts serving inside the mxnet import, where the server
+    cannot unpickle the workers' optimizer (its LR schedule needs gluoncv, which needs a finished mxnet import);
+    so import first, then take the role."""
+    if role not in ("server", "scheduler"):
+        raise VargfaceError(f"serve: role {role!r} must be 'server' or 'scheduler'")
+    os.environ.pop("DMLC_ROLE", None)
+    from mxnet.kvstore import kvstore_server
+
+    import vargface.train.lr_scheduler  # noqa: F401  (classes the server unpickles)
+
+    os.environ["DMLC_ROLE"] = role
+    kvstore_server._init_kvstore_server_module()
