@@ -3,6 +3,7 @@
 The builders keep the original code's option names and defaults; this module makes a wrong option fail early
 with a message that names it and the accepted values, instead of an MXNet shape error deep in the graph."""
 import math
+import numbers
 
 import mxnet as mx
 
@@ -48,10 +49,11 @@ def _check_type(preset, name, value, default):
         if not isinstance(value, bool):
             raise VargfaceError(f"{where} must be a bool (True or False)")
     elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise VargfaceError(f"{where} must be an integer")
+        value = int(value)
     elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise VargfaceError(f"{where} must be a number")
         value = float(value)
     elif isinstance(default, str):
@@ -59,16 +61,17 @@ def _check_type(preset, name, value, default):
             raise VargfaceError(f"{where} must be a string")
     elif isinstance(default, (tuple, list)):
         if not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value
         ) or len(value) != len(default):
             raise VargfaceError(f"{where} must be a list of {len(default)} positive integers")
-        value = tuple(value)
+        value = tuple(int(v) for v in value)
     return value
 
 
 def check_input_size(preset, size):
     """Every preset halves the map four times, so the side must be a multiple of 8 and leave at least 2x2."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_INPUT_SIZE or size % INPUT_SIZE_STEP:
+    if (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < MIN_INPUT_SIZE
+            or size % INPUT_SIZE_STEP):
         raise VargfaceError(
             f"get_symbol('{preset}'): input_size={size!r} cannot be reduced by the network; accepted values are "
             f"multiples of {INPUT_SIZE_STEP} from {MIN_INPUT_SIZE} up (e.g. 56, 64, 96, 112, 128)"
