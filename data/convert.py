@@ -237,7 +237,7 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
         missing = np.setdiff1d(np.concatenate([reader.imgidx, reader.identity_keys]), reader.keys)
         for key in missing[:max_faults]:
             fault(key, f"listed by the header but missing from {reader.idx_path}")
-        owner = {}  # image key -> identity number
+        owner = np.full(len(reader.imgidx) + 1, -1, np.int64)  # image record -> identity number
         if reader.has_header:
             expected, ranges = 1, []
             for c, key in enumerate(reader.identity_keys):
@@ -257,7 +257,7 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
                 fault(None, f"identity ranges end at record {expected}, but the header says images are records "
                             f"1..{len(reader.imgidx)}")
             for c, first, end in ranges:
-                owner.update((k, c) for k in range(first, end))
+                owner[max(first, 0):max(end, 0)] = c
             report["identities"] = len(reader.identity_keys)
             if num_classes is not None and len(reader.identity_keys) != num_classes:
                 fault(None, f"property says {num_classes} classes but the header lists {len(reader.identity_keys)}"
@@ -277,8 +277,8 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
                 return key, f"{reader.rec_path}: record {key} does not decode as an image ({len(payload)} bytes)"
             if label != int(label) or label < 0 or (num_classes is not None and label >= num_classes):
                 return key, f"label {label:g} is not a class id in 0..{(num_classes or 0) - 1} (property)"
-            if int(key) in owner and owner[int(key)] != int(label):
-                return key, f"label {int(label)} but the record lies in identity {owner[int(key)]}'s range"
+            if key < len(owner) and owner[key] >= 0 and owner[key] != int(label):
+                return key, f"label {int(label)} but the record lies in identity {owner[key]}'s range"
             if height is not None and image.shape[:2] != (height, width):
                 return key, f"image is {image.shape[1]}x{image.shape[0]}, property says {width}x{height}"
             return key, None

@@ -243,45 +243,54 @@ def write_rec(out_dir, samples, image_size=(112, 112), num_classes=None, overwri
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         rec, idx = os.path.join(tmp, REC_NAME), os.path.join(tmp, IDX_NAME)
         writer = mx.recordio.MXIndexedRecordIO(idx, rec, "w")
-        placeholder = mx.recordio.pack(mx.recordio.IRHeader(2, [0.0, 0.0], 0, 0), b"")
-        writer.write_idx(0, placeholder)
-        runs, key = [], 1  # runs: [label, first, end]
-        for label, payload in tqdm(samples, total=total, desc=desc, unit="img", disable=not progress):
-            if payload is None:
-                continue
-            label = int(label)
-            if runs and runs[-1][0] == label:
-                runs[-1][2] = key + 1
-            else:
-                if runs and label != runs[-1][0] + 1:
-                    writer.close()
-                    expected = runs[-1][0] + 1
-                    raise VargfaceError(f"label {label} follows label {runs[-1][0]}; images must be grouped by "
-                                        f"identity with labels 0..K-1 in order (expected {expected})")
-                if not runs and label != 0:
-                    writer.close()
-                    raise VargfaceError(f"the first image has label {label}; labels must start at 0 "
-                                        "(class 0 has no images)")
-                runs.append([label, key, key + 1])
-            writer.write_idx(key, mx.recordio.pack(mx.recordio.IRHeader(0, float(label), key, 0), payload))
-            key += 1
-        num_images, k = key - 1, len(runs)
-        if num_images == 0:
+        try:
+            num_images, k = _write_records(writer, tqdm(samples, total=total, desc=desc, unit="img",
+                                                        disable=not progress), num_classes)
+        finally:
             writer.close()
-            raise VargfaceError("no images to write")
-        if num_classes is not None and k != num_classes:
-            writer.close()
-            raise VargfaceError(f"{num_classes} classes expected but only {k} have images "
-                                f"(class {k} is the first without any)")
-        for c, (_, first, end) in enumerate(runs):
-            writer.write_idx(num_images + 1 + c,
-                             mx.recordio.pack(mx.recordio.IRHeader(2, [float(first), float(end)], 0, 0), b""))
-        writer.close()
-        header = mx.recordio.pack(mx.recordio.IRHeader(2, [float(num_images + 1), float(num_images + 1 + k)], 0, 0),
-                                  b"")
-        assert len(header) == len(placeholder)
         with open(rec, "r+b") as f:  # the header needs N and K, known only now: same size, patched in place
             f.seek(8)
-            f.write(header)
+            f.write(_header(num_images, k))
         write_property(tmp, k, height, width)
     return num_images, k
+
+
+def _header(num_images, num_classes):
+    """Record 0: flag 2, label [N+1, N+1+K] (fixed size, so a placeholder can be patched in place)."""
+    import mxnet as mx
+
+    return mx.recordio.pack(mx.recordio.IRHeader(2, [float(num_images + 1), float(num_images + 1 + num_classes)],
+                                                 0, 0), b"")
+
+
+def _write_records(writer, samples, num_classes):
+    """Header placeholder, image records, identity records; returns ``(num_images, num_classes)``."""
+    import mxnet as mx
+
+    writer.write_idx(0, _header(0, 0))
+    runs, key = [], 1  # runs: [label, first, end)
+    for label, payload in samples:
+        if payload is None:
+            continue
+        label = int(label)
+        if runs and runs[-1][0] == label:
+            runs[-1][2] = key + 1
+        elif runs and label != runs[-1][0] + 1:
+            raise VargfaceError(f"label {label} follows label {runs[-1][0]}; images must be grouped by identity "
+                                f"with labels 0..K-1 in order (expected {runs[-1][0] + 1})")
+        elif not runs and label != 0:
+            raise VargfaceError(f"the first image has label {label}; labels must start at 0 (class 0 has no images)")
+        else:
+            runs.append([label, key, key + 1])
+        writer.write_idx(key, mx.recordio.pack(mx.recordio.IRHeader(0, float(label), key, 0), payload))
+        key += 1
+    if key == 1:
+        raise VargfaceError("no images to write")
+    if num_classes is not None and len(runs) != num_classes:
+        raise VargfaceError(f"{num_classes} classes expected but only {len(runs)} have images "
+                            f"(class {len(runs)} is the first without any)")
+    num_images = key - 1
+    for c, (_, first, end) in enumerate(runs):
+        writer.write_idx(num_images + 1 + c, mx.recordio.pack(mx.recordio.IRHeader(2, [float(first), float(end)], 0, 0),
+                                                              b""))
+    return num_images, len(runs)
