@@ -69,6 +69,10 @@ loss = edict(
 )
 
 
+# Keys that hold lists even where a preset leaves them unset (None).
+LIST_KEYS = ("image_size", "val_targets", "lr_steps")
+
+
 def _choose(kind, table, name):
     if name not in table:
         near = difflib.get_close_matches(str(name), table.keys(), n=3, cutoff=0.4)
@@ -100,10 +104,10 @@ def parse_value(template, text, key):
             return int(text)
         if isinstance(template, float):
             return float(text)
-        if isinstance(template, list) or template is None and "," in text:
+        if isinstance(template, list) or key in LIST_KEYS or template is None and "," in text:
             items = [t for t in text.split(",") if t.strip()]
             kinds = {type(v) for v in (template or [])}
-            cast = int if kinds == {int} else float if kinds == {float} else str
+            cast = int if kinds == {int} or key in ("image_size", "lr_steps") else float if kinds == {float} else str
             return [cast(t.strip()) for t in items]
         if template is None:
             for cast in (int, float):

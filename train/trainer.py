@@ -289,6 +289,8 @@ def fit(config, plugin=None, ctx=None, log=print):
     if run.state is None:
         run.save_state(pos)  # the rollback target before the first checkpoint
     history, rollbacks = [], 0
+    if run.state is None and run.val_sets:
+        _verify_round(run, pos, history)  # the untrained network's accuracy: the baseline of the curves
     with _StopFlag() as stop:
         while True:
             try:
@@ -316,26 +318,30 @@ def fit(config, plugin=None, ctx=None, log=print):
             "interrupted": interrupted}
 
 
+def _verify_round(run, pos, history):
+    """Verify on every target, log it; returns the mean accuracy (the score the best checkpoint is chosen by)."""
+    results = run.last_results = run.verify()
+    score = float(np.mean([r["accuracy"] for r in results.values()]))
+    run.record({"type": "verify", "step": pos["num_update"], "epoch": pos["epoch"], "score": score,
+                **{f"{k}_acc": v["accuracy"] for k, v in results.items()}}, history)
+    best = pos["best"]["score"] if pos["best"] else score
+    run.log(f"[{pos['num_update']}] verification: " + "  ".join(
+        f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items()) + f"  (best {max(score, best):.5f})")
+    return score
+
+
 def _checkpoint(run, pos, history, final=False):
     """Verification round + checkpoint by InsightFace's --ckpt rule (0 none, 1 when verification improves,
     2 every round, 3 the latest as number 1); the best round is also kept as PREFIX_best."""
     c = run.config
     pos["msave"] += 1
     number = 1 if int(c.ckpt) == 3 else pos["msave"]
-    improved, results = False, {}
+    improved = False
     if run.val_sets:
-        results = run.verify()
-        score = float(np.mean([r["accuracy"] for r in results.values()]))
-        best = pos["best"]
-        improved = best is None or score >= best["score"]
-        entry = {"type": "verify", "step": pos["num_update"], "epoch": pos["epoch"], "score": score,
-                 **{f"{k}_acc": v["accuracy"] for k, v in results.items()}}
-        run.record(entry, history)
-        run.log(f"[{pos['num_update']}] verification: " + "  ".join(
-            f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items()) +
-            f"  (best {max(score, best['score']) if best else score:.5f})")
+        score = _verify_round(run, pos, history)
+        improved = pos["best"] is None or score >= pos["best"]["score"]
         if improved:
-            pos["best"] = {"score": score, "step": pos["num_update"], "results": results}
+            pos["best"] = {"score": score, "step": pos["num_update"], "results": run.last_results}
     save = {0: False, 1: improved or not run.val_sets, 2: True, 3: True}.get(int(c.ckpt), True) or \
         (final and int(c.ckpt) != 0)
     if save:

@@ -1,0 +1,160 @@
+"""End-to-end training on tiny networks: learning on two devices, exact resume, the NaN guard, plot-log."""
+import json
+import os
+import signal
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from vargface.errors import VargfaceError
+from vargface.train.checkpoint import load_state
+from vargface.train.config import generate_config
+from vargface.train.trainer import TrainerPlugin, fit
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from vargface.data.synth import make_synthetic_rec
+    from vargface.data.verification import make_synthetic_bin
+
+    root = tmp_path_factory.mktemp("faces") / "data"
+    make_synthetic_rec(str(root), 24, 10, size=SIZE, seed=3, progress=False)
+    make_synthetic_bin(str(root / "heldout.bin"), 24, 160, size=SIZE, seed=3)
+    return str(root)
+
+
+def tiny_config(data_dir, prefix, **overrides):
+    options = dict(ctx="cpu:0,cpu:1", kvstore="device", per_batch_size=8, lr=0.1, loss_s=16.0, loss_m2=0.3,
+                   lr_schedule="cosine", warmup_steps=4, frequent=5, verbose=15, end_epoch=4, prefix=prefix)
+    options.update(overrides)
+    return generate_config("r18_tiny", data_dir, "arcface", **options)
+
+
+def quiet(lines):
+    return lambda text: lines.append(text)
+
+
+def test_two_devices_lower_loss_and_raise_heldout_accuracy(data_dir, tmp_path):
+    lines = []
+    result = fit(tiny_config(data_dir, str(tmp_path / "m")), log=quiet(lines))
+    train = [e for e in result["history"] if e["type"] == "train"]
+    verify = [e for e in result["history"] if e["type"] == "verify"]
+    assert train[0]["step"] == 5 and result["num_update"] == 4 * (240 // 16)
+    assert np.mean([e["loss"] for e in train[-2:]]) < train[0]["loss"] - 1.0
+    assert verify[0]["step"] == 0  # the untrained baseline
+    assert verify[-1]["heldout_acc"] > verify[0]["heldout_acc"] + 0.05
+    assert any(line.startswith("Epoch[") and "samples/sec" in line and "lr=" in line for line in lines)
+    # InsightFace-format embedding checkpoint: symbol with fc1_output, arrays of the embedding only.
+    from vargface.symbols.checkpoint import load_checkpoint
+
+    sym, arg, aux = load_checkpoint(result["prefix"], result["epoch"])
+    saved = mx.nd.load(f"{result['prefix']}-{result['epoch']:04d}.params")
+    assert "arg:fc7_weight" not in saved and set(saved) == {"arg:" + k for k in arg} | {"aux:" + k for k in aux}
+    best_prefix, best_epoch = result["best_checkpoint"].rsplit(",", 1)
+    load_checkpoint(best_prefix, int(best_epoch))
+    assert result["best"]["heldout"]["accuracy"] == max(e["score"] for e in verify[1:])
+    saved_config = json.load(open(f"{result['prefix']}-config.json"))
+    assert saved_config["num_classes"] == 24 and saved_config["contexts"] == ["cpu(0)", "cpu(1)"]
+    logged = [json.loads(line) for line in open(f"{result['prefix']}-log.jsonl")]
+    assert logged == json.loads(json.dumps(result["history"]))
+
+    from vargface.train.plot_log import plot_log
+
+    out = plot_log(f"{result['prefix']}-log.jsonl", str(tmp_path / "curves.png"))
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+class Probe(TrainerPlugin):
+    """An extra input and loss (pulls embeddings towards a fixed target), and a signal sent at one batch."""
+
+    def __init__(self, interrupt_at=None):
+        self.calls, self.interrupt_at = 0, interrupt_at
+
+    def extra_inputs(self, batch_size):
+        return [("probe_target", (batch_size, 64))]
+
+    def extra_losses(self, embedding, config):
+        target = mx.sym.Variable("probe_target")
+        loss = mx.sym.MakeLoss(0.01 * mx.sym.sum(mx.sym.square(embedding - target), axis=1), name="probe")
+        return [(loss, "probe_loss")]
+
+    def extra_data(self, batch):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        rows = np.asarray(batch.index, dtype=np.float32)[:, None]
+        return [mx.nd.array(np.sin(rows * np.arange(64, dtype=np.float32) / 7.0))]
+
+
+def final_arrays(prefix):
+    info, arg, aux, _ = load_state(prefix)
+    return info, {**arg, **{"aux:" + k: v for k, v in aux.items()}}
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(data_dir, tmp_path):
+    # Cosine + warm-up, mirror augmentation, Dropout (r18 'E' output) and momentum all have to line up.
+    options = dict(end_epoch=2, verbose=10, frequent=4, data_rand_mirror=True)
+    full = fit(tiny_config(data_dir, str(tmp_path / "full"), **options), plugin=Probe(), log=quiet([]))
+    assert full["num_update"] == 30 and not full["interrupted"]
+
+    first = Probe(interrupt_at=19)  # SIGINT during epoch 1, batch 4
+    part = fit(tiny_config(data_dir, str(tmp_path / "part"), **options), plugin=first, log=quiet([]))
+    assert part["interrupted"] and part["num_update"] == 19
+    info = load_state(str(tmp_path / "part"))[0]
+    assert (info["epoch"], info["batch"], info["num_update"]) == (1, 4, 19)
+
+    second = Probe()
+    resumed = fit(tiny_config(data_dir, str(tmp_path / "part"), resume=True, **options), plugin=second,
+                  log=quiet([]))
+    assert resumed["num_update"] == 30 and second.calls == 11  # extra_data for every remaining batch
+    _, a = final_arrays(str(tmp_path / "full"))
+    _, b = final_arrays(str(tmp_path / "part"))
+    assert set(a) == set(b) and "fc7_weight" in a
+    for name in a:
+        np.testing.assert_allclose(b[name].asnumpy(), a[name].asnumpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    probe = [e["probe_loss"] for e in resumed["history"] if e["type"] == "train"]
+    assert probe and all(np.isfinite(probe))
+
+
+class NanAt(TrainerPlugin):
+    """Makes the loss NaN/inf at chosen calls, through an extra input fed to log()."""
+
+    def __init__(self, bad_calls):
+        self.calls, self.bad_calls = 0, set(bad_calls)
+
+    def extra_inputs(self, batch_size):
+        return [("gate", (batch_size,))]
+
+    def extra_losses(self, embedding, config):
+        gate = mx.sym.Variable("gate")
+        return [(mx.sym.MakeLoss(mx.sym.log(gate) + 0 * mx.sym.mean(embedding, axis=1), name="gate_loss"), "gate")]
+
+    def extra_data(self, batch):
+        self.calls += 1
+        return [mx.nd.zeros((len(batch.index),)) if self.calls in self.bad_calls else mx.nd.ones((len(batch.index),))]
+
+
+def test_nan_guard_stop_names_the_batch_and_keeps_the_last_good_state(data_dir, tmp_path):
+    prefix = str(tmp_path / "stop")
+    with pytest.raises(VargfaceError, match=r"gate became -inf at epoch 0 batch 7 \(update 8\)"):
+        fit(tiny_config(data_dir, prefix, ctx="cpu", verbose=5, val_targets=""), plugin=NanAt({8}), log=quiet([]))
+    info, arg, aux, _ = load_state(prefix)
+    assert info["num_update"] == 5 and all(np.all(np.isfinite(v.asnumpy())) for v in arg.values())
+
+
+def test_nan_guard_rollback_lowers_the_learning_rate_and_finishes(data_dir, tmp_path):
+    prefix = str(tmp_path / "rollback")
+    lines = []
+    result = fit(tiny_config(data_dir, prefix, ctx="cpu", verbose=5, frequent=1, end_epoch=1, val_targets="",
+                             on_nan="rollback", lr_schedule="step", lr_steps="1000", warmup_steps=0),
+                 plugin=NanAt({8}), log=quiet(lines))
+    rollback = [e for e in result["history"] if e["type"] == "rollback"]
+    assert rollback == [{"type": "rollback", "step": 5, "at": 8, "lr_scale": 0.1, "metric": "gate"}]
+    lrs = {e["step"]: e["lr"] for e in result["history"] if e["type"] == "train"}
+    assert lrs[5] == pytest.approx(0.1) and lrs[max(lrs)] == pytest.approx(0.01)
+    assert result["num_update"] == 240 // 8
+    _, arg, _, _ = load_state(prefix)
+    assert all(np.all(np.isfinite(v.asnumpy())) for v in arg.values())
