@@ -79,8 +79,10 @@ def main():
         ours(data_dir, 128, 2, args.workers)  # warm the page cache and imports
         base = timed(faceimageiter_loop, data_dir, 128, args.batches)
         fast = timed(ours, data_dir, 128, args.batches, args.workers)
+        single = timed(ours, data_dir, 128, args.batches, 1)
     print(f"{'what (112x112, batch 128)':44s} {'images/s':>10s}")
     print(f"{'FaceImageIter-style mx.image.imdecode loop':44s} {base:10.0f}")
+    print(f"{'FaceRecordIter (1 decode thread)':44s} {single:10.0f}")
     print(f"{'FaceRecordIter (' + str(args.workers) + ' decode threads)':44s} {fast:10.0f}")
     print(f"{'ratio (target >= 2.0)':44s} {fast / base:10.2f}")
     print(f"{'synthetic faces -> .rec (target >= 500)':44s} {synth:10.0f}")

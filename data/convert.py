@@ -59,8 +59,9 @@ def items_from_root(root, strict=False):
 
 def read_lst(path, image_root=None):
     """Items of an InsightFace ``.lst``: ``aligned<TAB>path<TAB>label[<TAB>x1 y1 x2 y2[<TAB>5 x then 5 y]]``.
-    Relative paths are taken from ``image_root`` (default: the .lst's folder). Items are returned grouped by
-    label (stable order); labels must be 0..K-1."""
+    ``aligned`` 1 takes the image as it is (resized if needed); 0 aligns it by the landmarks, else crops the box.
+    Relative paths are taken from ``image_root`` (default: the .lst's folder). Items are returned grouped by label
+    (stable order); labels must be 0..K-1."""
     path = os.fspath(path)
     base = image_root or os.path.dirname(os.path.abspath(path))
     items = []
@@ -72,9 +73,10 @@ def read_lst(path, image_root=None):
             try:
                 if len(vec) < 3 or len(vec) not in (3, 7, 17):
                     raise ValueError(f"{len(vec)} tab-separated fields")
-                label = int(float(vec[2]))
-                bbox = [int(float(v)) for v in vec[3:7]] if len(vec) >= 7 else None
+                aligned, label = int(vec[0]), int(float(vec[2]))
+                bbox = [int(float(v)) for v in vec[3:7]] if len(vec) >= 7 and not aligned else None
                 marks = np.array([float(v) for v in vec[7:17]]).reshape(2, 5).T if len(vec) == 17 else None
+                marks = None if aligned else marks
             except ValueError as error:
                 raise VargfaceError(f"{path}:{n}: cannot parse ({error}); expected 'aligned<TAB>path<TAB>label', "
                                     "optionally followed by 4 bbox and 10 landmark values") from None
@@ -185,8 +187,10 @@ def unpack(data_dir, out_dir, overwrite=False, progress=True):
 
 
 def pairs_from_root(root, out_bin, pairs, seed=0, size=112, quality=95, workers=None, strict=False,
-                    overwrite=False):
+                    overwrite=False, progress=True):
     """A balanced verification pack from an image root. Returns the number of pairs."""
+    from tqdm import tqdm
+
     from vargface.data.images import prepare
     from vargface.data.parallel import imap_ordered
     from vargface.data.verification import make_pairs, write_bin
@@ -195,8 +199,9 @@ def pairs_from_root(root, out_bin, pairs, seed=0, size=112, quality=95, workers=
     chosen = make_pairs([paths for _, paths in scan_image_root(root, strict)], pairs, seed)
     paths = [p for a, b, _ in chosen for p in (a, b)]
     unique = sorted(set(paths))
-    encoded = dict(zip(unique, imap_ordered(lambda p: prepare(_read_file(p), (size, size), quality, p), unique,
-                                            workers)))
+    encoded = dict(zip(unique, tqdm(imap_ordered(lambda p: prepare(_read_file(p), (size, size), quality, p),
+                                                 unique, workers), total=len(unique), desc="pairs", unit="img",
+                                    disable=not progress)))
     write_bin(out_bin, [encoded[p] for p in paths], [same for _, _, same in chosen])
     return len(chosen)
 

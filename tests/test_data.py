@@ -283,6 +283,8 @@ def test_lst_landmarks_align_to_arcface_template(tmp_path):
     (tmp_path / "a.lst").write_text("\t".join(line) + "\n")
     item = read_lst(tmp_path / "a.lst")[0]
     assert np.allclose(item.landmarks, marks)
+    (tmp_path / "pre.lst").write_text("\t".join(["1"] + line[1:]) + "\n")  # aligned=1: taken as it is
+    assert read_lst(tmp_path / "pre.lst")[0].landmarks is None
     write_lst(tmp_path / "b.lst", [item])
     assert np.allclose(read_lst(tmp_path / "b.lst")[0].landmarks, marks, atol=1e-3)
     to_rec(str(tmp_path / "a.lst"), str(tmp_path / "out"), progress=False)
