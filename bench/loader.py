@@ -11,7 +11,6 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 import mxnet as mx  # noqa: E402
-import numpy as np  # noqa: E402
 
 from vargface.data.iterator import FaceRecordIter  # noqa: E402
 from vargface.data.synth import make_synthetic_rec  # noqa: E402

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from vargface.data.images import encode_jpeg
 from vargface.errors import VargfaceError
 
 HAIR = np.array([[20, 20, 25], [30, 45, 70], [40, 70, 120], [90, 140, 200], [40, 60, 150], [170, 170, 175],
@@ -203,14 +204,6 @@ def render(seed, identity, index, size=112, difficulty=1.0, traits=None):
     return cv2.add(f, 0.0, dtype=cv2.CV_8U)  # saturating cast to uint8
 
 
-def _encode(image, quality=95):
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    assert ok
-    return buf.tobytes()
-
-
 def _jobs(identities, per_identity, first_identity):
     return [(first_identity + i, label, j) for label, i in enumerate(range(identities)) for j in range(per_identity)]
 
@@ -224,13 +217,13 @@ def _check_counts(identities, per_identity, size):
 
 def _render_jpeg(job, seed, size, difficulty, quality):
     ident, label, j = job
-    return label, _encode(render(seed, ident, j, size, difficulty), quality)
+    return label, encode_jpeg(render(seed, ident, j, size, difficulty), quality)
 
 
 def _render_file(job, root, seed, size, difficulty, quality):
     ident, _, j = job
     with open(os.path.join(root, FOLDER_FORMAT.format(ident), f"{j:04d}.jpg"), "wb") as f:
-        f.write(_encode(render(seed, ident, j, size, difficulty), quality))
+        f.write(encode_jpeg(render(seed, ident, j, size, difficulty), quality))
 
 
 def make_synthetic(out_dir, identities, per_identity, size=112, seed=0, difficulty=1.0, first_identity=0,
