@@ -276,8 +276,8 @@ def _write_records(writer, samples, num_classes):
         if runs and runs[-1][0] == label:
             runs[-1][2] = key + 1
         elif runs and label != runs[-1][0] + 1:
-            raise VargfaceError(f"label {label} follows label {runs[-1][0]}; images must be grouped by identity "
-                                f"with labels 0..K-1 in order (expected {runs[-1][0] + 1})")
+            raise VargfaceError(f"label {label} follows label {runs[-1][0]}: class {runs[-1][0] + 1} has no (readable) "
+                                "images, or the images are not grouped by identity; labels must be 0..K-1, in order")
         elif not runs and label != 0:
             raise VargfaceError(f"the first image has label {label}; labels must start at 0 (class 0 has no images)")
         else:
