@@ -1,0 +1,109 @@
+"""Distillation throughput: VarGFaceNet student training steps with the live r50 teacher vs the teacher cache.
+
+One run on synthetic 112x112 data (random weights: speed does not depend on them). One student training Module
+(embedding + ArcFace head + angular distillation loss, as the trainer builds it) takes alternating steps whose
+teacher embeddings come from the live teacher or from the cache, so a shared machine's changing load hits both
+modes alike. Target: the cache at least 3x faster per step than the live teacher."""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", str(os.cpu_count() or 1))
+
+
+def save_random(preset, prefix):
+    """A randomly initialised `preset` checkpoint (a teacher's speed does not depend on its weights)."""
+    import mxnet as mx
+
+    from vargface.symbols import get_symbol
+
+    sym = get_symbol(preset)
+    mod = mx.mod.Module(sym, label_names=None)
+    mod.bind(data_shapes=[("data", (1, 3, 112, 112))], for_training=False)
+    mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
+    mx.model.save_checkpoint(prefix, 1, sym, *mod.get_params())
+    return f"{prefix},1"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher", default="r50", help="teacher preset (default: %(default)s; r100 as in the paper)")
+    parser.add_argument("--student", default="vargfacenet", help="student network preset (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=4, help="per-step batch (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per mode (default: %(default)s)")
+    args = parser.parse_args()
+
+    import mxnet as mx
+
+    from vargface.data.iterator import FaceRecordIter
+    from vargface.data.synth import make_synthetic_rec
+    from vargface.train.config import generate_config, resolve_dataset
+    from vargface.train.distill import TEACHER_INPUT, make_plugin
+    from vargface.train.losses import loss_head
+    from vargface.train.teacher import Teacher
+    from vargface.train.teacher_cache import build_cache, TeacherCache
+    from vargface.train.trainer import embedding_symbol, make_initializer
+
+    quiet = lambda line: None  # noqa: E731
+    batch = args.batch_size
+    with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
+        data = os.path.join(tmp, "data")
+        make_synthetic_rec(data, identities=4, per_identity=batch, size=112, seed=0, progress=False)
+        teacher = Teacher(save_random(args.teacher, os.path.join(tmp, "teacher")))
+        tic = time.time()
+        cache_path = build_cache(teacher, data, batch_size=batch, progress=False)
+        cache_seconds = time.time() - tic
+        config = resolve_dataset(generate_config(args.student, data, "arcface", val_targets=""))
+        live = make_plugin(config, teacher, "angular", 1.0, log=quiet)
+        cached = make_plugin(config, teacher, "angular", 1.0, teacher_cache=cache_path, log=quiet)
+        assert isinstance(cached.cache, TeacherCache)
+
+        emb = embedding_symbol(config)
+        (kd, _), = live.extra_losses(emb, config)
+        module = mx.mod.Module(mx.sym.Group([loss_head(emb, config), kd]), data_names=["data", TEACHER_INPUT],
+                               label_names=["softmax_label"])
+        module.bind(data_shapes=[("data", (batch, 3, 112, 112))] + live.extra_inputs(batch),
+                    label_shapes=[("softmax_label", (batch,))])
+        module.init_params(make_initializer(config.net_init))
+        module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.001, "momentum": 0.9})
+        it = FaceRecordIter(path_imgrec=data, batch_size=batch, data_shape=(3, 112, 112), shuffle=True,
+                            rand_mirror=True)
+
+        def step(plugin):
+            try:
+                b = it.next()
+            except StopIteration:
+                it.reset()
+                b = it.next()
+            tic = time.time()
+            extra = plugin.extra_data(b)
+            module.forward_backward(mx.io.DataBatch(data=list(b.data) + extra, label=b.label))
+            module.update()
+            mx.nd.waitall()
+            return time.time() - tic
+
+        step(live), step(cached)  # bind, allocation, warm-up
+        times = {"live teacher": [], "teacher cache": []}
+        for _ in range(args.steps):
+            times["live teacher"].append(step(live))
+            times["teacher cache"].append(step(cached))
+            print(f"  live {times['live teacher'][-1]:.2f} s, cache {times['teacher cache'][-1]:.2f} s",
+                  file=sys.stderr)
+        it.close()
+
+    seconds = {mode: sum(values) / len(values) for mode, values in times.items()}
+    print(f"\ndistillation bench: {args.teacher} teacher -> {args.student} student (angular loss), batch {batch}, "
+          f"{args.steps} alternating steps per mode, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
+    print(f"one-off teacher cache: {4 * batch} images x 2 (plain + mirror) in {cache_seconds:.1f} s")
+    print(f"{'mode':<16}{'samples/s':>10}{'s/step':>9}{'vs live':>9}")
+    for mode, value in seconds.items():
+        print(f"{mode:<16}{batch / value:>10.2f}{value:>9.2f}{seconds['live teacher'] / value:>8.2f}x")
+    ratio = seconds["live teacher"] / seconds["teacher cache"]
+    print(f"cache vs live teacher: {ratio:.2f}x per step (target >= 3x: {'met' if ratio >= 3 else 'not met'})")
+
+
+if __name__ == "__main__":
+    main()
