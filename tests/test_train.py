@@ -167,3 +167,27 @@ def test_bad_input_fails_before_training(data_dir, tmp_path):
     assert logs == []
     saved = json.load(open(prefix + "-state.json"))
     assert saved["num_update"] == 2 and saved["network"] == "r18_tiny"
+
+
+def test_pretrained_loads_the_embedding_only(data_dir, tmp_path):
+    from vargface.symbols.checkpoint import load_checkpoint
+    from vargface.train.trainer import fit
+
+    base = dict(per_batch_size=4, val_targets="", frequent=1, ctx="cpu")
+    first = fit(generate_config("r18_tiny", data_dir, "arcface", prefix=str(tmp_path / "a"), max_steps=2, **base),
+                log=lambda line: None)
+    spec = f"{first['prefix']},{first['epoch']}"
+    # lr 0: the second run's weights stay exactly what --pretrained loaded (its classifier starts fresh).
+    second = fit(generate_config("r18_tiny", data_dir, "arcface", prefix=str(tmp_path / "b"), max_steps=1, lr=0,
+                                 pretrained=spec, **base), log=lambda line: None)
+    _, arg_a, _ = load_checkpoint(first["prefix"], first["epoch"])
+    _, arg_b, _ = load_checkpoint(second["prefix"], second["epoch"])
+    assert set(arg_a) == set(arg_b)
+    for name in set(arg_a) - {"fc1_gamma"}:  # fix_gamma: MXNet's BatchNorm resets it to 1 in each forward
+        np.testing.assert_array_equal(arg_a[name].asnumpy(), arg_b[name].asnumpy(), err_msg=name)
+    fc7_a = ckpt.load_state(first["prefix"])[1]["fc7_weight"].asnumpy()
+    fc7_b = ckpt.load_state(second["prefix"])[1]["fc7_weight"].asnumpy()
+    assert not np.array_equal(fc7_a, fc7_b) and second["num_update"] == 1
+    with pytest.raises(VargfaceError, match="--pretrained .* does not fit the network"):
+        fit(generate_config("vargfacenet_tiny", data_dir, "arcface", prefix=str(tmp_path / "c"), max_steps=1,
+                            pretrained=spec, **base), log=lambda line: None)

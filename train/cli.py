@@ -4,6 +4,32 @@ import difflib
 from vargface.train import distill_cli
 
 PRESET_KEYS = ("network", "dataset", "loss")
+HELP = {
+    "ctx": "devices: gpu:0,1,2,3 | cpu:0,cpu:1 | cpu",
+    "kvstore": "local | device | dist_sync | dist_device_sync (dist_*: start through scripts/dist_train.sh)",
+    "dataset_path": "folder with train.rec, train.idx, property and the val_targets' .bin files",
+    "num_classes": "identities in the data (0: read from its property file)",
+    "image_size": "network input side (records of another size are resized)",
+    "val_targets": "verification sets NAME (NAME.bin in the dataset folder), comma-separated; '' for none",
+    "per_batch_size": "images per device per batch",
+    "lr_schedule": "step (decay by lr_factor at lr_steps) | cosine (to lr_min over lr_total_steps)",
+    "lr_steps": "global batch counts at which the step schedule decays, comma-separated",
+    "lr_total_steps": "cosine length in batches (0: max_steps, else end_epoch epochs)",
+    "warmup_steps": "batches of linear warm-up from warmup_lr to lr",
+    "max_steps": "stop after this many batches (0: run to end_epoch)",
+    "net_init": "xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>",
+    "frequent": "log a speedometer line every N batches",
+    "verbose": "verify and checkpoint every N batches",
+    "ckpt": "0 no embedding checkpoints, 1 when verification improves, 2 every round, 3 the latest as 0001",
+    "prefix": "checkpoint prefix (default MODELS_ROOT/NETWORK-LOSS-DATASET/model)",
+    "pretrained": "PREFIX,EPOCH: start the embedding from this checkpoint (fresh classifier and optimizer)",
+    "resume": "continue the interrupted run at --prefix exactly where it stopped",
+    "on_nan": "stop | rollback (to the last state, learning rate x nan_lr_factor)",
+    "data_cutoff": "side of a grey square pasted at random on half the images (0: off)",
+    "data_color": "1: colour jitter, 2: also JPEG re-compression",
+    "loss_s": "scale s of the margin losses", "loss_m1": "multiplicative angular margin",
+    "loss_m2": "additive angular margin (ArcFace)", "loss_m3": "additive cosine margin (CosFace)",
+}
 
 
 def add_train_options(parser):
@@ -20,7 +46,8 @@ def add_train_options(parser):
             continue
         flags = ["--" + key.replace("_", "-")] + (["--" + key] if "_" in key else [])
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        kwargs = dict(dest=key, default=None, metavar="VALUE", help=f"(default: {shown}, or the preset's)")
+        text = HELP.get(key, "")
+        kwargs = dict(dest=key, default=None, metavar="VALUE", help=f"{text} (default: {shown}, or the preset's)")
         if isinstance(value, bool):
             kwargs.update(nargs="?", const="true")
         parser.add_argument(*flags, **kwargs)

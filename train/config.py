@@ -19,7 +19,7 @@ default = edict(
     fc7_lr_mult=1.0, fc7_wd_mult=1.0, fc7_no_bias=False,
     # data
     dataset_path="", num_classes=0, image_size=[112, 112], val_targets=["lfw", "cfp_fp", "agedb_30"],
-    data_rand_mirror=True, data_cutoff=False, data_color=0, seed=0,
+    data_rand_mirror=True, data_cutoff=0, data_color=0, seed=0,
     # loss
     loss_name="margin_softmax", loss_s=64.0, loss_m1=1.0, loss_m2=0.5, loss_m3=0.0,
     loss_alpha=1.2, loss_sigma=2.0,
