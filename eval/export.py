@@ -72,6 +72,19 @@ def fix_prelu_slopes(model):
     return fixed
 
 
+def drop_initializer_inputs(model):
+    """The exporter lists every weight as a graph input too; runtimes then treat weights as overridable inputs and
+    skip constant folding. Keep only the real inputs (``data``)."""
+    names = {init.name for init in model.graph.initializer}
+    kept = [info for info in model.graph.input if info.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    for info in kept:  # name the dynamic batch axis
+        batch = info.type.tensor_type.shape.dim[0]
+        if not batch.dim_value and not batch.dim_param:
+            batch.dim_param = "N"
+
+
 def mxnet_forward(sym, arg_params, aux_params, data):
     """fc1_output of ``sym`` on ``data`` with MXNet (inference mode, CPU)."""
     import mxnet as mx
@@ -118,6 +131,8 @@ def export_onnx(sym, arg_params, aux_params, out_path, input_size=112, batch_siz
             raise VargfaceError(f"ONNX export of {out_path} failed: {type(error).__name__}: {error}") from None
         model = onnx.load(tmp)
         slopes = fix_prelu_slopes(model)
+        drop_initializer_inputs(model)
+        onnx.checker.check_model(model)
         onnx.save(model, tmp)
         expected = mxnet_forward(sym, arg_params, aux_params, data)
         got = onnx_forward(tmp, data)

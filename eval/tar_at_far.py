@@ -80,13 +80,15 @@ def tar_at_far_pairs(scores, issame, fars=None):
     return tar_from_scores(scores[issame], scores[~issame], n_impostors, fars)
 
 
-def _normalise(features):
+def _normalise(features, rows):
+    """Unit rows, in place when ``features`` is already a float32 copy; ``rows`` maps back to input rows."""
     features = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
-    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
-        bad = int(np.flatnonzero((norms[:, 0] == 0) | ~np.isfinite(norms[:, 0]))[0])
-        raise VargfaceError(f"features: row {bad} is zero or not finite; cannot normalise it")
-    return np.ascontiguousarray(features / norms)
+    bad = np.flatnonzero((norms[:, 0] == 0) | ~np.isfinite(norms[:, 0]))
+    if bad.size:
+        raise VargfaceError(f"features: row {int(rows[bad[0]])} is zero or not finite; cannot normalise it")
+    features /= norms
+    return features
 
 
 class _TopBuffer:
@@ -129,7 +131,7 @@ def tar_at_far(features, labels, fars, tile=2048, progress=True):
         raise VargfaceError(f"features have {len(features)} rows but labels have {len(labels)}; "
                             "expected one label per feature row")
     order = np.argsort(labels, kind="stable")
-    x, y = _normalise(features[order]), labels[order]
+    x, y = _normalise(features[order], order), labels[order]  # fancy indexing copies: normalise that copy
     n = len(y)
     counts = np.unique(y, return_counts=True)[1].astype(np.int64)
     n_pairs = n * (n - 1) // 2

@@ -137,6 +137,7 @@ def verify_model(prefix, epoch, targets, ctx=None, batch_size=64, nrof_folds=10,
     for path in targets:
         images, issame = load_pairs(path, embedder.input_size)
         name = os.path.splitext(os.path.basename(path))[0]
+        name = path if name in results else name  # two packs with one file name: keep both
         embeddings = flip_sum_embeddings(images, embedder.forward, embedder.batch_size, dtype=np.float64,
                                          progress=progress, desc=name)
         results[name] = evaluate(embeddings, issame, nrof_folds=nrof_folds)

@@ -388,6 +388,13 @@ def test_export_cli_tiny(tiny_model, tmp_path):
     result = json.loads(done.stdout)
     assert result["relative_error"] <= 1e-4 and result["input_shape"] == [1, 3, SIZE, SIZE]
     assert out.exists() and [p.name for p in tmp_path.iterdir()] == ["tiny.onnx"]
+    from vargface.eval.embedder import load_embedding_model
+    from vargface.eval.export import mxnet_forward, onnx_forward
+
+    batch = np.random.RandomState(2).uniform(0, 255, (3, 3, SIZE, SIZE)).astype(np.float32)
+    sym, arg_params, aux_params, _ = load_embedding_model(prefix, epoch)
+    assert np.allclose(onnx_forward(str(out), batch), mxnet_forward(sym, arg_params, aux_params, batch),
+                       rtol=1e-4, atol=1e-4 * np.abs(mxnet_forward(sym, arg_params, aux_params, batch)).max())
     failed = run_cli("export", "--model", f"{prefix},{epoch}", "--out", tmp_path / "strict.onnx",
                      "--tolerance", "0")
     assert failed.returncode == 1 and "parity failed" in failed.stderr
