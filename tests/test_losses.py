@@ -71,10 +71,13 @@ def bind(sym_fn, cfg, emb, weight, bias, label):
 LOSSES = ["softmax", "nsoftmax", "arcface", "cosface", "combined", "arcneg"]
 
 
-@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("name", LOSSES + ["combined_m1"])
 def test_logits_and_gradients_match_numpy(name):
-    cfg = generate_config("r18_tiny", "emore", name, num_classes=C, emb_size=D)
-    emb, weight, bias, label = inputs(LOSSES.index(name))
+    if name == "combined_m1":  # the multiplicative (SphereFace) margin too: cos(1.2·θ + 0.3) − 0.2
+        cfg = generate_config("r18_tiny", "emore", "combined", num_classes=C, emb_size=D, loss_m1=1.2)
+    else:
+        cfg = generate_config("r18_tiny", "emore", name, num_classes=C, emb_size=D)
+    emb, weight, bias, label = inputs(len(name))
     head = np.random.RandomState(7).randn(B, C)
     exe, grads = bind(lambda d, c: logits(d, mx.sym.Variable("softmax_label"), c), cfg, emb, weight, bias, label)
     out = exe.forward(is_train=True)[0].asnumpy()
