@@ -105,10 +105,14 @@ def _train(args):
     from vargface.train.trainer import fit
 
     result = fit(config_from_args(args))
+    if result["interrupted"]:
+        print(f"vargface train: stopped at update {result['num_update']}; continue with the same options and "
+              f"--resume")
+        return 130
     print(f"vargface train: finished at update {result['num_update']}; last checkpoint "
           f"{result['prefix']},{result['epoch']}" + (f"; best {result['best_checkpoint']}"
                                                     if result["best_checkpoint"] else ""))
-    return 130 if result["interrupted"] else 0
+    return 0
 
 
 def _plot(args):

@@ -29,7 +29,10 @@ class TrainerPlugin:
         return []
 
     def extra_losses(self, embedding, config):
-        """embedding: the student's fc1_output Symbol -> list of (MakeLoss Symbol, metric_name)."""
+        """embedding: the student's fc1_output Symbol -> list of (MakeLoss Symbol, metric_name).
+
+        The margin loss is a mean over each device's batch and the trainer averages over devices and workers, so a
+        plugin loss should also be a per-device mean (MakeLoss(..., normalization='batch') on an (N, 1) output)."""
         return []
 
     def extra_data(self, batch):
