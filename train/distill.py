@@ -107,7 +107,7 @@ def _start_manifest(path, plugin, generations, init, resume):
             raise VargfaceError(f"--resume: {path} was made with teacher {manifest['teacher']['checkpoint']} "
                                 f"(checksum {manifest['teacher']['checksum']}), not --teacher "
                                 f"{teacher['checkpoint']} ({teacher['checksum']})")
-        manifest["generations_planned"] = generations
+        manifest.update(generations_planned=generations, teacher_cache=plugin.cache.path if plugin.cache else None)
         return manifest
     return {"format": "vargface-distill-lineage/1", "teacher": teacher, "kd_type": plugin.kd_type,
             "kd_weight": plugin.kd_weight, "teacher_cache": plugin.cache.path if plugin.cache else None,

@@ -40,8 +40,11 @@ def data_checksum(data_dir):
 
 
 def default_cache_path(data_dir, teacher):
-    """Where `vargface distill cache` writes by default: beside the .rec, named after the teacher checkpoint."""
-    return os.path.join(data_dir, "train.%s-%04d.kdcache" % (os.path.basename(teacher.prefix), teacher.epoch))
+    """Where `vargface distill cache` writes by default: beside the .rec, named after the teacher checkpoint's
+    folder and prefix (trainer prefixes all end in 'model'), e.g. train.r100-arcface-emore-model-0001.kdcache."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(teacher.prefix)))
+    name = f"{folder}-{os.path.basename(teacher.prefix)}" if folder else os.path.basename(teacher.prefix)
+    return os.path.join(data_dir, "train.%s-%04d.kdcache" % (name, teacher.epoch))
 
 
 def _layout(header_length, count, emb_size):
