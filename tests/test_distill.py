@@ -121,7 +121,9 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     table = lines[-1]
     assert "gen" in table and f"{prefix}-gen2,1" in table and len(table.splitlines()) == 4
 
-    # a finished chain is not silently overwritten
+    # a finished chain is not silently overwritten, nor continued with other distillation settings
+    with pytest.raises(VargfaceError, match="--kd-weight 20.0, not 1.0"):
+        distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=3, log=lines.append)
     config.resume = False
     with pytest.raises(VargfaceError, match="lineage manifest .* exists"):
         distill(config, teacher, generations=1, log=lines.append)
@@ -197,6 +199,9 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model):
     prefix = tmp_path / "b" / "student"
     with pytest.raises(VargfaceError, match=f"teacher's embedding has {EMB} dimensions but the student's has 48"):
         distill(student_config(data_dir, prefix, emb_size=48), teacher)
+    assert not prefix.parent.exists() or not os.listdir(prefix.parent)
+    with pytest.raises(VargfaceError, match="--kd-weight"):
+        distill(student_config(data_dir, prefix), teacher, kd_weight=0)
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
     # an error inside the trainer before training starts leaves no manifest behind either
     with pytest.raises(VargfaceError, match="--kvstore"):

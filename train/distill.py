@@ -10,7 +10,7 @@ import os
 import time
 
 from vargface.errors import VargfaceError
-from vargface.train.distill_loss import KD_TYPES, distill_loss
+from vargface.train.distill_loss import distill_loss
 from vargface.train.trainer import TrainerPlugin
 
 TEACHER_INPUT = "teacher_embedding"
@@ -23,26 +23,20 @@ class DistillPlugin(TrainerPlugin):
     """Adds ``weight * distance(student fc1_output, teacher embedding)`` to the student's training graph."""
 
     def __init__(self, teacher, kd_type="angular", kd_weight=1.0, cache=None):
-        if kd_type not in KD_TYPES:
-            raise VargfaceError(f"--kd-type: unknown distillation loss {kd_type!r}; expected one of "
-                                f"{', '.join(KD_TYPES)}")
         self.teacher, self.kd_type, self.kd_weight, self.cache = teacher, kd_type, float(kd_weight), cache
 
     def extra_inputs(self, batch_size):
         return [(TEACHER_INPUT, (batch_size, self.teacher.emb_size))]
 
-    def check_student(self, embedding, config):
-        """The distance needs embeddings of one size: refuse a student whose fc1_output differs from the teacher's."""
+    def extra_losses(self, embedding, config):
+        """The distillation loss; refuses a student whose embedding size differs from the teacher's."""
+        import mxnet as mx
+
         student = int(embedding.infer_shape(data=(1, 3, *config.image_size))[1][0][1])
         if student != self.teacher.emb_size:
             raise VargfaceError(f"--teacher {self.teacher.model}: the teacher's embedding has {self.teacher.emb_size} "
                                 f"dimensions but the student's has {student}; set the student's --emb-size "
                                 f"{self.teacher.emb_size} (or use a teacher with {student}-d embeddings)")
-
-    def extra_losses(self, embedding, config):
-        import mxnet as mx
-
-        self.check_student(embedding, config)
         loss = distill_loss(embedding, mx.sym.Variable(TEACHER_INPUT), self.kd_type, self.kd_weight)
         return [(loss, METRIC)]
 
@@ -107,6 +101,10 @@ def _start_manifest(path, plugin, generations, init, resume):
             raise VargfaceError(f"--resume: {path} was made with teacher {manifest['teacher']['checkpoint']} "
                                 f"(checksum {manifest['teacher']['checksum']}), not --teacher "
                                 f"{teacher['checkpoint']} ({teacher['checksum']})")
+        for key, value in (("kd_type", plugin.kd_type), ("kd_weight", plugin.kd_weight)):
+            if manifest[key] != value:
+                raise VargfaceError(f"--resume: the chain in {path} uses --{key.replace('_', '-')} {manifest[key]}, "
+                                    f"not {value}; resume it with the same value or start a new --prefix")
         manifest.update(generations_planned=generations, teacher_cache=plugin.cache.path if plugin.cache else None)
         return manifest
     return {"format": "vargface-distill-lineage/1", "teacher": teacher, "kd_type": plugin.kd_type,
@@ -141,7 +139,7 @@ def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, in
         teacher = Teacher(teacher, ctx=contexts)
     init = init or config.pretrained or None
     plugin = make_plugin(config, teacher, kd_type, kd_weight, teacher_cache, log=log)
-    plugin.check_student(embedding_symbol(config), config)  # before the manifest is written
+    plugin.extra_losses(embedding_symbol(config), config)  # checks sizes and options before anything is written
     prefix = resolve_prefix(config)
     path = manifest_path(prefix)
     manifest = _start_manifest(path, plugin, generations, init, bool(config.resume))

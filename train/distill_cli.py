@@ -9,6 +9,7 @@ def _add_teacher(parser):
 def register(subparsers):
     """Add the `distill` command group to the `vargface` parser."""
     from vargface.train.cli import add_train_options
+    from vargface.train.distill_loss import KD_TYPES
 
     p = subparsers.add_parser(
         "distill", allow_abbrev=False, help="train a student under a frozen teacher, for one or more generations",
@@ -18,7 +19,7 @@ def register(subparsers):
                     "manifest to PREFIX-lineage.json. `vargface distill cache` precomputes the teacher's "
                     "embeddings so that training does not run the teacher.")
     _add_teacher(p)
-    p.add_argument("--kd-type", default="angular", choices=["angular", "cosine", "l2"],
+    p.add_argument("--kd-type", default="angular", choices=KD_TYPES,
                    help="distillation loss: angular = |s/|s| - t/|t||^2 = 2-2cos (VarGFaceNet), cosine = 1-cos, "
                         "l2 = |s-t|^2 (default: %(default)s)")
     p.add_argument("--kd-weight", type=float, default=1.0, help="lambda in margin loss + lambda * kd loss "
