@@ -69,6 +69,13 @@ def test_checksums_see_changes_anywhere(tmp_path):
         assert file_checksum(str(big)) != first
     big.write_bytes(payload + b"x")
     assert file_checksum(str(big)) != first
+    # whole=True also sees a change between the sampled chunks
+    changed = bytearray(payload)
+    changed[len(payload) // 4] ^= 1
+    big.write_bytes(payload)
+    whole = file_checksum(str(big), whole=True)
+    big.write_bytes(changed)
+    assert file_checksum(str(big)) == first and file_checksum(str(big), whole=True) != whole
     model, *_ = save_tiny(str(tmp_path / "a"), seed=0)
     save_tiny(str(tmp_path / "b"), seed=1)
     assert checkpoint_checksum(str(tmp_path / "a"), 1) != checkpoint_checksum(str(tmp_path / "b"), 1)

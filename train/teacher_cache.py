@@ -29,14 +29,14 @@ def data_files(data_dir):
 
 
 def data_checksum(data_dir):
-    """Checksums of train.rec (size + head/middle/tail) and train.idx (whole, as it is small)."""
+    """Checksums of train.rec (size + head/middle/tail MiB) and train.idx (whole: it maps every record)."""
     from vargface.train.teacher import file_checksum
 
     rec, idx = data_files(data_dir)
     for path in (rec, idx):
         if not os.path.isfile(path):
             raise VargfaceError(f"--data-dir {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
-    return {"rec": file_checksum(rec), "idx": file_checksum(idx)}
+    return {"rec": file_checksum(rec), "idx": file_checksum(idx, whole=True)}
 
 
 def default_cache_path(data_dir, teacher):
