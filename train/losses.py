@@ -7,6 +7,8 @@ import math
 
 import mxnet as mx
 
+from vargface.errors import VargfaceError
+
 # Keeps arccos' derivative finite (≈ 1/sqrt(2·EPS)) where the cosine touches ±1.
 EPS = 1e-6
 
@@ -39,7 +41,7 @@ def logits(embedding, label, config, num_classes=None):
         bias = mx.sym.Variable("fc7_bias", lr_mult=2.0, wd_mult=0.0)
         return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
     if config.loss_name not in ("margin_softmax", "arcneg"):
-        raise ValueError(f"unknown loss_name {config.loss_name!r}: expected softmax, margin_softmax or arcneg")
+        raise VargfaceError(f"--loss-name {config.loss_name!r}: expected softmax, margin_softmax or arcneg")
     cos_all = cosine_logits(embedding, num_classes, int(config.emb_size), lr_mult, wd_mult, sigma)
     one_hot = mx.sym.one_hot(label, depth=num_classes)
     cos_t = mx.sym.pick(cos_all, label, axis=1)
