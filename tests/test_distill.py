@@ -218,6 +218,13 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model):
         distill(student_config(data_dir, tmp_path / "d"), teacher, teacher_cache=str(tmp_path / "nope.kdcache"))
     with pytest.raises(VargfaceError, match="holds embeddings of"):
         TeacherCache(path, str(other), teacher, image_shape=(3, 56, 56))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 4)
+    with pytest.raises(VargfaceError, match="truncated or damaged"):
+        TeacherCache(path, str(other), teacher)
+    (tmp_path / "junk.kdcache").write_bytes(b"not a cache at all")
+    with pytest.raises(VargfaceError, match="not a vargface teacher cache"):
+        TeacherCache(str(tmp_path / "junk.kdcache"), str(other), teacher)
     other_teacher = Teacher(save_tiny(str(tmp_path / "t2"), emb_size=EMB, input_size=32, seed=4)[0])
     with pytest.raises(VargfaceError, match="made by teacher"):
         TeacherCache(path, str(other), other_teacher)

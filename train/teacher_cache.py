@@ -8,6 +8,7 @@ for other data or another teacher is refused instead of silently teaching the wr
 File layout (little-endian): 8-byte magic ``VARGKD01``, uint64 header length, JSON header, then (64-byte
 aligned) the int64 record indices (N,) and the float32 embeddings (N, 2, D) [:, 0] plain, [:, 1] mirrored.
 Embeddings are memory-mapped, so a 5.8M-image data set needs no RAM for them."""
+import contextlib
 import json
 import math
 import os
@@ -83,7 +84,7 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     header_bytes = json.dumps(header, sort_keys=True).encode()
     index_offset, emb_offset, end = _layout(len(header_bytes), count, teacher.emb_size)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, contextlib.closing(it):
         with open(tmp, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes)
             f.truncate(end)
@@ -94,16 +95,16 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
                           disable=not progress):
             valid = batch_size - (batch.pad or 0)
             data = batch.data[0]
+            both = teacher.embed(mx.nd.concat(data, mx.nd.flip(data, axis=3), dim=0)).asnumpy()  # plain, mirror
             indices[row:row + valid] = np.asarray(batch.index)[:valid]
-            embeddings[row:row + valid, 0] = teacher.embed(data).asnumpy()[:valid]
-            embeddings[row:row + valid, 1] = teacher.embed(mx.nd.flip(data, axis=3)).asnumpy()[:valid]
+            embeddings[row:row + valid, 0] = both[:valid]
+            embeddings[row:row + valid, 1] = both[batch_size:batch_size + valid]
             row += valid
         if row != count:
             raise VargfaceError(f"{data_files(data_dir)[0]}: read {row} images, but the iterator announced {count}")
         indices.flush()
         embeddings.flush()
         del indices, embeddings
-    it.close()
     return path
 
 
@@ -145,13 +146,13 @@ class TeacherCache:
                                 f"(checksum {teacher.checksum}){rebuild}")
         if image_shape is not None and tuple(header["image_shape"]) != tuple(image_shape):
             raise VargfaceError(f"--teacher-cache: {path} holds embeddings of {tuple(header['image_shape'])} images, "
-                                f"but training feeds {tuple(image_shape)}{rebuild}")
+                                f"but training feeds {tuple(image_shape)}{rebuild} --image-size {image_shape[-1]}")
         self.path, self.header = path, header
         count, emb_size = header["count"], header["emb_size"]
         index_offset, emb_offset, end = _layout(length, count, emb_size)
         if os.path.getsize(path) != end:
-            raise VargfaceError(f"--teacher-cache: {path} is truncated ({os.path.getsize(path)} bytes, expected "
-                                f"{end}){rebuild}")
+            raise VargfaceError(f"--teacher-cache: {path} has {os.path.getsize(path)} bytes, expected {end} "
+                                f"(truncated or damaged){rebuild}")
         indices = np.fromfile(path, dtype="<i8", count=count, offset=index_offset)
         self._order = np.argsort(indices, kind="stable")
         self._sorted = indices[self._order]
