@@ -16,8 +16,10 @@ def register(subparsers):
         description="Train a student network under a frozen teacher (margin loss + kd-weight * distillation loss); "
                     "with --generations G, generation k+1 restarts from generation k's final student with a fresh "
                     "optimizer and schedule. Checkpoints go to PREFIX-gen1, PREFIX-gen2, ...; the lineage "
-                    "manifest to PREFIX-lineage.json. `vargface distill cache` precomputes the teacher's "
-                    "embeddings so that training does not run the teacher.")
+                    "manifest to PREFIX-lineage.json; --resume continues an interrupted chain at the generation "
+                    "and batch where it stopped. Every `vargface train` option applies to the student. "
+                    "`vargface distill cache` precomputes the teacher's embeddings so that training does not run "
+                    "the teacher.")
     _add_teacher(p)
     p.add_argument("--kd-type", default="angular", choices=KD_TYPES,
                    help="distillation loss: angular = |s/|s| - t/|t||^2 = 2-2cos (VarGFaceNet), cosine = 1-cos, "
@@ -42,7 +44,8 @@ def register(subparsers):
     c.add_argument("--data-dir", required=True, help="folder with train.rec, train.idx and property")
     c.add_argument("--image-size", type=int, help="side of the images training feeds (the --image-size of the "
                    "student; default: the size in DATA_DIR/property)")
-    c.add_argument("--out", help="cache file (default: DATA_DIR/train.<teacher>-<epoch>.kdcache)")
+    c.add_argument("--out", help="cache file (default: DATA_DIR/train.<teacher folder>-<teacher prefix>-<epoch>.kdcache, "
+                   "which --teacher-cache auto finds)")
     c.add_argument("--batch-size", type=int, default=64, help="teacher batch size (default: %(default)s)")
     c.add_argument("--ctx", default="cpu", help="devices, e.g. gpu:0,1 or cpu (default: %(default)s)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing cache file")
