@@ -78,6 +78,8 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True, 
     from vargface.eval.images import read_image
 
     paths = read_list(list_file)
+    out = os.fspath(out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     rows, cols = len(paths), embedder.embedding_size
     partial, sidecar = out + ".partial", out + ".partial.json"
     identity = {"rows": rows, "cols": cols, "list": _digest(paths), "model": model_name}

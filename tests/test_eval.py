@@ -4,8 +4,6 @@ import json
 import os
 import pickle
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +13,27 @@ from vargface.errors import VargfaceError
 SIZE = 56  # the tiny model's input side; the .bin images are 112 so the resize path runs
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "vargface", *map(str, args)], capture_output=True, text=True)
+class Done:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `vargface ARGS...` in this process (no MXNet start-up per call) -> returncode, stdout, stderr."""
+    from vargface.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        out, err = capsys.readouterr()
+        return Done(code, out, err)
+
+    return run
 
 
 def decode_nchw(bins, size):
@@ -230,7 +247,7 @@ def test_far_errors_and_decades():
         parse_fars("1e-3,abc")
 
 
-def test_tar_at_far_cli(tmp_path):
+def test_tar_at_far_cli(tmp_path, run_cli):
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 10, 120)
     features = rng.normal(size=(10, 8))[labels] + rng.normal(size=(120, 8))
@@ -248,7 +265,7 @@ def test_tar_at_far_cli(tmp_path):
     assert low.returncode == 1 and "below 1/(number of impostor pairs)" in low.stderr
 
 
-def test_verify_cli_json_and_roc(tiny_model, pack, tmp_path):
+def test_verify_cli_json_and_roc(tiny_model, pack, tmp_path, run_cli):
     from vargface.eval.verification import verify_model
 
     prefix, epoch = tiny_model
@@ -265,7 +282,7 @@ def test_verify_cli_json_and_roc(tiny_model, pack, tmp_path):
     assert text.returncode == 0 and "[synth_val] Accuracy-Flip:" in text.stdout and "TAR@FAR" in text.stdout
 
 
-def test_verify_cli_bad_inputs(tiny_model, pack, tmp_path):
+def test_verify_cli_bad_inputs(tiny_model, pack, tmp_path, run_cli):
     prefix, epoch = tiny_model
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"this is not a pickle")
@@ -296,7 +313,7 @@ def face_files(tmp_path_factory):
     return root, sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
 
 
-def test_embedder_embed_compare(tiny_model, face_files, tmp_path):
+def test_embedder_embed_compare(tiny_model, face_files, tmp_path, run_cli):
     from vargface.eval.embedder import FaceEmbedder
     from vargface.eval.images import read_image
 
@@ -330,7 +347,7 @@ def test_embedder_embed_compare(tiny_model, face_files, tmp_path):
     assert done.returncode == 1 and "missing.jpg" in done.stderr
 
 
-def test_lfr_features_round_trip_and_resume(tiny_model, face_files, tmp_path):
+def test_lfr_features_round_trip_and_resume(tiny_model, face_files, tmp_path, run_cli):
     from vargface.eval.embedder import FaceEmbedder
     from vargface.eval.images import read_image
     from vargface.eval.lfr import extract_features, read_features, write_features
@@ -360,13 +377,13 @@ def test_lfr_features_round_trip_and_resume(tiny_model, face_files, tmp_path):
     victim.write_bytes(b"garbage")
     try:
         with pytest.raises(VargfaceError, match=names[6]):
-            extract_features(embedder, str(listing), str(root), str(resumed), chunk=4, progress=False)
+            extract_features(embedder, str(listing), str(root), resumed, chunk=4, progress=False)
         assert not resumed.exists()
         state = json.loads((tmp_path / "resumed.bin.partial.json").read_text())
         assert state["done"] == 4
     finally:
         victim.write_bytes(good)
-    computed = extract_features(embedder, str(listing), str(root), str(resumed), chunk=4, progress=False)
+    computed = extract_features(embedder, str(listing), str(root), resumed, chunk=4, progress=False)
     assert computed == len(names) - 4
     assert not (tmp_path / "resumed.bin.partial").exists() and not (tmp_path / "resumed.bin.partial.json").exists()
     assert np.allclose(read_features(resumed), expected, atol=1e-5)
@@ -380,7 +397,7 @@ def test_lfr_features_round_trip_and_resume(tiny_model, face_files, tmp_path):
         read_features(listing)
 
 
-def test_export_cli_tiny(tiny_model, tmp_path):
+def test_export_cli_tiny(tiny_model, tmp_path, run_cli):
     prefix, epoch = tiny_model
     out = tmp_path / "tiny.onnx"
     done = run_cli("export", "--model", f"{prefix},{epoch}", "--out", out, "--json")
