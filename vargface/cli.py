@@ -7,7 +7,9 @@ import importlib
 import os
 import sys
 
-COMMAND_MODULES = ["vargface.symbols.cli", "vargface.data.cli", "vargface.train.cli", "vargface.eval.cli"]
+COMMAND_MODULES = [
+    "vargface.symbols.cli", "vargface.data.cli", "vargface.train.cli", "vargface.eval.cli", "vargface.demo",
+]
 
 
 def _use_all_cores():
