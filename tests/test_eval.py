@@ -1,7 +1,6 @@
 """Evaluation: SPEC §6 verification vs an independent NumPy re-derivation, exact TAR@FAR vs brute force
 (sklearn roc_curve), LFR2019 feature files (round trip, resume), embed/compare, and the bad inputs."""
 import json
-import os
 import pickle
 import struct
 
