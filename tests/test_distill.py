@@ -56,7 +56,8 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     original = mx.mod.Module.init_optimizer
 
     def spy(module, *args, **kwargs):
-        starts.append(_arrays(module.get_params()[0]))
+        arg, aux = module.get_params()
+        starts.append({**_arrays(arg), **_arrays(aux)})
         return original(module, *args, **kwargs)
 
     monkeypatch.setattr(mx.mod.Module, "init_optimizer", spy)
@@ -99,8 +100,8 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     # generation 2 started from generation 1's final weights (and those differ from generation 1's start)
     gen1_final = manifest["generations"][0]["final"]
     assert gen1_final == f"{prefix}-gen1,1"
-    _, final_args, _ = load_checkpoint(f"{prefix}-gen1", 1)
-    for name, value in final_args.items():
+    _, final_args, final_aux = load_checkpoint(f"{prefix}-gen1", 1)
+    for name, value in {**final_args, **final_aux}.items():
         assert np.array_equal(starts[1][name], value.asnumpy()), name
     assert any(not np.array_equal(starts[0][n], v.asnumpy()) for n, v in final_args.items())
 
