@@ -41,7 +41,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 TEACHER=$WORK/$TEACHER_NET-arcface/model
 SCRATCH=$WORK/$STUDENT_NET-scratch/model
 STUDENT=$WORK/$STUDENT_NET-distill/model
-COMMON=(--dataset "$DATA" --val-targets "$VAL_TARGETS" --ctx "$GPUS" --kvstore device --per-batch-size "$BATCH"
+COMMON=(--dataset folder --dataset-path "$DATA" --val-targets "$VAL_TARGETS" --ctx "$GPUS" --kvstore device --per-batch-size "$BATCH"
         --frequent "$FREQUENT" --verbose "$VERBOSE" --ckpt 3)
 # shellcheck disable=SC2206  # EXTRA_* are option lists, split on purpose
 STUDENT_OPTS=(--network "$STUDENT_NET" --loss arcface --lr 0.1 --lr-schedule cosine --warmup-steps "$STUDENT_WARMUP"
