@@ -4,7 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES := $(shell nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS ?= $(CORES)
-export MXNET_CPU_WORKER_NTHREADS ?= $(CORES)
 
 .PHONY: install test demo bench clean
 

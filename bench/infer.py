@@ -9,7 +9,6 @@ import time
 
 CORES = os.cpu_count() or 1
 os.environ.setdefault("OMP_NUM_THREADS", str(CORES))
-os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", str(CORES))
 
 import mxnet as mx  # noqa: E402  (after the thread settings)
 import numpy as np  # noqa: E402

@@ -8,7 +8,6 @@ import os
 import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", str(os.cpu_count() or 1))
 
 CASES = [  # network preset, per-device batch, updates per window
     ("vargfacenet", 4, 3),

@@ -2,5 +2,4 @@
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", str(os.cpu_count() or 1))
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -13,10 +13,10 @@ COMMAND_MODULES = [
 
 
 def _use_all_cores():
-    # MXNet reads these once, at import; without them it used a single core on CPU.
+    # MXNet reads this once, at import; without it MXNet used a single core on CPU. Extra engine worker threads
+    # (MXNET_CPU_WORKER_NTHREADS) are left at 1: more made oneDNN fail intermittently on CPU.
     cores = str(os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", cores)
-    os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", cores)
 
 
 def build_parser():
