@@ -159,7 +159,8 @@ def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, in
             entries.append(entry)
             gen.resume = False
         gen.pretrained = entry["init"] or ""
-        entry.update(config=dict(gen), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        entry["config"] = dict(gen)
+        entry.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
         _write_manifest(path, manifest)
         log(f"distill: generation {number}/{generations} from {entry['init'] or 'scratch'}"
             f"{' (resuming)' if gen.resume else ''} -> {gen.prefix}")
