@@ -78,8 +78,11 @@ flops_gate() {  # flops_gate NAME vargface-flops-args...: refuse a network over 
     local name=$1
     shift
     echo "== flops gate: $name"
-    run flops "$@" --json > "$WORK/flops-$name.json"
-    [ "$DRY_RUN" = 1 ] && return
+    if [ ! -e "$WORK/flops-$name.json" ]; then
+        run flops "$@" --json > "$WORK/flops-$name.json.tmp"
+        [ "$DRY_RUN" = 1 ] && { rm -f "$WORK/flops-$name.json.tmp"; return; }
+        mv "$WORK/flops-$name.json.tmp" "$WORK/flops-$name.json"
+    fi
     cat "$WORK/flops-$name.json"
     if ! grep -q '"fits_budget": true' "$WORK/flops-$name.json"; then
         echo "reproduce_lfr_light.sh: $name exceeds the deepglint-light 1.0G FLOPs budget" >&2

@@ -218,14 +218,13 @@ class Demo:
 
     def distill(self):
         s = self.settings
-        teacher = self.checkpoint("teacher")
-        self.step("cache", "precompute the teacher's embeddings of every training image and its mirror",
-                  [self.path("data", "train.teacher-0001.kdcache")],
+        teacher, cache = self.checkpoint("teacher"), self.path("data", "teacher.kdcache")
+        self.step("cache", "precompute the teacher's embeddings of every training image and its mirror", [cache],
                   lambda: self.vargface(["distill", "cache", "--teacher", teacher, "--data-dir", self.path("data"),
-                                         "--image-size", str(s["input_size"]), "--ctx", s["ctx"]]))
+                                         "--image-size", str(s["input_size"]), "--out", cache, "--ctx", s["ctx"]]))
 
         def work():
-            self.vargface(["distill", "--teacher", teacher, "--teacher-cache", "auto", "--kd-type", "angular",
+            self.vargface(["distill", "--teacher", teacher, "--teacher-cache", cache, "--kd-type", "angular",
                            "--kd-weight", "1.0", "--generations", "2"]
                           + self.train_options("vargfacenet_tiny", s["student_multiplier"], s["student_steps"])
                           + ["--prefix", self.model("student")])

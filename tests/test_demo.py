@@ -1,0 +1,161 @@
+"""`vargface demo --quick` end to end, its resume and refusals, and scripts/reproduce_lfr_light.sh run for real
+with tiny overrides on the demo's synthetic data."""
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["teacher", "scratch", "gen1", "scratch2", "gen2"]
+
+
+def run_demo(argv, capsys):
+    from vargface.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["demo"] + argv)
+    captured = capsys.readouterr()
+    return exit.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One quick demo run shared by the tests below: (output dir, printed log)."""
+    from vargface.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    log = tmp_path_factory.mktemp("log") / "stdout.txt"
+    with open(log, "w") as f, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", f)
+        with pytest.raises(SystemExit) as exit:
+            main(["demo", "--quick", "--out", str(out)])
+    assert exit.value.code == 0
+    return out, log.read_text()
+
+
+def test_quick_demo_writes_table_json_and_chart(quick_demo):
+    import cv2
+
+    out, log = quick_demo
+    result = json.loads((out / "results.json").read_text())
+    assert [m["name"] for m in result["models"]] == MODELS
+    student_params = {m["params"] for m in result["models"] if m["name"] != "teacher"}
+    assert len(student_params) == 1  # one student architecture throughout
+    for m in result["models"]:
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["std"] >= 0.0
+        assert m["params"] > 0 and m["flops"] > 0 and m["input"] == result["settings"]["input_size"]
+        assert m["seconds"] >= 0
+    by = {m["name"]: m for m in result["models"]}
+    assert by["gen2"]["steps"] == by["scratch2"]["steps"] == 2 * by["scratch"]["steps"]
+    assert len(result["verdict"]) == 2 and all("distillation" in v for v in result["verdict"])
+
+    table = (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(MODELS)  # header + one row per model
+    assert "TAR@FAR" in rows[0] and "FLOPs" in rows[0] and "Did distillation help?" in table
+    assert f"{by['teacher']['accuracy']:.4f}" in table
+
+    image = cv2.imread(str(out / "results.png"))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+    # the log says how the networks were scaled and prints every step as a runnable command
+    assert "input_size=" in log and "multiplier" in log
+    assert "Speed:" in log  # the trainer's speedometer
+    assert table.splitlines()[-1] in log or "Did distillation help?" in log
+
+
+def test_every_printed_command_parses(quick_demo):
+    from vargface.cli import build_parser
+
+    _, log = quick_demo
+    commands = [shlex.split(line[len("$ vargface "):]) for line in log.splitlines() if line.startswith("$ vargface ")]
+    kinds = {tuple(c[:2]) if c[0] in ("data", "distill") else (c[0],) for c in commands}
+    assert {("data", "synth"), ("data", "rec"), ("data", "pairs"), ("train",), ("distill", "cache"),
+            ("distill", "--teacher"), ("verify",), ("flops",)} <= kinds
+    parser = build_parser()
+    for argv in commands:
+        parser.parse_args(argv)
+
+
+def test_rerun_continues_and_other_settings_are_refused(quick_demo, tmp_path, capsys):
+    out, _ = quick_demo
+    before = (out / "results.json").read_text()
+    code, log, _ = run_demo(["--quick", "--out", str(out)], capsys)
+    assert code == 0
+    assert log.count("done in an earlier run") >= 10 and "$ vargface train" not in log
+    assert json.loads((out / "results.json").read_text())["models"] == json.loads(before)["models"]
+
+    code, _, err = run_demo(["--quick", "--out", str(out), "--seed", "1"], capsys)
+    assert code == 1 and "other settings" in err and "--overwrite" in err
+
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "keep.txt").write_text("mine")
+    code, _, err = run_demo(["--quick", "--out", str(stray)], capsys)
+    assert code == 1 and "not a demo output" in err
+    assert (stray / "keep.txt").read_text() == "mine"
+
+    code, _, err = run_demo(["--quick", "--out", str(tmp_path / "x"), "--pairs", "0"], capsys)
+    assert code == 1 and "--pairs" in err
+
+
+def test_interrupted_step_is_redone(quick_demo, tmp_path, capsys):
+    """A step not recorded as finished is cleaned and run again; finished ones are kept."""
+    out, _ = quick_demo
+    copy = tmp_path / "demo_out"
+    shutil.copytree(out, copy)
+    state = json.loads((copy / "demo-state.json").read_text())
+    for name in ("verify_gen2",):
+        del state["steps"][name]
+    (copy / "demo-state.json").write_text(json.dumps(state))
+    code, log, _ = run_demo(["--quick", "--out", str(copy)], capsys)
+    assert code == 0
+    assert "$ vargface verify --model " in log and log.count("$ vargface verify") == 1
+    assert "gen2" in log.split("$ vargface verify")[1].splitlines()[0]
+
+
+def test_recipe_script_runs_end_to_end_with_tiny_overrides(quick_demo, tmp_path):
+    """scripts/reproduce_lfr_light.sh on the demo's synthetic set, networks and steps shrunk to seconds."""
+    out, _ = quick_demo
+    data = tmp_path / "data"
+    shutil.copytree(out / "data", data, ignore=shutil.ignore_patterns("*.kdcache"))
+    (tmp_path / "list.txt").write_text("a.jpg\nb.jpg\n")
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(next((out / "heldout_faces").rglob("*.jpg")), tmp_path / name)
+    env = dict(os.environ, DATA=str(data), WORK=str(tmp_path / "work"), GPUS="cpu", EVAL_CTX="cpu", BATCH="8",
+               VAL_TARGETS="heldout", TEACHER_NET="r50", STUDENT_NET="vargfacenet", TEACHER_STEPS="2",
+               TEACHER_LR_STEPS="1", STUDENT_STEPS="2", STUDENT_WARMUP="0", VERBOSE="2", FREQUENT="1",
+               EXTRA_TEACHER="--net-num-layers 18 --net-multiplier 0.125 --emb-size 16 --image-size 32",
+               EXTRA_STUDENT="--net-multiplier 0.25 --emb-size 16 --image-size 32",
+               LFR_LIST=str(tmp_path / "list.txt"), LFR_ROOT=str(tmp_path),
+               VARGFACE=str(Path(sys.executable).with_name("vargface")))
+    script = str(ROOT / "scripts" / "reproduce_lfr_light.sh")
+    first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    work = tmp_path / "work"
+    for name in ("teacher", "scratch", "gen1", "gen2"):
+        result = json.loads((work / f"verify-{name}.json").read_text())
+        assert 0.0 <= result["heldout"]["accuracy"] <= 1.0
+    assert json.loads((work / "flops-vargfacenet-gen2.json").read_text())["fits_budget"] is True
+    features = (work / "lfr2019-vargfacenet-gen2.bin").read_bytes()
+    rows, cols = int.from_bytes(features[:4], "little"), int.from_bytes(features[4:8], "little")
+    assert (rows, cols) == (2, 16) and len(features) == 16 + rows * cols * 4
+
+    again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "+ vargface train" not in again.stderr and "skipped" in again.stdout
+
+
+def test_recipe_script_refuses_a_network_over_the_light_budget(tmp_path):
+    env = dict(os.environ, WORK=str(tmp_path / "work"), STUDENT_NET="r50",
+               VARGFACE=str(Path(sys.executable).with_name("vargface")))
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_lfr_light.sh")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and "exceeds the deepglint-light" in out.stderr
+    assert not (tmp_path / "work" / ".done-teacher").exists()
