@@ -11,7 +11,7 @@ from test_distill_teacher import save_tiny
 from vargface.errors import VargfaceError
 from vargface.symbols.checkpoint import load_checkpoint
 from vargface.train.config import generate_config
-from vargface.train.distill import distill, make_plugin, manifest_path
+from vargface.train.distill import DistillPlugin, distill, make_plugin, manifest_path
 from vargface.train.teacher import Teacher
 from vargface.train.teacher_cache import TeacherCache, build_cache
 
@@ -63,7 +63,7 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     monkeypatch.setattr(mx.mod.Module, "init_optimizer", spy)
 
     # stop generation 2 at its 3rd update with SIGINT, as a user would, then resume the chain
-    plugin_extra = type(make_plugin(student_config(data_dir, tmp_path / "x"), teacher, "angular", 1.0)).extra_data
+    plugin_extra = DistillPlugin.extra_data
     calls = {"n": 0}
 
     def interrupting(self, batch):
@@ -72,8 +72,7 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
             signal.raise_signal(signal.SIGINT)
         return plugin_extra(self, batch)
 
-    monkeypatch.setattr(type(make_plugin(student_config(data_dir, tmp_path / "x"), teacher, "angular", 1.0)),
-                        "extra_data", interrupting)
+    monkeypatch.setattr(DistillPlugin, "extra_data", interrupting)
     prefix = tmp_path / "chain" / "student"
     lines = []
     config = student_config(data_dir, prefix)
