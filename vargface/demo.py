@@ -20,7 +20,7 @@ import time
 # saturating the held-out pairs; `quick` only checks that the pipeline runs (seconds, meaningless accuracies).
 PROFILES = {
     "full": dict(identities=150, per_identity=16, heldout_identities=200, pairs=2000, input_size=48,
-                 difficulty=0.5, batch_size=32, teacher_steps=120, student_steps=150, teacher_multiplier=0.25,
+                 difficulty=0.5, batch_size=32, teacher_steps=120, student_steps=180, teacher_multiplier=0.25,
                  student_multiplier=0.25, emb_size=64, lr=0.1, warmup=20, kd_weight=5.0),
     "quick": dict(identities=6, per_identity=4, heldout_identities=6, pairs=20, input_size=32,
                   difficulty=0.5, batch_size=8, teacher_steps=3, student_steps=2, teacher_multiplier=0.125,
