@@ -269,17 +269,12 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
                             " identities")
 
         def inspect(key):
-            import cv2
-
             try:
-                label, payload = reader.read_image(int(key))
-                image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) if payload else None
+                image, label = reader.decode(int(key))
             except VargfaceError as error:
                 return key, str(error)
             except Exception as error:  # a damaged IRHeader
                 return key, f"{reader.rec_path}: record {key} cannot be unpacked ({error})"
-            if image is None:
-                return key, f"{reader.rec_path}: record {key} does not decode as an image ({len(payload)} bytes)"
             if label != int(label) or label < 0 or (num_classes is not None and label >= num_classes):
                 return key, f"label {label:g} is not a class id in 0..{(num_classes or 0) - 1} (property)"
             if key < len(owner) and owner[key] >= 0 and owner[key] != int(label):

@@ -96,10 +96,6 @@ class FaceRecordIter(mx.io.DataIter):
         self._order = order[self.part_index::self.num_parts]
         self.cursor = self._submitted = int(start_batch)
 
-    def skip_batches(self, count):
-        """Move ``count`` batches ahead without decoding them (to resume mid-epoch)."""
-        self.set_epoch(self.epoch, min(self.cursor + int(count), self.num_batches))
-
     def reset(self):
         """Rewind; if the current epoch has been started, move on to the next epoch (Module.fit calls reset at
         each epoch end). Calling it twice in a row does not skip an epoch."""

@@ -205,7 +205,7 @@ def render(seed, identity, index, size=112, difficulty=1.0, traits=None):
 
 
 def _jobs(identities, per_identity, first_identity):
-    return [(first_identity + i, label, j) for label, i in enumerate(range(identities)) for j in range(per_identity)]
+    return [(first_identity + label, label, j) for label in range(identities) for j in range(per_identity)]
 
 
 def _check_counts(identities, per_identity, size):
