@@ -76,9 +76,8 @@ def config_from_args(args):
     """The resolved easydict config of parsed `train`/`distill` arguments."""
     from vargface.train.config import default, generate_config
 
-    overrides = {k: getattr(args, k) for k in default if k not in PRESET_KEYS and getattr(args, k, None) is not None}
-    return generate_config(getattr(args, "network", "vargfacenet"), getattr(args, "dataset", "emore"),
-                           getattr(args, "loss", "arcface"), **overrides)
+    overrides = {k: getattr(args, k) for k in default if k not in PRESET_KEYS and getattr(args, k) is not None}
+    return generate_config(args.network, args.dataset, args.loss, **overrides)
 
 
 def register(subparsers):

@@ -81,17 +81,17 @@ def _choose(kind, table, name):
     return table[name]
 
 
-def check_key(config, key, option=None):
+def check_key(config, key):
     """Raise a clear error for a key the config does not have, naming close matches."""
     if key not in config:
         near = difflib.get_close_matches(key, config.keys(), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise VargfaceError(f"unknown config key {option or key!r}{hint}")
+        raise VargfaceError(f"unknown config key {key!r}{hint}")
 
 
 def parse_value(template, text, key):
     """Convert a command-line string to the type of the key's current value (lists are comma-separated)."""
-    if isinstance(text, str) is False:
+    if not isinstance(text, str):
         return text
     try:
         if isinstance(template, bool):

@@ -13,10 +13,11 @@ from vargface.errors import VargfaceError
 
 class Schedule(mx.lr_scheduler.LRScheduler):
     """mx.optimizer-facing wrapper: update ``k`` (1-based, as the optimizer counts) uses the gluoncv schedule at
-    ``k - 1`` times ``scale``. It ignores the base_lr the optimizer assigns, since the gluoncv parts own it."""
+    ``k - 1`` times ``scale``. The gluoncv parts own the rate; ``base_lr`` is only set to the configured lr because
+    mx.optimizer prints a warning when it differs from the optimizer's learning_rate."""
 
-    def __init__(self, sequence, scale=1.0):
-        super().__init__()
+    def __init__(self, sequence, scale=1.0, base_lr=0.01):
+        super().__init__(base_lr)
         self.sequence, self.scale = sequence, scale
 
     def __call__(self, num_update):
@@ -52,4 +53,4 @@ def build(config, iters_per_epoch, scale=1.0):
         parts.append(GluonLR("constant", base_lr=float(config.lr_min), niters=10 ** 9))
     else:
         raise VargfaceError(f"--lr-schedule {config.lr_schedule!r}: expected 'step' or 'cosine'")
-    return Schedule(LRSequential(parts), scale)
+    return Schedule(LRSequential(parts), scale, base_lr=float(config.lr))

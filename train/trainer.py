@@ -219,7 +219,6 @@ class _Run:
 
         c = self.config
         schedule = build(c, self.iters_per_epoch, scale=pos["lr_scale"])
-        schedule.base_lr = float(c.lr)
         params = {"learning_rate": float(c.lr), "momentum": float(c.mom), "wd": float(c.wd),
                   "rescale_grad": 1.0 / (len(self.contexts) * self.workers), "lr_scheduler": schedule,
                   "begin_num_update": int(pos["num_update"])}
