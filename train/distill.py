@@ -169,7 +169,10 @@ def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, in
         except BaseException:
             if not os.path.exists(ckpt.state_path(gen.prefix)):  # refused before training: leave no trace
                 entries.remove(entry)
-                _write_manifest(path, manifest) if entries else os.remove(path)
+                if entries:
+                    _write_manifest(path, manifest)
+                else:
+                    os.remove(path)
             raise
         if result["interrupted"]:
             manifest["interrupted"] = True

@@ -65,8 +65,9 @@ class Teacher:
 
         shape = [("data", (batch_size, 3, self.input_size, self.input_size))]
         if self._module is None:
-            ctx = self.ctx[:batch_size] if batch_size < len(self.ctx) else self.ctx
-            self._module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None, context=ctx)
+            # Module splits a batch across its devices: never more devices than images.
+            self._module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None,
+                                         context=self.ctx[:batch_size])
             self._module.bind(data_shapes=shape, for_training=False, inputs_need_grad=False)
             self._module.set_params(self.arg_params, self.aux_params, allow_missing=False, allow_extra=True)
         else:
@@ -85,9 +86,11 @@ class Teacher:
         return self._module.get_outputs()[0].as_in_context(mx.cpu())
 
     def get_params(self):
-        """Copies of the teacher's weights as the running Module holds them (what a test compares)."""
+        """The teacher's weights as its executors hold them, read back from the devices, so a test can show that
+        training left them unchanged (Module.get_params alone returns the copies made when they were loaded)."""
         if self._module is None:
             return self.arg_params, self.aux_params
+        self._module._sync_params_from_devices()
         return self._module.get_params()
 
     def describe(self):
