@@ -14,7 +14,7 @@ export MXNET_CUDNN_AUTOTUNE_DEFAULT=${MXNET_CUDNN_AUTOTUNE_DEFAULT:-1}  # pick t
 export MXNET_ENGINE_TYPE=${MXNET_ENGINE_TYPE:-ThreadedEnginePerDevice}  # one engine thread pool per GPU
 export MXNET_GPU_WORKER_NTHREADS=${MXNET_GPU_WORKER_NTHREADS:-2}       # overlap copies and compute per GPU
 export MXNET_CPU_WORKER_NTHREADS=${MXNET_CPU_WORKER_NTHREADS:-$(nproc)}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}                            # the data iterator decodes on the CPU
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # MXNet's CPU operators; FaceRecordIter decodes in its own threads
 
 exec "$VARGFACE" train --network r100 --loss arcface --dataset emore --dataset-path "$DATA" \
     --ctx "gpu:$GPUS" --kvstore device --models-root "$MODELS" \
