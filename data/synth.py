@@ -220,10 +220,10 @@ def _render_jpeg(job, seed, size, difficulty, quality):
     return label, encode_jpeg(render(seed, ident, j, size, difficulty), quality)
 
 
-def _render_file(job, root, seed, size, difficulty, quality):
+def _render_file(job, root, **render_options):
     ident, _, j = job
     with open(os.path.join(root, FOLDER_FORMAT.format(ident), f"{j:04d}.jpg"), "wb") as f:
-        f.write(encode_jpeg(render(seed, ident, j, size, difficulty), quality))
+        f.write(_render_jpeg(job, **render_options)[1])
 
 
 def make_synthetic(out_dir, identities, per_identity, size=112, seed=0, difficulty=1.0, first_identity=0,
