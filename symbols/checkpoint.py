@@ -24,6 +24,31 @@ def checkpoint_files(prefix, epoch):
     return f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
 
 
+def _last_line(error):
+    """MXNet errors carry a C++ stack dump; the cause is on the last line."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
+
+
+def _require(path, prefix, epoch):
+    if not os.path.isfile(path):
+        raise VargfaceError(f"checkpoint file {path} does not exist (model {prefix},{epoch})")
+
+
+def load_symbol(prefix, epoch):
+    """The embedding graph (`fc1_output`) stored at prefix/epoch, without its params: enough to count FLOPs."""
+    import mxnet as mx
+
+    symbol_file = checkpoint_files(prefix, epoch)[0]
+    _require(symbol_file, prefix, epoch)
+    try:
+        full = mx.sym.load(symbol_file)
+    except Exception as error:
+        raise VargfaceError(
+            f"checkpoint {symbol_file} is not a readable MXNet symbol file: {_last_line(error)}") from None
+    return embedding_output(full, symbol_file)
+
+
 def load_checkpoint(prefix, epoch):
     """Return (sym, arg_params, aux_params) of the embedding stored at prefix/epoch.
 
@@ -31,19 +56,14 @@ def load_checkpoint(prefix, epoch):
     wrong-shaped array raises VargfaceError naming it."""
     import mxnet as mx
 
-    symbol_file, params_file = checkpoint_files(prefix, epoch)
-    for path in (symbol_file, params_file):
-        if not os.path.isfile(path):
-            raise VargfaceError(f"checkpoint file {path} does not exist (model {prefix},{epoch})")
-    try:
-        full = mx.sym.load(symbol_file)
-    except Exception as error:
-        raise VargfaceError(f"checkpoint {symbol_file} is not a readable MXNet symbol file: {error}") from None
-    sym = embedding_output(full, symbol_file)
+    sym = load_symbol(prefix, epoch)
+    params_file = checkpoint_files(prefix, epoch)[1]
+    _require(params_file, prefix, epoch)
     try:
         saved = mx.nd.load(params_file)
     except Exception as error:
-        raise VargfaceError(f"checkpoint {params_file} is not a readable MXNet params file: {error}") from None
+        raise VargfaceError(
+            f"checkpoint {params_file} is not a readable MXNet params file: {_last_line(error)}") from None
     if not isinstance(saved, dict):
         raise VargfaceError(f"checkpoint {params_file} holds unnamed arrays; expected 'arg:NAME'/'aux:NAME' keys")
     arg_params, aux_params = {}, {}

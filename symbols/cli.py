@@ -61,7 +61,7 @@ def flops_command(args):
 
     from vargface.errors import VargfaceError
     from vargface.symbols import get_symbol
-    from vargface.symbols.checkpoint import embedding_output, input_size_of, parse_model_arg
+    from vargface.symbols.checkpoint import checkpoint_files, input_size_of, load_symbol, parse_model_arg
     from vargface.symbols.flops import BUDGET_GFLOPS, count
 
     if bool(args.preset) == bool(args.model):
@@ -69,24 +69,17 @@ def flops_command(args):
     if args.model:
         if args.opt:
             raise VargfaceError("--opt applies to presets only; a checkpoint's options are fixed in its graph")
-        import os
-
-        import mxnet as mx
-
         prefix, epoch = parse_model_arg(args.model)
-        path = f"{prefix}-symbol.json"
-        if not os.path.isfile(path):
-            raise VargfaceError(f"checkpoint file {path} does not exist (--model {args.model})")
-        sym = embedding_output(mx.sym.load(path), path)
+        sym = load_symbol(prefix, epoch)
         size = args.input_size or input_size_of(sym)
-        name = f"{prefix}-symbol.json"
+        name = checkpoint_files(prefix, epoch)[0]
     else:
         options = parse_opts(args.opt)
+        name = args.preset + "".join(f" {k}={v!r}" for k, v in options.items())
         if args.input_size is not None:
             options["input_size"] = args.input_size
         sym = get_symbol(args.preset, **options)
         size = input_size_of(sym)
-        name = args.preset + "".join(f" {k}={v!r}" for k, v in parse_opts(args.opt).items())
     figures = count(sym, (1, 3, size, size))
     figures.update(network=name, input_shape=[1, 3, size, size], budget_gflops=BUDGET_GFLOPS)
     if args.json:

@@ -126,3 +126,10 @@ def test_cli_errors(args, words, capsys):
     assert "vargface flops: error:" in result.stderr and "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr
+
+
+def test_cli_unreadable_checkpoint_graph(tmp_path, capsys):
+    (tmp_path / "bad-symbol.json").write_text("{not json")
+    result = run_cli("--model", f"{tmp_path / 'bad'},1", capsys=capsys)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "bad-symbol.json is not a readable MXNet symbol file" in result.stderr
