@@ -18,12 +18,11 @@ def as_contexts(ctx):
 
 
 def load_embedding_model(prefix, epoch):
-    """(fc1_output symbol, arg_params, aux_params, input side) of a checkpoint, with clear errors."""
+    """(fc1_output symbol, arg_params, aux_params, input side) of a checkpoint: load_checkpoint has already cut
+    the graph and checked every array, so this only adds the side to bind and feed at."""
     from vargface.symbols.checkpoint import input_size_of, load_checkpoint
 
     sym, arg_params, aux_params = load_checkpoint(prefix, epoch)
-    if sym.list_outputs() != ["fc1_output"]:
-        sym = sym.get_internals()["fc1_output"]
     return sym, arg_params, aux_params, input_size_of(sym)
 
 
@@ -38,7 +37,6 @@ class FaceEmbedder:
         import mxnet as mx
 
         from vargface.eval.verification import module_forward
-        from vargface.symbols.checkpoint import check_params
 
         contexts = as_contexts(ctx)
         if batch_size < 1:
@@ -46,11 +44,10 @@ class FaceEmbedder:
         self.batch_size = -(-int(batch_size) // len(contexts)) * len(contexts)  # split evenly across devices
         self.symbol, arg_params, aux_params, self.input_size = load_embedding_model(prefix, epoch)
         shape = (self.batch_size, 3, self.input_size, self.input_size)
-        check_params(self.symbol, arg_params, aux_params, shape)
         self.module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None, context=contexts)
         self.module.bind(data_shapes=[("data", shape)], for_training=False)
         self.module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
-        self.embedding_size = int(self.symbol.infer_shape(data=shape)[1][0][1])
+        self.embedding_size = int(self.module.output_shapes[0][1][1])
         self._forward = module_forward(self.module)
 
     def forward(self, batch):
@@ -80,11 +77,17 @@ class FaceEmbedder:
                                    dtype=np.float32, progress=progress)
 
     def embed_files(self, paths, flip=True, progress=False):
-        """Embed image files (aligned faces); a file that does not decode is a VargfaceError naming it."""
+        """Embed image files (aligned faces); a file that does not decode is a VargfaceError naming it.
+
+        Files are decoded a few batches at a time, so memory stays bounded; one progress bar counts images."""
+        from tqdm import tqdm
+
         from vargface.eval.images import read_image
 
-        chunks = []
-        for start in range(0, len(paths), self.batch_size * 8):
-            batch = np.stack([read_image(p, self.input_size) for p in paths[start:start + self.batch_size * 8]])
-            chunks.append(self.embed(batch, flip=flip, progress=progress))
+        step, chunks = self.batch_size * 8, []
+        with tqdm(total=len(paths), unit="img", desc="embed", disable=not progress) as bar:
+            for start in range(0, len(paths), step):
+                names = paths[start:start + step]
+                chunks.append(self.embed(np.stack([read_image(p, self.input_size) for p in names]), flip=flip))
+                bar.update(len(names))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_size), np.float32)

@@ -1,9 +1,9 @@
-"""ONNX export with the two faults of mx.onnx.export_model fixed, and a parity check against MXNet.
+"""ONNX export with the three faults of mx.onnx.export_model fixed, and a parity check against MXNet.
 
 Faults (MXNet 1.9.1): BatchNorm ``fix_gamma=True`` is ignored, so the stored gammas (whatever they are) would be
 used; they are set to 1 before export, as MXNet computes. PReLU slopes are exported as (C,), which onnxruntime
 broadcasts against the last (width) axis of NCHW; they are reshaped to (C, 1, 1) in the ONNX graph.
-Also, the exporter reads a FullyConnected without a ``flatten`` attribute as flatten=False (MXNet's default is
+And the exporter reads a FullyConnected without a ``flatten`` attribute as flatten=False (MXNet's default is
 True) and then mis-shapes 4-D inputs such as ``pre_fc1``'s; the attribute is written out before export.
 """
 import json
@@ -125,8 +125,9 @@ def export_onnx(sym, arg_params, aux_params, out_path, input_size=112, batch_siz
     data = np.random.RandomState(seed).uniform(0, 255, shape).astype(np.float32)
     with atomic_path(out_path) as tmp:
         try:
-            mx_onnx.export_model(explicit_flatten(sym), params, in_shapes=[shape], in_types=[np.float32], onnx_file_path=tmp,
-                                 dynamic=True, dynamic_input_shapes=[(None, 3, input_size, input_size)])
+            mx_onnx.export_model(explicit_flatten(sym), params, in_shapes=[shape], in_types=[np.float32],
+                                 onnx_file_path=tmp, dynamic=True,
+                                 dynamic_input_shapes=[(None, 3, input_size, input_size)])
         except Exception as error:  # the exporter raises bare errors for unsupported graphs
             raise VargfaceError(f"ONNX export of {out_path} failed: {type(error).__name__}: {error}") from None
         model = onnx.load(tmp)

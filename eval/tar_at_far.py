@@ -30,13 +30,18 @@ def parse_fars(text, option="--far"):
     return fars
 
 
-def allowed_false_accepts(far, n_impostors, what="FAR"):
+def _floor_accepts(far, n_impostors):
+    # The 1e-6 keeps exact products such as 1e-3 * 1000 at 1 despite binary rounding.
+    return int(math.floor(far * n_impostors + 1e-6))
+
+
+def allowed_false_accepts(far, n_impostors):
     """k = floor(far * n_impostors); a FAR below 1/n_impostors cannot be measured and is an error."""
     if not 0 < far <= 1:
-        raise VargfaceError(f"{what} {far:g} is outside (0, 1]")
-    k = int(math.floor(far * n_impostors + 1e-6))
+        raise VargfaceError(f"FAR {far:g} is outside (0, 1]")
+    k = _floor_accepts(far, n_impostors)
     if k < 1:
-        raise VargfaceError(f"{what} {far:g} is below 1/(number of impostor pairs) = 1/{n_impostors} = "
+        raise VargfaceError(f"FAR {far:g} is below 1/(number of impostor pairs) = 1/{n_impostors} = "
                             f"{1.0 / n_impostors:.3g}; it cannot be measured on this data")
     return min(k, n_impostors)
 
@@ -44,7 +49,7 @@ def allowed_false_accepts(far, n_impostors, what="FAR"):
 def decade_fars(n_impostors, highest=1e-1):
     """FARs 1e-1, 1e-2, ... down to the lowest decade that still has at least one allowed false accept."""
     fars, far = [], highest
-    while n_impostors and math.floor(far * n_impostors + 1e-6) >= 1:
+    while _floor_accepts(far, n_impostors) >= 1:
         fars.append(far)
         far = float(f"{far / 10:.0e}")
     return fars

@@ -107,12 +107,6 @@ def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32
     return (out / np.maximum(norms, 1e-12)).astype(dtype)
 
 
-def verify_images(images, issame_list, forward, batch_size, nrof_folds=10):
-    """Verification of decoded pair images (float32 NCHW, 2P rows) with a forward callable: SPEC §6 end to end."""
-    embeddings = flip_sum_embeddings(images, forward, batch_size, dtype=np.float64)
-    return evaluate(embeddings, issame_list, nrof_folds=nrof_folds)
-
-
 def load_pairs(path, image_size):
     """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array)."""
     from vargface.data.verification import decode_bin, load_bin
@@ -136,6 +130,8 @@ def verify_model(prefix, epoch, targets, ctx=None, batch_size=64, nrof_folds=10,
     results = {}
     for path in targets:
         images, issame = load_pairs(path, embedder.input_size)
+        if len(issame) < max(nrof_folds, 1):  # before the embedding work, not after it
+            raise VargfaceError(f"{path}: {len(issame)} pairs cannot be split into {nrof_folds} folds (--nfolds)")
         name = os.path.splitext(os.path.basename(path))[0]
         name = path if name in results else name  # two packs with one file name: keep both
         embeddings = flip_sum_embeddings(images, embedder.forward, embedder.batch_size, dtype=np.float64,

@@ -301,6 +301,8 @@ def test_verify_cli_bad_inputs(tiny_model, pack, tmp_path, run_cli):
     assert done.returncode == 1 and "nowhere-symbol.json does not exist" in done.stderr
     done = run_cli("verify", "--model", prefix, "--target", pack)
     assert done.returncode == 1 and "prefix,epoch" in done.stderr
+    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", pack, "--nfolds", 61)
+    assert done.returncode == 1 and "synth_val.bin: 60 pairs cannot be split into 61 folds" in done.stderr
 
 
 @pytest.fixture(scope="module")
