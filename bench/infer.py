@@ -32,7 +32,7 @@ def images_per_second(sym, batch, size, seconds):
     while passes == 0 or time.perf_counter() - start < seconds:
         once()
         passes += 1
-    return passes * batch / (time.perf_counter() - start), passes
+    return passes * batch / (time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -52,7 +52,7 @@ def main(argv=None):
     for preset in args.presets.split(","):
         sym = get_symbol(preset, input_size=args.input_size)
         gflops = count(sym, (1, 3, args.input_size, args.input_size))["flops"] / 1e9
-        cells = [images_per_second(sym, b, args.input_size, args.seconds)[0] for b in batches]
+        cells = [images_per_second(sym, b, args.input_size, args.seconds) for b in batches]
         print(f"{preset:<26}{gflops:>8.2f}" + "".join(f"{c:>12.1f}" for c in cells), flush=True)
     return 0
 

@@ -47,8 +47,8 @@ def main():
     flops = max(flops_before, gemm_flops(args.tile, args.dim))
     pairs = args.n * (args.n - 1) // 2
     rate, bound = pairs / seconds, flops / (2 * args.dim)
-    print(f"| N | D | pairs | seconds | pairs/s | GEMM GFLOP/s | GEMM-bound pairs/s | efficiency | target |")
-    print(f"|---|---|---|---|---|---|---|---|---|")
+    print("| N | D | pairs | seconds | pairs/s | GEMM GFLOP/s | GEMM-bound pairs/s | efficiency | target |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.n} | {args.dim} | {pairs:.3g} | {seconds:.2f} | {rate:.3g} | {flops / 1e9:.1f} | {bound:.3g} | "
           f"{100 * rate / bound:.0f}% | >= 50% {'OK' if rate >= 0.5 * bound else 'MISSED'} |")
     print("TAR: " + ", ".join(f"{r['far']:g}: {r['tar']:.4f}" for r in result["results"]))

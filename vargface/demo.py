@@ -16,6 +16,8 @@ import shlex
 import shutil
 import time
 
+from vargface.errors import VargfaceError
+
 # Two sizes: `full` is measured to fit about ten minutes on two idle CPU cores and to leave every model short of
 # saturating the held-out pairs; `quick` only checks that the pipeline runs (seconds, meaningless accuracies).
 PROFILES = {
@@ -56,16 +58,10 @@ def demo_command(args):
         value = getattr(args, name)
         if value is not None:
             if value < 1:
-                raise _error(f"--{name.replace('_', '-')}: must be >= 1 (got {value})")
+                raise VargfaceError(f"--{name.replace('_', '-')}: must be >= 1 (got {value})")
             settings[name] = value
     Demo(args.out, settings, overwrite=args.overwrite).run()
     return 0
-
-
-def _error(message):
-    from vargface.errors import VargfaceError
-
-    return VargfaceError(message)
 
 
 class Demo:
@@ -77,20 +73,21 @@ class Demo:
         if overwrite and os.path.isdir(out):
             shutil.rmtree(out)
         if os.path.exists(out) and not os.path.isdir(out):
-            raise _error(f"--out {out}: exists and is not a directory")
+            raise VargfaceError(f"--out {out}: exists and is not a directory")
         self.state = {"settings": settings, "steps": {}}
         if os.path.isfile(self.state_path):
             try:
                 with open(self.state_path) as f:
                     state = json.load(f)
             except (OSError, ValueError) as error:
-                raise _error(f"{self.state_path}: unreadable demo state ({error}); pass --overwrite") from None
+                raise VargfaceError(f"{self.state_path}: unreadable demo state ({error}); pass --overwrite") from None
             if state.get("settings") != settings:
-                raise _error(f"{out} holds a demo run with other settings ({self.state_path}); "
+                raise VargfaceError(f"{out} holds a demo run with other settings ({self.state_path}); "
                              f"pass --overwrite to start again or choose another --out")
             self.state = state
         elif os.path.isdir(out) and os.listdir(out):
-            raise _error(f"--out {out}: exists and is not a demo output; pass --overwrite or choose another --out")
+            raise VargfaceError(f"--out {out}: exists and is not a demo output; pass --overwrite or choose "
+                                "another --out")
         self.parser = None
 
     # -- paths -----------------------------------------------------------------------------------------------
@@ -112,7 +109,7 @@ class Demo:
         with contextlib.redirect_stdout(buffer) if capture else contextlib.nullcontext():
             code = args.func(args)
         if code:
-            raise _error(f"step `vargface {argv[0]}` exited with {code}; rerun the demo to continue")
+            raise VargfaceError(f"step `vargface {argv[0]}` exited with {code}; rerun the demo to continue")
         return buffer.getvalue()
 
     def step(self, name, title, outputs, work):
