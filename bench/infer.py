@@ -9,6 +9,7 @@ import time
 
 CORES = os.cpu_count() or 1
 os.environ.setdefault("OMP_NUM_THREADS", str(CORES))
+os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # its log line would split a table row
 
 import mxnet as mx  # noqa: E402  (after the thread settings)
 import numpy as np  # noqa: E402
