@@ -35,17 +35,21 @@ def _require(path, prefix, epoch):
         raise VargfaceError(f"checkpoint file {path} does not exist (model {prefix},{epoch})")
 
 
+def _read(loader, path, kind, prefix, epoch):
+    """Load one checkpoint file, turning MXNet's C++ stack dump into a one-line error that names the file."""
+    _require(path, prefix, epoch)
+    try:
+        return loader(path)
+    except Exception as error:
+        raise VargfaceError(f"checkpoint {path} is not a readable MXNet {kind} file: {_last_line(error)}") from None
+
+
 def load_symbol(prefix, epoch):
     """The embedding graph (`fc1_output`) stored at prefix/epoch, without its params: enough to count FLOPs."""
     import mxnet as mx
 
     symbol_file = checkpoint_files(prefix, epoch)[0]
-    _require(symbol_file, prefix, epoch)
-    try:
-        full = mx.sym.load(symbol_file)
-    except Exception as error:
-        raise VargfaceError(
-            f"checkpoint {symbol_file} is not a readable MXNet symbol file: {_last_line(error)}") from None
+    full = _read(mx.sym.load, symbol_file, "symbol", prefix, epoch)
     return embedding_output(full, symbol_file)
 
 
@@ -58,12 +62,7 @@ def load_checkpoint(prefix, epoch):
 
     sym = load_symbol(prefix, epoch)
     params_file = checkpoint_files(prefix, epoch)[1]
-    _require(params_file, prefix, epoch)
-    try:
-        saved = mx.nd.load(params_file)
-    except Exception as error:
-        raise VargfaceError(
-            f"checkpoint {params_file} is not a readable MXNet params file: {_last_line(error)}") from None
+    saved = _read(mx.nd.load, params_file, "params", prefix, epoch)
     if not isinstance(saved, dict):
         raise VargfaceError(f"checkpoint {params_file} holds unnamed arrays; expected 'arg:NAME'/'aux:NAME' keys")
     arg_params, aux_params = {}, {}
