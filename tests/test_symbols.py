@@ -1,7 +1,6 @@
 """Networks: names and shapes against the reference manifests, op placement against SPEC section 2, a NumPy
 re-computation of VarGFaceNet's building blocks under seeded weights, input_size and option checking."""
 import json
-import os
 from pathlib import Path
 
 import mxnet as mx
@@ -15,14 +14,12 @@ from vargface.symbols.checkpoint import input_size_of
 TINY = dict(input_size=56, multiplier=0.25, emb_size=64)
 
 
-def shared_dir():
-    """The shared facts folder beside the repository (CI clones the repo next to it), or $VARGFACE_SHARED."""
-    here = Path(__file__).resolve().parents[2] / "shared"
-    return Path(os.environ.get("VARGFACE_SHARED", here)) if not here.is_dir() else here
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
 def reference(preset):
-    with open(shared_dir() / "reference" / f"params_{preset}.json") as f:
+    """Array names and shapes of the original graph of ``preset`` (tests/reference/params_<preset>.json)."""
+    with open(REFERENCE_DIR / f"params_{preset}.json") as f:
         return json.load(f)
 
 
