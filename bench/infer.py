@@ -14,7 +14,7 @@ os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # its log line would split
 import mxnet as mx  # noqa: E402  (after the thread settings)
 import numpy as np  # noqa: E402
 
-from vargface.symbols import PRESETS, get_symbol  # noqa: E402
+from vargface.symbols import get_symbol  # noqa: E402
 from vargface.symbols.flops import count  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def images_per_second(sym, batch, size, seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets (default: all)")
+    parser.add_argument("--presets", default="vargfacenet,vargfacenet_insightface,r50,r100,y1,y2", help="comma-separated presets (default: all)")
     parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default: 1,32)")
     parser.add_argument("--input-size", type=int, default=112)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case (default: 3)")

@@ -106,3 +106,14 @@ def act(data, act_type, name):
 def scaled(channels, multiplier):
     """Width after the multiplier, truncated as the original code does (int(c * m))."""
     return int(channels * multiplier)
+
+
+# Node attribute that names a tap (`stride2` ... `stride16`). Double underscores: MXNet keeps such attributes in the
+# saved graph and operators ignore them, so a checkpoint's -symbol.json still names its taps.
+TAP_ATTR = "__vargface_tap__"
+
+
+def tap(symbol, stride):
+    """Mark ``symbol`` as the last feature map at ``stride`` of the input (tap ``stride<N>``)."""
+    symbol._set_attr(**{TAP_ATTR: f"stride{stride}"})
+    return symbol

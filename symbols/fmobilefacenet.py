@@ -5,7 +5,8 @@ only the embedding BN `fc1` uses 2e-5, as in the original."""
 import mxnet as mx
 
 from vargface.errors import VargfaceError
-from vargface.symbols.common import act, check_options, final_map_size, normalised_input, scaled
+from vargface.symbols.common import act, check_options, final_map_size, normalised_input, scaled, tap
+from vargface.symbols.registry import Preset
 
 DEFAULTS = {
     "blocks": (1, 4, 6, 2),
@@ -16,7 +17,6 @@ DEFAULTS = {
     "bn_eps": 1e-3,
     "input_size": 112,
 }
-PRESET_DEFAULTS = {"y1": {}, "y2": {"blocks": (2, 8, 16, 4), "emb_size": 256}}
 
 
 class _Builder:
@@ -45,8 +45,8 @@ class _Builder:
 
 
 def get_symbol(preset="y1", **options):
-    """MobileFaceNet embedding symbol; output `fc1_output`. y2 is blocks=(2, 8, 16, 4), emb_size=256."""
-    cfg = check_options(preset, options, dict(DEFAULTS, **PRESET_DEFAULTS.get(preset, {})))
+    """MobileFaceNet embedding symbol; output `fc1_output`."""
+    cfg = check_options(preset, options, DEFAULTS)
     w = {c: scaled(c, cfg["multiplier"]) for c in (64, 128, 256, 512)}
     if min(w.values()) < 1:
         raise VargfaceError(f"get_symbol('{preset}'): multiplier={cfg['multiplier']} leaves no channels; "
@@ -58,15 +58,23 @@ def get_symbol(preset="y1", **options):
         body = b.conv(body, w[64], (3, 3), (1, 1), (1, 1), num_group=w[64], name="conv_2_dw")
     else:
         body = b.residual(body, blocks[0], w[64], w[64], "res_2")
+    body = tap(body, 2)
     body = b.depthwise_residual(body, w[64], (2, 2), w[128], "dconv_23")
-    body = b.residual(body, blocks[1], w[64], w[128], "res_3")
+    body = tap(b.residual(body, blocks[1], w[64], w[128], "res_3"), 4)
     body = b.depthwise_residual(body, w[128], (2, 2), w[256], "dconv_34")
-    body = b.residual(body, blocks[2], w[128], w[256], "res_4")
+    body = tap(b.residual(body, blocks[2], w[128], w[256], "res_4"), 8)
     body = b.depthwise_residual(body, w[128], (2, 2), w[512], "dconv_45")
-    body = b.residual(body, blocks[3], w[128], w[256], "res_5")
+    body = tap(b.residual(body, blocks[3], w[128], w[256], "res_5"), 16)
     body = b.conv(body, w[512], name="conv_6sep")
     # GDC: a depthwise conv over the whole last map replaces global pooling, then FC and BN.
     side = final_map_size(cfg["input_size"])
     body = b.conv(body, w[512], (side, side), num_group=w[512], name="conv_6dw7_7", linear=True)
     body = mx.sym.FullyConnected(data=body, num_hidden=cfg["emb_size"], name="pre_fc1")
     return mx.sym.BatchNorm(data=body, fix_gamma=True, eps=2e-5, momentum=cfg["bn_mom"], name="fc1")
+
+
+PRESETS = [
+    Preset("y1", get_symbol, DEFAULTS, description="MobileFaceNet, emb 128 (LFR2019 light baseline)"),
+    Preset("y2", get_symbol, DEFAULTS, {"blocks": (2, 8, 16, 4), "emb_size": 256},
+           description="deeper MobileFaceNet, emb 256 (LFR2019 light baseline)"),
+]

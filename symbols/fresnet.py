@@ -5,7 +5,8 @@ a row of the depth table, so a small teacher (e.g. num_layers=18, multiplier=0.2
 import mxnet as mx
 
 from vargface.errors import VargfaceError
-from vargface.symbols.common import act, check_options, normalised_input, scaled
+from vargface.symbols.common import act, check_options, normalised_input, scaled, tap
+from vargface.symbols.registry import Preset
 
 FILTERS = (64, 64, 128, 256, 512)
 # InsightFace's depth table for the non-bottleneck (IR) units.
@@ -69,9 +70,8 @@ def _ir_unit(data, cfg, num_filter, stride, dim_match, name):
 
 
 def get_symbol(preset="r50", **options):
-    """LResNet-IR embedding symbol; output `fc1_output`. r100 is num_layers=100."""
-    defaults = dict(DEFAULTS, num_layers=100 if preset == "r100" else 50)
-    cfg = check_options(preset, options, defaults)
+    """LResNet-IR embedding symbol; output `fc1_output`."""
+    cfg = check_options(preset, options, DEFAULTS)
     if cfg["num_layers"] not in UNITS:
         raise VargfaceError(
             f"get_symbol('{preset}'): num_layers={cfg['num_layers']} is not in the depth table; accepted: "
@@ -94,8 +94,18 @@ def get_symbol(preset="r50", **options):
         body = _ir_unit(body, cfg, widths[stage], (2, 2), False, f"stage{stage}_unit1")
         for unit in range(2, units + 1):
             body = _ir_unit(body, cfg, widths[stage], (1, 1), True, f"stage{stage}_unit{unit}")
+        body = tap(body, 1 << stage)
     # Output 'E': BN - Dropout - FC - BN(fix_gamma).
     body = _bn(body, cfg, "bn1")
     body = mx.sym.Dropout(data=body, p=cfg["dropout"])
     body = mx.sym.FullyConnected(data=body, num_hidden=cfg["emb_size"], name="pre_fc1")
     return _bn(body, cfg, "fc1", fix_gamma=True)
+
+
+PRESETS = [
+    Preset("r50", get_symbol, DEFAULTS, description="LResNet50E-IR, the usual ArcFace teacher"),
+    Preset("r100", get_symbol, DEFAULTS, {"num_layers": 100}, description="LResNet100E-IR, the LFR2019 teacher"),
+    Preset("r18_tiny", get_symbol, DEFAULTS,
+           {"num_layers": 18, "multiplier": 0.125, "emb_size": 64, "input_size": 32},
+           {"per_batch_size": 16, "frequent": 5, "verbose": 50}, "a small ResNet-IR for tests and quick runs"),
+]

@@ -5,7 +5,8 @@ addition is `input_size`, which sets the embedding's depthwise kernel to the las
 import mxnet as mx
 
 from vargface.errors import VargfaceError
-from vargface.symbols.common import act, check_options, final_map_size, normalised_input, scaled
+from vargface.symbols.common import act, check_options, final_map_size, normalised_input, scaled, tap
+from vargface.symbols.registry import Preset
 
 FILTERS = (32, 64, 128, 256)
 UNITS = (3, 7, 4)
@@ -26,8 +27,6 @@ DEFAULTS = {
     "fc1_fix_gamma": False,
     "input_size": 112,
 }
-# The InsightFace port trains the same graph without SE and with the embedding BN's gamma fixed at 1.
-INSIGHTFACE_DEFAULTS = dict(DEFAULTS, use_se=False, fc1_fix_gamma=True)
 
 
 class _Builder:
@@ -160,17 +159,28 @@ def _check_groups(preset, cfg):
 
 def get_symbol(preset="vargfacenet", **options):
     """VarGFaceNet embedding symbol; output `fc1_output`. Options: see DEFAULTS (the release's own names)."""
-    defaults = INSIGHTFACE_DEFAULTS if preset == "vargfacenet_insightface" else DEFAULTS
-    cfg = check_options(preset, options, defaults)
+    cfg = check_options(preset, options, DEFAULTS)
     _check_groups(preset, cfg)
     b = _Builder(cfg)
     widths = [scaled(f, cfg["multiplier"]) for f in FILTERS]
     body = normalised_input(cfg["input_size"])
-    body = b.head(body, widths[0])
+    body = tap(b.head(body, widths[0]), 2)
     for stage, units in enumerate(UNITS):
         name = f"vargface_stage_{stage + 2}"
         body = b.merge_block(body, widths[stage], widths[stage + 1], name + "_unit_1")
         for unit in range(2, units + 1):
             body = b.block(body, widths[stage + 1], widths[stage + 1], (1, 1), cfg["factor"], True,
                            f"{name}_unit_{unit}")
+        body = tap(body, 4 << stage)
     return b.embedding(body, widths[-1])
+
+
+PRESETS = [
+    Preset("vargfacenet", get_symbol, DEFAULTS, description="VarGFaceNet as released (SE on, emb 512)",
+           train={"net_init": "xavier_gaussian_out_2", "lr_schedule": "cosine", "warmup_steps": 2000}),
+    # The InsightFace port trains the same graph without SE and with the embedding BN's gamma fixed at 1.
+    Preset("vargfacenet_insightface", get_symbol, DEFAULTS, {"use_se": False, "fc1_fix_gamma": True},
+           {"net_init": "xavier_uniform_in_2"}, "InsightFace's VarGFaceNet port (SE off, fc1 gamma fixed)"),
+    Preset("vargfacenet_tiny", get_symbol, DEFAULTS, {"emb_size": 64, "multiplier": 0.25, "input_size": 56},
+           {"per_batch_size": 16, "frequent": 5, "verbose": 50}, "a small VarGFaceNet for tests, demos and CPU runs"),
+]

@@ -26,7 +26,7 @@ def data_dir(tmp_path_factory):
 # ---- config ------------------------------------------------------------------------------------------------------
 def test_presets_merge_in_insightface_order():
     c = generate_config("r100", "emore", "cosface")
-    assert (c.net_name, c.emb_size, c.num_classes, c.image_size) == ("r100", 512, 85742, [112, 112])
+    assert (c.network, c.emb_size, c.num_classes, c.image_size) == ("r100", 512, 85742, [112, 112])
     assert (c.loss_m1, c.loss_m2, c.loss_m3, c.loss_s) == (1.0, 0.0, 0.35, 64.0)
     assert (c.per_batch_size, c.lr, c.wd, c.mom, c.kvstore) == (128, 0.1, 0.0005, 0.9, "device")
     r = generate_config("y1", "retina", "combined", lr="0.01", lr_steps="10,20", data_rand_mirror="false")

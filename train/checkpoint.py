@@ -94,7 +94,7 @@ def load_state(prefix):
 
 def check_compatible(info, arg_params, aux_params, train_sym, data_shapes, config, source):
     """Refuse a state/checkpoint of another network before training starts: name what differs."""
-    if info.get("network") not in (None, config.network) or info.get("net_name") not in (None, config.net_name):
+    if info.get("network") not in (None, config.network):
         raise VargfaceError(f"{source} was trained with network {info.get('network')!r}, but this run uses "
                             f"{config.network!r}; resume with the same --network or start a new run")
     try:

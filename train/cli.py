@@ -18,6 +18,7 @@ HELP = {
     "warmup_steps": "batches of linear warm-up from warmup_lr to lr",
     "max_steps": "stop after this many batches (0: run to end_epoch)",
     "net_init": "xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>",
+    "net_opts": "a network option NAME=VALUE, repeatable (e.g. use_se=False, multiplier=0.5)",
     "frequent": "log a speedometer line every N batches",
     "verbose": "verify and checkpoint every N batches",
     "ckpt": "0 no embedding checkpoints, 1 when verification improves, 2 every round, 3 the latest as 0001",
@@ -35,9 +36,10 @@ HELP = {
 def add_train_options(parser):
     """--network/--dataset/--loss presets plus one --KEY option for every config key (InsightFace's names;
     dashes or underscores). Shared by `vargface train` and `vargface distill`."""
-    from vargface.train.config import dataset, default, loss, network
+    from vargface.train.config import dataset, default, loss
 
-    parser.add_argument("--network", default="vargfacenet", help=f"network preset: {', '.join(network)}")
+    parser.add_argument("--network", default="vargfacenet",
+                        help="network preset (`vargface flops --list` names them; default: %(default)s)")
     parser.add_argument("--dataset", default="emore", help=f"dataset preset ({', '.join(dataset)}) or a "
                         "directory made by `vargface data` (default: %(default)s)")
     parser.add_argument("--loss", default="arcface", help=f"loss preset: {', '.join(loss)} (default: %(default)s)")
@@ -50,6 +52,9 @@ def add_train_options(parser):
         kwargs = dict(dest=key, default=None, metavar="VALUE", help=f"{text} (default: {shown}, or the preset's)")
         if isinstance(value, bool):
             kwargs.update(nargs="?", const="true")
+        if isinstance(value, dict):  # net_opts: --net-opt NAME=VALUE, repeatable
+            flags = ["--" + key[:-1].replace("_", "-")] + flags
+            kwargs.update(action="append", metavar="NAME=VALUE")
         parser.add_argument(*flags, **kwargs)
     _explain_unknown(parser)
 

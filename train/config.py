@@ -1,4 +1,5 @@
-"""Training configuration in InsightFace's style: ``default``, ``network``, ``dataset`` and ``loss`` presets merged by
+"""Training configuration in InsightFace's style: ``default``, the network preset's training defaults (from the
+registry in `vargface.symbols`), and the ``dataset`` and ``loss`` presets merged by
 ``generate_config(network, dataset, loss, **overrides)`` into one easydict whose key names follow InsightFace's
 ``config.py`` (per_batch_size, lr_steps, loss_s, loss_m1..m3, emb_size, ckpt, verbose, max_steps, ...), so users of
 that code find their knobs where they expect them."""
@@ -9,12 +10,14 @@ import os
 from easydict import EasyDict as edict
 
 from vargface.errors import VargfaceError
+from vargface.symbols.registry import get_preset, parse_net_opts
 
 # Options every run has; the network/dataset/loss presets below override some of them.
 default = edict(
     network="vargfacenet", dataset="emore", loss="arcface",
-    # network
-    net_name="vargfacenet", emb_size=512, net_multiplier=None, net_num_layers=None,
+    # network: the preset's builder options, overridden by emb_size/image_size, the net_multiplier/net_num_layers
+    # aliases and net_opts (any builder option, e.g. {"use_se": False})
+    emb_size=512, net_opts={}, net_multiplier=None, net_num_layers=None,
     net_init="xavier_gaussian_out_2", fc7_init_sigma=0.01,
     fc7_lr_mult=1.0, fc7_wd_mult=1.0, fc7_no_bias=False,
     # data
@@ -31,22 +34,6 @@ default = edict(
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
     models_root="./models", prefix="", pretrained="", resume=False, ckpt=3, frequent=20, verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
-)
-
-network = edict(
-    vargfacenet=edict(net_name="vargfacenet", emb_size=512, net_init="xavier_gaussian_out_2",
-                      lr_schedule="cosine", warmup_steps=2000, lr_total_steps=0),
-    vargfacenet_insightface=edict(net_name="vargfacenet_insightface", emb_size=512,
-                                  net_init="xavier_uniform_in_2"),
-    r50=edict(net_name="r50", emb_size=512, net_init="xavier_gaussian_out_2"),
-    r100=edict(net_name="r100", emb_size=512, net_init="xavier_gaussian_out_2"),
-    y1=edict(net_name="y1", emb_size=128, net_init="xavier_gaussian_out_2"),
-    y2=edict(net_name="y2", emb_size=256, net_init="xavier_gaussian_out_2"),
-    # Small networks for tests, demos and CPU benchmarks.
-    vargfacenet_tiny=edict(net_name="vargfacenet", emb_size=64, net_multiplier=0.25, image_size=[56, 56],
-                           net_init="xavier_gaussian_out_2", per_batch_size=16, frequent=5, verbose=50),
-    r18_tiny=edict(net_name="r50", net_num_layers=18, net_multiplier=0.125, emb_size=64, image_size=[32, 32],
-                   net_init="xavier_gaussian_out_2", per_batch_size=16, frequent=5, verbose=50),
 )
 
 dataset = edict(
@@ -128,17 +115,33 @@ def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name=
     if dataset_name not in dataset and os.path.isdir(str(dataset_name)):
         overrides.setdefault("dataset_path", dataset_name)
         dataset_name = "folder"
-    for kind, table, name in (("network", network, network_name), ("dataset", dataset, dataset_name),
-                              ("loss", loss, loss_name)):
+    preset = get_preset(network_name)
+    config.update(json.loads(json.dumps(preset.train)))
+    options = preset.resolved_options()
+    config.update(network=network_name, emb_size=options["emb_size"], image_size=[options["input_size"]] * 2)
+    for kind, table, name in (("dataset", dataset, dataset_name), ("loss", loss, loss_name)):
         config.update(json.loads(json.dumps(_choose(kind, table, name))))
         config[kind] = name
     for key, value in overrides.items():
         check_key(config, key)
-        config[key] = parse_value(config[key], value, key)
+        if key == "net_opts":
+            config.net_opts = {**config.net_opts, **parse_net_opts(value)}
+        else:
+            config[key] = parse_value(config[key], value, key)
     if isinstance(config.image_size, int) or len(config.image_size) == 1:
         side = int(config.image_size if isinstance(config.image_size, int) else config.image_size[0])
         config.image_size = [side, side]
     return config
+
+
+def network_options(config):
+    """The builder options of ``config``'s network: its preset's, then emb_size, image_size, the aliases
+    net_multiplier / net_num_layers and net_opts."""
+    options = {"emb_size": int(config.emb_size), "input_size": int(config.image_size[0])}
+    for alias in ("multiplier", "num_layers"):
+        if config.get("net_" + alias) is not None:
+            options[alias] = config["net_" + alias]
+    return {**options, **parse_net_opts(config.net_opts)}
 
 
 def resolve_dataset(config):

@@ -75,14 +75,11 @@ def make_initializer(name):
 
 
 def embedding_symbol(config):
-    """get_symbol(config.net_name, ...) with the net_* options that are set."""
+    """The embedding Symbol of ``config``'s network preset with its options."""
     from vargface.symbols import get_symbol
+    from vargface.train.config import network_options
 
-    options = {"emb_size": int(config.emb_size), "input_size": int(config.image_size[0])}
-    for key, value in config.items():
-        if key.startswith("net_") and key not in ("net_name", "net_init") and value is not None:
-            options[key[4:]] = value
-    return get_symbol(config.net_name, **options)
+    return get_symbol(config.network, **network_options(config))
 
 
 def _seed_rngs(seed, step):
@@ -230,7 +227,7 @@ class _Run:
 
     def save_state(self, pos):
         arg, aux = self.module.get_params()
-        info = dict(pos, network=self.config.network, net_name=self.config.net_name, seed=int(self.config.seed),
+        info = dict(pos, network=self.config.network, seed=int(self.config.seed),
                     num_classes=int(self.config.num_classes), saved=time.strftime("%Y-%m-%d %H:%M:%S"))
         ckpt.save_state(self.prefix, info, arg, aux, self.module)
 
