@@ -117,3 +117,50 @@ def test_taps_of_an_unmarked_graph_by_shape():
     fc1 = mx.sym.BatchNorm(mx.sym.FullyConnected(body, num_hidden=8, name="pre_fc1"), name="fc1")
     assert tap_outputs(fc1, 32) == {"embedding": "fc1_output", "stride2": "relu0_output", "stride4": "relu1_output",
                                     "stride8": "relu2_output", "stride16": "relu3_output"}
+
+
+def test_config_file_then_flags_and_the_saved_config_reruns_the_run(tmp_path, capsys):
+    """`--config FILE` sets keys over the presets, flags override the file, and the run's saved PREFIX-config.py
+    given back to --config resolves to the same config."""
+    from pathlib import Path
+
+    from vargface.data.synth import make_synthetic_rec
+    from vargface.train.config import read_config_file, run_facts
+
+    data = tmp_path / "data"
+    make_synthetic_rec(str(data), 4, 4, size=32, seed=0, progress=False)
+    config = Path(__file__).resolve().parents[1] / "configs" / "r18_tiny_synthetic.py"
+    prefix = tmp_path / "run" / "model"
+    argv = ["train", "--config", str(config), "--dataset", str(data), "--max-steps", "2", "--prefix", str(prefix),
+            "--net-opt", "dropout=0.1"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    saved = read_config_file(f"{prefix}-config.py")
+    assert (saved["network"], saved["max_steps"], saved["per_batch_size"], saved["lr"]) == ("r18_tiny", 2, 8, 0.1)
+    assert saved["net_opts"] == {"dropout": 0.1} and saved["dataset_path"] == str(data)
+    assert run_facts(f"{prefix}-config.py")["contexts"] == ["cpu(0)"]
+    again = tmp_path / "again" / "model"
+    code, _, err = run_cli(["train", "--config", f"{prefix}-config.py", "--prefix", str(again)], capsys)
+    assert code == 0, err
+    rerun = read_config_file(f"{again}-config.py")
+    assert {k: v for k, v in rerun.items() if k != "prefix"} == {k: v for k, v in saved.items() if k != "prefix"}
+
+
+def test_config_files_are_parsed_not_run(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.py"
+    hostile.write_text(f"import os\nlr = 0.1\nos.system('touch {marker}')\n")
+    code, _, err = run_cli(["train", "--config", str(hostile)], capsys)
+    assert code == 1 and "hostile.py:3: expected `key = value` lines only" in err and not marker.exists()
+    computed = tmp_path / "computed.py"
+    computed.write_text("lr = __import__('os').getpid()\n")
+    code, _, err = run_cli(["train", "--config", str(computed)], capsys)
+    assert code == 1 and "must be a literal" in err
+    typo = tmp_path / "typo.py"
+    typo.write_text("from easydict import EasyDict as edict\nconfig = edict()\nconfig.per_batch_sise = 8\n")
+    code, _, err = run_cli(["train", "--config", str(typo)], capsys)
+    assert code == 1 and "unknown config key 'per_batch_sise'; did you mean per_batch_size" in err
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("per_batch_size = 'eight'\n")
+    code, _, err = run_cli(["train", "--config", str(wrong), "--dataset", str(tmp_path)], capsys)
+    assert code == 1 and "per_batch_size" in err

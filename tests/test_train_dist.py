@@ -11,6 +11,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from vargface.train.config import run_facts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -50,7 +52,7 @@ def test_dist_sync_workers_end_with_identical_weights(data_dir, tmp_path):
 
     states = [json.load(open(f"{p}-state.json")) for p in (prefix, prefix + "-worker1")]
     assert [s["num_update"] for s in states] == [8, 8]  # 64 images / 2 shards / batch 8, two epochs
-    configs = [json.load(open(f"{p}-config.json")) for p in (prefix, prefix + "-worker1")]
+    configs = [run_facts(f"{p}-config.py") for p in (prefix, prefix + "-worker1")]
     assert [(c["rank"], c["workers"]) for c in configs] == [(0, 2), (1, 2)]
     params = [mx.nd.load(os.path.join(tmp_path, s["params"])) for s in states]
     learned = sorted(k for k in params[0] if k.startswith("arg:"))

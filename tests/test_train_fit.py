@@ -9,7 +9,7 @@ import pytest
 
 from vargface.errors import VargfaceError
 from vargface.train.checkpoint import load_state
-from vargface.train.config import generate_config
+from vargface.train.config import generate_config, read_config_file, run_facts
 from vargface.train.trainer import TrainerPlugin, fit
 
 SIZE = 32
@@ -56,8 +56,9 @@ def test_two_devices_lower_loss_and_raise_heldout_accuracy(data_dir, tmp_path):
     best_prefix, best_epoch = result["best_checkpoint"].rsplit(",", 1)
     load_checkpoint(best_prefix, int(best_epoch))
     assert result["best"]["heldout"]["accuracy"] == max(e["score"] for e in verify[1:])
-    saved_config = json.load(open(f"{result['prefix']}-config.json"))
-    assert saved_config["num_classes"] == 24 and saved_config["contexts"] == ["cpu(0)", "cpu(1)"]
+    saved_config = read_config_file(f"{result['prefix']}-config.py")
+    assert saved_config["num_classes"] == 24 and run_facts(f"{result['prefix']}-config.py")["contexts"] == [
+        "cpu(0)", "cpu(1)"]
     logged = [json.loads(line) for line in open(f"{result['prefix']}-log.jsonl")]
     assert logged == json.loads(json.dumps(result["history"]))
 

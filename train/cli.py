@@ -3,7 +3,7 @@ import difflib
 
 from vargface.train import distill_cli
 
-PRESET_KEYS = ("network", "dataset", "loss")
+PRESET_DEFAULTS = {"network": "vargfacenet", "dataset": "emore", "loss": "arcface"}
 HELP = {
     "ctx": "devices: gpu:0,1,2,3 | cpu:0,cpu:1 | cpu",
     "kvstore": "local | device | dist_sync | dist_device_sync (dist_*: start through scripts/dist_train.sh)",
@@ -38,13 +38,16 @@ def add_train_options(parser):
     dashes or underscores). Shared by `vargface train` and `vargface distill`."""
     from vargface.train.config import dataset, default, loss
 
-    parser.add_argument("--network", default="vargfacenet",
-                        help="network preset (`vargface flops --list` names them; default: %(default)s)")
-    parser.add_argument("--dataset", default="emore", help=f"dataset preset ({', '.join(dataset)}) or a "
-                        "directory made by `vargface data` (default: %(default)s)")
-    parser.add_argument("--loss", default="arcface", help=f"loss preset: {', '.join(loss)} (default: %(default)s)")
+    parser.add_argument("--config", metavar="FILE", help="experiment config file of `key = value` lines (e.g. "
+                        "configs/vargfacenet_retina.py, or a run's saved PREFIX-config.py); options given here "
+                        "override it")
+    parser.add_argument("--network", help="network preset (`vargface flops --list` names them; default: "
+                        f"{PRESET_DEFAULTS['network']})")
+    parser.add_argument("--dataset", help=f"dataset preset ({', '.join(dataset)}) or a directory made by "
+                        f"`vargface data` (default: {PRESET_DEFAULTS['dataset']})")
+    parser.add_argument("--loss", help=f"loss preset: {', '.join(loss)} (default: {PRESET_DEFAULTS['loss']})")
     for key, value in default.items():
-        if key in PRESET_KEYS:
+        if key in PRESET_DEFAULTS:
             continue
         flags = ["--" + key.replace("_", "-")] + (["--" + key] if "_" in key else [])
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
@@ -78,11 +81,22 @@ def _explain_unknown(parser):
 
 
 def config_from_args(args):
-    """The resolved easydict config of parsed `train`/`distill` arguments."""
-    from vargface.train.config import default, generate_config
+    """The resolved easydict config of parsed `train`/`distill` arguments: defaults <- presets <- the --config
+    file <- the options given on the command line."""
+    from vargface.errors import VargfaceError
+    from vargface.train.config import check_key, default, generate_config, read_config_file
 
-    overrides = {k: getattr(args, k) for k in default if k not in PRESET_KEYS and getattr(args, k) is not None}
-    return generate_config(args.network, args.dataset, args.loss, **overrides)
+    overrides = read_config_file(args.config) if args.config else {}
+    for key in overrides:
+        try:
+            check_key(default, key)
+        except VargfaceError as error:
+            raise VargfaceError(f"--config {args.config}: {error}") from None
+    presets = {k: getattr(args, k) or overrides.pop(k, None) or PRESET_DEFAULTS[k] for k in PRESET_DEFAULTS}
+    for key in default:
+        if key not in PRESET_DEFAULTS and getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    return generate_config(presets["network"], presets["dataset"], presets["loss"], **overrides)
 
 
 def register(subparsers):

@@ -3,6 +3,7 @@ registry in `vargface.symbols`), and the ``dataset`` and ``loss`` presets merged
 ``generate_config(network, dataset, loss, **overrides)`` into one easydict whose key names follow InsightFace's
 ``config.py`` (per_batch_size, lr_steps, loss_s, loss_m1..m3, emb_size, ckpt, verbose, max_steps, ...), so users of
 that code find their knobs where they expect them."""
+import ast
 import difflib
 import json
 import os
@@ -76,10 +77,20 @@ def check_key(config, key):
         raise VargfaceError(f"unknown config key {key!r}{hint}")
 
 
+def _check_typed(template, value, key):
+    """A value from a config file already has a type: it must be the key's (an int may stand for a float)."""
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple), dict: (dict,)}
+    expected = kinds.get(type(template)) if template is not None else None
+    if expected and (not isinstance(value, expected) or isinstance(value, bool) and bool not in expected):
+        raise VargfaceError(f"config key {key!r}: expected {type(template).__name__}, got {value!r}")
+    return list(value) if isinstance(value, tuple) else value
+
+
 def parse_value(template, text, key):
-    """Convert a command-line string to the type of the key's current value (lists are comma-separated)."""
-    if not isinstance(text, str):
-        return text
+    """Convert a command-line string to the type of the key's current value (lists are comma-separated); a
+    value that already has a type (from a config file) is checked against the key's type."""
+    if not isinstance(text, str) or isinstance(template, str):
+        return _check_typed(template, text, key)
     try:
         if isinstance(template, bool):
             if text.lower() in ("1", "true", "yes", "on"):
@@ -107,7 +118,7 @@ def parse_value(template, text, key):
         raise VargfaceError(f"config key {key!r}: cannot read {text!r} as {type(template).__name__}") from None
 
 
-def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name="arcface", **overrides):
+def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name="arcface", /, **overrides):
     """Merge default <- network <- dataset <- loss presets <- overrides; unknown presets or keys raise.
 
     ``dataset_name`` may also be a directory made by `vargface data` (the ``folder`` preset)."""
@@ -169,9 +180,60 @@ def resolve_dataset(config):
     return config
 
 
-def save_config(config, path, extra=None):
-    """Write the resolved config as JSON (atomically) beside the checkpoints."""
+def read_config_file(path):
+    """Config keys of an experiment file: lines ``key = literal`` (or arcface_torch's ``config.key = literal`` after
+    ``config = edict()``). The file is parsed, never executed: a config from elsewhere cannot run code."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=str(path))
+    except OSError as error:
+        raise VargfaceError(f"--config {path}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise VargfaceError(f"--config {path}: not a UTF-8 text file") from None
+    except SyntaxError as error:
+        raise VargfaceError(f"--config {path}:{error.lineno}: not a config file ({error.msg})") from None
+    values = {}
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or (
+                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            continue  # `from easydict import EasyDict as edict`, docstrings
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id == "config" and isinstance(node.value, ast.Call):
+            continue  # `config = edict()`
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "config":
+            name = target.attr
+        elif isinstance(target, ast.Name):
+            name = target.id
+        else:
+            raise VargfaceError(f"--config {path}:{node.lineno}: expected `key = value` lines only")
+        try:
+            values[name] = ast.literal_eval(node.value)
+        except ValueError:
+            raise VargfaceError(f"--config {path}:{node.lineno}: the value of {name!r} must be a literal (a number, "
+                                f"string, bool, None, list or dict), not an expression") from None
+    return values
+
+
+RUN_FACTS = "# run: "
+
+
+def run_facts(path):
+    """Facts of the run (devices, workers, rank, plugin) that a saved config records on its `# run:` line."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(RUN_FACTS):
+                return json.loads(line[len(RUN_FACTS):])
+    raise VargfaceError(f"{path}: no '{RUN_FACTS.strip()}' line (not a config saved by `vargface train`)")
+
+
+def save_config(config, path, comments=(), facts=None):
+    """Write the resolved config (atomically) as a config file: `--config` on it reruns the same experiment.
+
+    ``resume`` is left out, so the file starts a run; ``comments`` head the file, then ``facts`` of the run (see
+    `run_facts`)."""
     from vargface.atomic import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump({**config, **(extra or {})}, f, indent=1, sort_keys=True)
+    lines = [f"# {line}" for line in comments] + ([RUN_FACTS + json.dumps(facts, sort_keys=True)] if facts else [])
+    lines += [f"{key} = {config[key]!r}" for key in sorted(config) if key != "resume"]
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")

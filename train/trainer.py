@@ -169,12 +169,13 @@ class _Run:
         self.module.bind(data_shapes=self.data_shapes, label_shapes=self.label_shapes)
         self.infer = None
 
-        self.config_path = f"{self.prefix}-config.json"
+        self.config_path = f"{self.prefix}-config.py"
         self.log_path = f"{self.prefix}-log.jsonl"
         described = {"plugin": plugin.describe(), "workers": self.workers, "rank": self.rank,
                      "contexts": [str(c) for c in contexts]}
         log("vargface train: resolved config\n" + json.dumps({**config, **described}, indent=1, sort_keys=True))
-        save_config(config, self.config_path, described)
+        save_config(config, self.config_path, [f"resolved config of {self.prefix}; rerun it with `vargface train "
+                                               f"--config {self.config_path}`"], described)
 
     def _make_iter(self):
         from vargface.data.iterator import FaceRecordIter
