@@ -1,4 +1,5 @@
-"""InsightFace RecordIO sets: ``train.rec`` + ``train.idx`` + ``property`` (SPEC section 5).
+"""InsightFace RecordIO sets: ``train.rec`` + ``train.idx`` + ``property``
+(docs/formats.md#recordio-training-set-trainrec-trainidx-property).
 
 Layout: record 0 is a header whose label ``[N+1, N+1+K]`` gives the image records ``1..N`` and the identity
 records ``N+1..N+K``; identity record ``N+1+c`` holds ``[first, end)``, the image records of class ``c``; each

@@ -1,5 +1,6 @@
-"""Verification packs (``lfw.bin`` style, SPEC section 5): a pickle of ``(bins, issame_list)`` where ``bins``
-holds 2*P encoded images (pair i = items 2i, 2i+1) and ``issame_list`` P booleans."""
+"""Verification packs (``lfw.bin`` style, docs/formats.md#verification-pack-bin): a pickle of
+``(bins, issame_list)`` where ``bins`` holds 2*P encoded images (pair i = items 2i, 2i+1) and ``issame_list`` P
+booleans."""
 import os
 import pickle
 

@@ -34,7 +34,7 @@ def _rates(dist, issame, thresholds):
 
 
 def evaluate(embeddings, issame_list, nrof_folds=10, thresholds=THRESHOLDS):
-    """SPEC §6 on flip-summed, L2-normalised embeddings (2P rows for P pairs).
+    """Accuracy-Flip (docs/metric.md) on flip-summed, L2-normalised embeddings (2P rows for P pairs).
 
     Returns a dict: accuracy (mean over folds), std, fold_accuracy, fold_thresholds, best_threshold (the mean of
     the fold thresholds), tpr/fpr (fold-averaged, per threshold, as InsightFace's ROC), thresholds, and

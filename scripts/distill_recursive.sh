@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# VarGFaceNet's recipe (SPEC §9): an r100 ArcFace teacher, then VarGFaceNet students distilled from it for two
-# recursive generations (generation 2 starts from generation 1's final weights, same teacher).
+# VarGFaceNet's recipe (docs/recipes.md#recursive-distillation): an r100 ArcFace teacher, then VarGFaceNet
+# students distilled from it for two recursive generations (generation 2 starts from generation 1's final
+# weights, same teacher).
 #
 #   scripts/distill_recursive.sh DATA_DIR [extra `vargface distill` options, e.g. --kd-weight 2 --end-epoch 20]
 #

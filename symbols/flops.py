@@ -1,4 +1,4 @@
-"""Parameter and FLOPs counts read off a Symbol's graph, by the LFR2019 challenge rule (SPEC section 4).
+"""Parameter and FLOPs counts read off a Symbol's graph, by the LFR2019 challenge rule (docs/flops.md).
 
 Counting walks the stored graph (symbol JSON + shape inference) rather than per-network formulas, so it works
 for any preset, option set or checkpoint."""

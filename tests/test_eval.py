@@ -1,4 +1,4 @@
-"""Evaluation: SPEC §6 verification vs an independent NumPy re-derivation, exact TAR@FAR vs brute force
+"""Evaluation: docs/metric.md verification vs an independent NumPy re-derivation, exact TAR@FAR vs brute force
 (sklearn roc_curve), LFR2019 feature files (round trip, resume), embed/compare, and the bad inputs."""
 import json
 import pickle
@@ -84,8 +84,9 @@ def pack(tmp_path_factory):
     return path
 
 
-def spec6_numpy(embeddings, issame, folds=10):
-    """SPEC §6 written out independently: contiguous folds (no shuffle), thresholds 0..3.99, first best."""
+def accuracy_flip_numpy(embeddings, issame, folds=10):
+    """Accuracy-Flip (docs/metric.md) written out independently: contiguous folds (no shuffle), thresholds
+    0..3.99, first best."""
     thresholds = np.arange(0, 4, 0.01)
     dist = ((embeddings[0::2] - embeddings[1::2]) ** 2).sum(1)
     parts = np.array_split(np.arange(len(issame)), folds)
@@ -108,7 +109,7 @@ def test_verify_matches_numpy_rederivation(tiny_model, pack):
     prefix, epoch = tiny_model
     result = verify_model(prefix, epoch, [str(pack)], batch_size=16, progress=False)["synth_val"]
 
-    # independent path: plain Module on fc1_output, image and mirror, sum, normalise, §6 by hand
+    # independent path: plain Module on fc1_output, image and mirror, sum, normalise, Accuracy-Flip by hand
     sym, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
     bins, issame = load_bin(pack)
     images = decode_nchw(bins, SIZE)
@@ -121,7 +122,7 @@ def test_verify_matches_numpy_rederivation(tiny_model, pack):
         module.forward(mx.io.DataBatch([mx.nd.array(batch)]), is_train=False)
         total = total + module.get_outputs()[0].asnumpy().astype(np.float64)
     embeddings = total / np.linalg.norm(total, axis=1, keepdims=True)
-    accuracy, std, chosen = spec6_numpy(embeddings, np.array(issame))
+    accuracy, std, chosen = accuracy_flip_numpy(embeddings, np.array(issame))
 
     assert result["pairs"] == 60
     assert result["accuracy"] == pytest.approx(accuracy, abs=1e-12)
@@ -142,7 +143,7 @@ def test_evaluate_against_numpy_and_perfect_split():
     emb[0::2], emb[1::2] = a, b
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     result = evaluate(emb, issame)
-    accuracy, std, chosen = spec6_numpy(emb, issame)
+    accuracy, std, chosen = accuracy_flip_numpy(emb, issame)
     assert result["accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert result["std"] == pytest.approx(std, abs=1e-12)
     assert result["fold_thresholds"] == pytest.approx(chosen)

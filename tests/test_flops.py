@@ -1,4 +1,5 @@
-"""FLOPs/params counter: SPEC section 1 figures for every preset, the LFR2019 rule on hand-checked layers, the CLI."""
+"""FLOPs/params counter: the docs/architectures.md#presets figures for every preset, the LFR2019 rule on
+hand-checked layers, the CLI."""
 import json
 import subprocess
 import sys
@@ -10,22 +11,26 @@ from test_symbols import FAITHFUL_PRESETS, reference
 from vargface.symbols import get_symbol
 from vargface.symbols.flops import count, fits_budget, short_form
 
-# SPEC section 1 table: (learnable params, LFR2019 FLOPs).
-SPEC_TABLE = {
+# docs/architectures.md#presets table: (learnable params, LFR2019 FLOPs).
+PRESET_FIGURES = {
     "vargfacenet": (5198292, 1022864152),
     "vargfacenet_insightface": (4957512, 1022388952),
     "r50": (43590848, 12612791296),
     "r100": (65156160, 24169929728),
     "y1": (1003264, 439821056),
     "y2": (1996288, 933336950),
+    "pocketnet_s128": (925632, 561859348),
+    "pocketnet_s256": (991424, 561990292),
+    "pocketnet_m128": (1686656, 1071087536),
+    "pocketnet_m256": (1752448, 1071218480),
 }
 
 
 @pytest.mark.parametrize("preset", FAITHFUL_PRESETS)
-def test_preset_figures_equal_spec_and_reference(preset):
+def test_preset_figures_equal_docs_and_reference(preset):
     figures = count(get_symbol(preset))
     ref = reference(preset)
-    assert (figures["params"], figures["flops"]) == SPEC_TABLE[preset]
+    assert (figures["params"], figures["flops"]) == PRESET_FIGURES[preset]
     assert figures["params"] == ref["learnable_parameters"]
     assert figures["aux"] == ref["auxiliary_states"]
     assert figures["flops"] == ref["lfr2019_flops"]
@@ -81,7 +86,7 @@ def run_cli(*args, capsys=None):
 
 @pytest.mark.parametrize("preset,params,flops", [("vargfacenet", "5198292", "1022864152"),
                                                  ("r100", "65156160", "24169929728")])
-def test_cli_prints_spec_figures(preset, params, flops, capsys):
+def test_cli_prints_preset_figures(preset, params, flops, capsys):
     result = run_cli(preset) if preset == "vargfacenet" else run_cli(preset, capsys=capsys)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -96,7 +101,7 @@ def test_cli_json_options_and_checkpoint(tmp_path, capsys):
     result = run_cli("vargfacenet", "--opt", "use_se=False", "--opt", "fc1_fix_gamma=True", "--json", capsys=capsys)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    assert (figures["params"], figures["flops"]) == SPEC_TABLE["vargfacenet_insightface"]
+    assert (figures["params"], figures["flops"]) == PRESET_FIGURES["vargfacenet_insightface"]
     assert figures["fits_budget"] is True and figures["short"] == "1.0G"
 
     sym = get_symbol("vargfacenet", input_size=56, multiplier=0.25, emb_size=64)

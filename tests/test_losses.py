@@ -12,7 +12,7 @@ B, D, C = 6, 8, 5
 
 
 def ref_logits(emb, weight, bias, label, cfg):
-    """Straight from SPEC §7, in float64."""
+    """Straight from docs/losses.md#margin-softmax, in float64."""
     if cfg.loss_name == "softmax":
         return emb @ weight.T + bias
     cos = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (weight / np.linalg.norm(weight, axis=1,

@@ -1,4 +1,4 @@
-"""Networks: names and shapes against the reference manifests, op placement against SPEC section 2, a NumPy
+"""Networks: names and shapes against the reference manifests, op placement against docs/architectures.md, a NumPy
 re-computation of VarGFaceNet's building blocks under seeded weights, input_size and option checking."""
 import json
 from pathlib import Path
@@ -123,7 +123,7 @@ def test_vargfacenet_op_placement_follows_the_release():
     assert by_name["fc1"]["attrs"]["fix_gamma"] == "False"
 
 
-# ---- NumPy re-computation of the building blocks (SPEC section 2) under seeded weights -------------------------
+# ---- NumPy re-computation of the building blocks (docs/architectures.md) under seeded weights ----------------
 
 def np_conv(x, w, stride=1, pad=0, groups=1, bias=None):
     n, cin, h, wd = x.shape
@@ -142,7 +142,8 @@ def np_conv(x, w, stride=1, pad=0, groups=1, bias=None):
 
 
 class NumpyVarG:
-    """Independent reading of SPEC section 2 in NumPy, fed with the MXNet model's arrays."""
+    """Independent reading of docs/architectures.md#vargfacenet-as-released in NumPy, fed with the MXNet
+    model's arrays."""
 
     def __init__(self, p, eps=2e-5):
         self.p, self.eps = p, eps
@@ -197,7 +198,7 @@ class NumpyVarG:
 
 
 def numpy_resnet(p, data, units):
-    """SPEC section 3 fresnet (input L, IR units, output E) in NumPy."""
+    """docs/architectures.md#resnet-ir-teachers-r50-r100 fresnet (input L, IR units, output E) in NumPy."""
     f = NumpyVarG(p)
     x = f.prelu(f.bn(np_conv((data - 127.5) * 0.0078125, p["conv0_weight"], 1, 1), "bn0"), "relu0")
     for stage, n in enumerate(units, start=1):
@@ -211,7 +212,8 @@ def numpy_resnet(p, data, units):
 
 
 def numpy_mobilefacenet(p, data, blocks):
-    """SPEC section 3 fmobilefacenet with GDC output in NumPy (conv BNs use MXNet's default eps 1e-3)."""
+    """docs/architectures.md#mobilefacenet-y1-y2 fmobilefacenet with GDC output in NumPy (conv BNs use MXNet's
+    default eps 1e-3)."""
     f = NumpyVarG(p, eps=1e-3)
 
     def conv(x, name, stride=1, pad=0, dw=False, linear=False):

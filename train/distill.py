@@ -1,4 +1,5 @@
-"""Distillation from a frozen teacher, and recursive distillation over generations (VarGFaceNet, SPEC §9).
+"""Distillation from a frozen teacher, and recursive distillation over generations (VarGFaceNet;
+docs/losses.md#recursive-distillation).
 
 `DistillPlugin` plugs into the trainer's `fit`: the teacher's embedding of each batch enters the training graph
 as an extra input (from the live teacher, or from the teacher-embedding cache), and the distillation loss is

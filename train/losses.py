@@ -1,4 +1,4 @@
-"""Classification heads on the embedding (SPEC §7): plain softmax, and the margin-softmax family
+"""Classification heads on the embedding (docs/losses.md): plain softmax, and the margin-softmax family
 ``s·(cos(m1·θ + m2) − m3)`` for the true class (nsoftmax, ArcFace, CosFace, combined) plus ArcNegFace.
 
 The angle enters only through ``arccos`` of a clipped cosine, and past ``m1·θ + m2 = π`` the target logit continues

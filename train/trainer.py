@@ -59,7 +59,7 @@ def resolve_prefix(config):
 
 
 def make_initializer(name):
-    """'xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>' -> mx.init.Xavier (SPEC §8)."""
+    """'xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>' -> mx.init.Xavier (docs/recipes.md#vargfacenet)."""
     import mxnet as mx
 
     parts = str(name).split("_")
@@ -239,8 +239,8 @@ class _Run:
 
     # ---- verification ------------------------------------------------------------------------------------------
     def verify(self):
-        """SPEC §6 accuracy on each target, embedding with the current weights: an inference Module bound on the
-        training Module's arrays (no copy)."""
+        """Accuracy-Flip (docs/metric.md) on each target, embedding with the current weights: an inference Module
+        bound on the training Module's arrays (no copy)."""
         import mxnet as mx
 
         from vargface.eval.verification import evaluate, flip_sum_embeddings, module_forward
