@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_readme import check_vargface
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_CONFIGS = ("r100_retina.py", "vargfacenet_retina.py")
+SHIPPED_CONFIGS = ("r100_retina.py", "vargfacenet_retina.py")  # configs/vargfacenet_recursive.py: another branch
 
 
 def run(argv, capsys):
@@ -25,26 +26,6 @@ def run(argv, capsys):
 
 def printed_commands(out):
     return [shlex.split(line[len("$ vargface "):]) for line in out.splitlines() if line.startswith("$ vargface ")]
-
-
-def check_parses(argv):
-    """The real parser accepts the command; a `--config FILE` pair is checked as an existing file and left out,
-    because `--config` belongs to the train/distill options being added beside this runner."""
-    from vargface.cli import build_parser
-    from vargface.train.cli import config_from_args
-
-    argv = list(argv)
-    if "--config" in argv:
-        at = argv.index("--config")
-        config = argv[at + 1]
-        assert config.startswith("configs/") and config.endswith(".py"), config
-        if os.path.basename(config) in SHIPPED_CONFIGS:
-            assert (ROOT / config).is_file(), config
-        del argv[at:at + 2]
-    args = build_parser().parse_args(argv)
-    if args.command in ("train", "distill"):
-        config_from_args(args)
-    return args
 
 
 def test_lfr_light_dry_run_lists_every_step_with_its_config(tmp_path, monkeypatch, capsys):
@@ -70,7 +51,7 @@ def test_lfr_light_dry_run_lists_every_step_with_its_config(tmp_path, monkeypatc
     assert commands[5][commands[5].index("--model") + 1] == str(work / "vargfacenet-distill" / "model-gen2") + ",1"
     assert commands[-1][commands[-1].index("--list") + 1] == "list.txt"
     for command in commands:
-        check_parses(command)
+        check_vargface(command)
 
     # without a test list there is no feature-file step
     _, out, _ = run(["recipe", "lfr-light", "--dry-run", "--work", str(work)], capsys)
