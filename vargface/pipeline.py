@@ -129,8 +129,7 @@ class Pipeline:
                   flush=True)
             return finished["result"]
         resuming = bool(step.resume) and training_state_exists(step.resume)
-        commands = [argv + ["--resume"] if resuming and argv[0] in ("train", "distill") else argv
-                    for argv in step.commands]
+        commands = [argv + ["--resume"] for argv in step.commands] if resuming else step.commands
         print(f"\n== {progress}{step.title}" + (" (continuing the interrupted run)" if resuming else ""), flush=True)
         if self.dry_run:
             for argv in commands:

@@ -1,12 +1,12 @@
-"""``vargface recipe``: full-scale recipes as resumable steps of `vargface` commands.
+"""`vargface recipe`: full-scale recipes as resumable steps of `vargface` commands.
 
-``lfr-light`` is VarGFaceNet's LFR2019 deepglint-light entry on ms1m-retinaface-t1: the FLOPs gate of the student
+`lfr-light` is VarGFaceNet's LFR2019 deepglint-light entry on ms1m-retinaface-t1: the FLOPs gate of the student
 preset (the track allows 1 GFLOPs), the r100 ArcFace teacher, VarGFaceNet from scratch, the teacher-embedding
 cache, recursive angular distillation (generations 1 and 2), the FLOPs gate again on the trained student's graph,
 verification of every model on lfw / cfp_fp / agedb_30 and, given a test list, the LFR2019 feature file.
-``recursive`` is its distillation part alone: the teacher (or an existing one), the cache, the generations.
+`recursive` is its distillation part alone: the teacher (or an existing one), the cache, the generations.
 
-Training settings live in experiment config files (``configs/*.py``, one ``key = value`` line per config key);
+Training settings live in experiment config files (`configs/*.py`, one `key = value` line per config key);
 the command lines here only add the data, devices and output prefix, which override the file. Every step is
 printed as a shell command before it runs; finished steps are recorded in WORK/recipe-state.json and skipped on a
 rerun, and an interrupted training continues with --resume."""
@@ -34,7 +34,7 @@ def register(subparsers):
     sub.required = True
     light = sub.add_parser("lfr-light", help="the LFR2019 deepglint-light entry: teacher, scratch baseline, "
                                              "distillation generations 1-2, FLOPs gates, verification, features",
-                           description=__doc__.split("\n\n")[1].split("\n``recursive``")[0])
+                           description=__doc__.split("\n\n")[1].split("\n`recursive`")[0])
     _common(light, ctx_default="gpu:0,1,2,3,4,5,6,7", work_default="./lfr_light")
     light.add_argument("--eval-ctx", default="gpu:0", help="devices for verification and the feature file "
                        "(default: %(default)s)")
@@ -112,9 +112,8 @@ class Recipe:
 
     def training(self, command, config, scope, prefix):
         flags = self.flags[scope] + (self.flags["distill"] if command == "distill" else [])
-        head = ["distill"] if command == "distill" else ["train"]
-        return head + ["--config", self.config(config), "--dataset", self.args.data, "--ctx", self.args.ctx,
-                       "--prefix", prefix] + flags
+        return [command, "--config", self.config(config), "--dataset", self.args.data, "--ctx", self.args.ctx,
+                "--prefix", prefix] + flags
 
     def train_step(self, name, title, config, scope, prefix):
         return Step(name, title, [self.training("train", config, scope, prefix)],
@@ -158,6 +157,8 @@ class Recipe:
                                                            self.args.eval_ctx, "--json"]], capture=True, result=keep)
 
     def run(self, steps, settings):
+        print(f"vargface recipe {self.args.recipe}: {len(steps)} steps, work folder {self.work}"
+              + (" (dry run: the commands only)" if self.args.dry_run else ""), flush=True)
         pipeline = Pipeline(self.work, "recipe-state.json", settings, "recipe", dry_run=self.args.dry_run,
                             hint="choose another --work (or delete it to start again)")
         pipeline.run(steps)
@@ -165,8 +166,8 @@ class Recipe:
 
 
 def _value(flags, name):
-    pairs = dict(zip(flags[::2], flags[1::2]))
-    return pairs.get(name)
+    """The value of option ``name`` in a flat [--key, value, ...] list (the last one wins), or None."""
+    return dict(zip(flags[::2], flags[1::2])).get(name)
 
 
 def _settings(args, **more):
@@ -207,13 +208,12 @@ def lfr_light_steps(args):
 
 def _net_opts(flags):
     """The student's network overrides that change its FLOPs, as `vargface flops` options."""
-    pairs = dict(zip(flags[::2], flags[1::2]))
     opts = []
     for flag, option in (("--net-multiplier", "multiplier"), ("--net-num-layers", "num_layers")):
-        if flag in pairs:
-            opts += ["--net-opt", f"{option}={pairs[flag]}"]
-    if "--image-size" in pairs:
-        opts += ["--input-size", pairs["--image-size"]]
+        if _value(flags, flag) is not None:
+            opts += ["--net-opt", f"{option}={_value(flags, flag)}"]
+    if _value(flags, "--image-size") is not None:
+        opts += ["--input-size", _value(flags, "--image-size")]
     return opts
 
 
