@@ -105,7 +105,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, fake, capsys):
 def test_a_failing_step_stops_the_run_and_a_rerun_continues_there(tmp_path, fake, capsys):
     work = str(tmp_path / "work")
     fake.fail.add("train")
-    with pytest.raises(VargfaceError, match="train: bad input"):
+    with pytest.raises(VargfaceError, match=r"\[2/3\] a training step: train: bad input .*rerun the same test"):
         Pipeline(work, "state.json", {}, "test").run(steps(work))
     assert [c[0] for c in fake.calls] == ["one", "train"]  # the step after the failure did not run
     assert list(json.loads((tmp_path / "work" / "state.json").read_text())["steps"]) == ["one"]

@@ -111,7 +111,7 @@ class Pipeline:
         with contextlib.redirect_stdout(buffer) if capture else contextlib.nullcontext():
             code = args.func(args)
         if code:
-            raise VargfaceError(f"step `vargface {argv[0]}` exited with {code}; rerun the {self.what} to continue")
+            raise VargfaceError(f"`vargface {argv[0]}` exited with {code}")
         return buffer.getvalue()
 
     def run(self, steps):
@@ -119,7 +119,12 @@ class Pipeline:
         propagates) and is not recorded, so the next run starts at it."""
         results = {}
         for number, step in enumerate(steps, 1):
-            results[step.name] = self.run_step(step, f"[{number}/{len(steps)}] ")
+            progress = f"[{number}/{len(steps)}] "
+            try:
+                results[step.name] = self.run_step(step, progress)
+            except VargfaceError as error:
+                raise VargfaceError(f"{progress}{step.title}: {error} (finished steps are kept: rerun the same "
+                                    f"{self.what} to continue from this step)") from None
         return results
 
     def run_step(self, step, progress=""):
