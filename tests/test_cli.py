@@ -7,7 +7,7 @@ def test_cli_lists_subcommands():
     assert result.returncode == 0
     assert "usage: vargface" in result.stdout
     for command in ("flops", "data", "train", "distill", "verify", "lfr", "tar-at-far", "export", "embed", "compare",
-                    "demo"):
+                    "demo", "recipe"):
         assert command in result.stdout, command
 
 

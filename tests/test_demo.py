@@ -1,26 +1,27 @@
-"""`vargface demo --quick` end to end, its resume and refusals, and scripts/reproduce_lfr_light.sh run for real
-with tiny overrides on the demo's synthetic data."""
+"""`vargface demo --quick` end to end, its resume and refusals, and `vargface recipe lfr-light` run for real with
+tiny settings on the demo's synthetic data."""
 import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["teacher", "scratch", "gen1", "scratch2", "gen2"]
 
 
-def run_demo(argv, capsys):
+def run_cli(argv, capsys):
     from vargface.cli import main
 
     with pytest.raises(SystemExit) as exit:
-        main(["demo"] + argv)
+        main(argv)
     captured = capsys.readouterr()
     return exit.value.code, captured.out, captured.err
+
+
+def run_demo(argv, capsys):
+    return run_cli(["demo"] + argv, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -121,42 +122,57 @@ def test_interrupted_step_is_redone(quick_demo, tmp_path, capsys):
     assert "gen2" in log.split("$ vargface verify")[1].splitlines()[0]
 
 
-def test_recipe_script_runs_end_to_end_with_tiny_overrides(quick_demo, tmp_path):
-    """scripts/reproduce_lfr_light.sh on the demo's synthetic set, networks and steps shrunk to seconds."""
+TINY = {  # the recipe's config files, shrunk to seconds on the demo's 32x32 synthetic set
+    "r100_retina.py": ["--network", "r50", "--net-num-layers", "18", "--net-multiplier", "0.125", "--lr-steps", "1"],
+    "vargfacenet_retina.py": ["--network", "vargfacenet", "--net-multiplier", "0.25", "--lr-schedule", "cosine",
+                              "--warmup-steps", "0", "--lr-total-steps", "2"],
+    "vargfacenet_recursive.py": ["--network", "vargfacenet", "--net-multiplier", "0.25", "--lr-schedule", "cosine",
+                                 "--warmup-steps", "0", "--lr-total-steps", "2", "--kd-type", "angular",
+                                 "--kd-weight", "7", "--generations", "2"],
+}
+
+
+def test_recipe_runs_end_to_end_on_tiny_data(quick_demo, tmp_path, monkeypatch, capsys):
+    """`vargface recipe lfr-light` for real on the demo's synthetic set: every step, verification JSON, the FLOPs
+    gate on the trained graph, the feature file, then a rerun that skips everything. The `--config FILE` of each
+    training step is replaced by the options above (the same keys, tiny values)."""
+    import vargface.recipe as recipe
+
     out, _ = quick_demo
     data = tmp_path / "data"
     shutil.copytree(out / "data", data, ignore=shutil.ignore_patterns("*.kdcache"))
     (tmp_path / "list.txt").write_text("a.jpg\nb.jpg\n")
     for name in ("a.jpg", "b.jpg"):
         shutil.copy(next((out / "heldout_faces").rglob("*.jpg")), tmp_path / name)
-    env = dict(os.environ, DATA=str(data), WORK=str(tmp_path / "work"), GPUS="cpu", EVAL_CTX="cpu", BATCH="8",
-               VAL_TARGETS="heldout", TEACHER_NET="r50", STUDENT_NET="vargfacenet", TEACHER_STEPS="2",
-               TEACHER_LR_STEPS="1", STUDENT_STEPS="2", STUDENT_WARMUP="0", VERBOSE="2", FREQUENT="1",
-               EXTRA_TEACHER="--net-num-layers 18 --net-multiplier 0.125 --emb-size 16 --image-size 32",
-               EXTRA_STUDENT="--net-multiplier 0.25 --emb-size 16 --image-size 32",
-               LFR_LIST=str(tmp_path / "list.txt"), LFR_ROOT=str(tmp_path),
-               VARGFACE=str(Path(sys.executable).with_name("vargface")))
-    script = str(ROOT / "scripts" / "reproduce_lfr_light.sh")
-    first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in TINY:
+        (configs / name).touch()
+    real = recipe.Recipe.training
+
+    def tiny(self, command, config, scope, prefix):
+        argv = real(self, command, config, scope, prefix)
+        at = argv.index("--config")
+        return argv[:at] + TINY[config] + ["--emb-size", "16", "--image-size", "32", "--per-batch-size", "8",
+                                           "--max-steps", "2", "--val-targets", "heldout", "--verbose", "2",
+                                           "--frequent", "1", "--ckpt", "3"] + argv[at + 2:]
+
+    monkeypatch.setattr(recipe.Recipe, "training", tiny)
     work = tmp_path / "work"
+    argv = ["recipe", "lfr-light", "--data", str(data), "--work", str(work), "--ctx", "cpu", "--eval-ctx", "cpu",
+            "--targets", "heldout", "--configs", str(configs), "--lfr-list", str(tmp_path / "list.txt"),
+            "--lfr-root", str(tmp_path)]
+    code, log, err = run_cli(argv, capsys)
+    assert code == 0, err[-3000:]
+    assert "[12/12]" not in log and "[11/11] the LFR2019 image-track feature file" in log
     for name in ("teacher", "scratch", "gen1", "gen2"):
         result = json.loads((work / f"verify-{name}.json").read_text())
         assert 0.0 <= result["heldout"]["accuracy"] <= 1.0
     assert json.loads((work / "flops-vargfacenet-gen2.json").read_text())["fits_budget"] is True
+    assert len(list(data.glob("*.kdcache"))) == 1  # at the default path, which --teacher-cache auto found
     features = (work / "lfr2019-vargfacenet-gen2.bin").read_bytes()
     rows, cols = int.from_bytes(features[:4], "little"), int.from_bytes(features[4:8], "little")
     assert (rows, cols) == (2, 16) and len(features) == 16 + rows * cols * 4
 
-    again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "+ vargface train" not in again.stderr and "skipped" in again.stdout
-
-
-def test_recipe_script_refuses_a_network_over_the_light_budget(tmp_path):
-    env = dict(os.environ, WORK=str(tmp_path / "work"), STUDENT_NET="r50",
-               VARGFACE=str(Path(sys.executable).with_name("vargface")))
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_lfr_light.sh")], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 1 and "exceeds the deepglint-light" in out.stderr
-    assert not (tmp_path / "work" / ".done-teacher").exists()
+    code, again, _ = run_cli(argv, capsys)
+    assert code == 0 and "$ vargface" not in again and again.count("done in an earlier run") == 11

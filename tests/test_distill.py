@@ -213,6 +213,14 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, caps
     other = tmp_path / "other"
     make_synthetic_rec(str(other), identities=6, per_identity=8, size=32, seed=9, progress=False)
     path = build_cache(teacher, str(other), batch_size=48, progress=False)
+    # at the default path again: refused, or kept once it checks out (--reuse), or refused for another image size
+    mtime = os.path.getmtime(path)
+    with pytest.raises(VargfaceError, match="exists; pass --overwrite to replace it or --reuse"):
+        build_cache(teacher, str(other), progress=False)
+    assert build_cache(teacher, str(other), reuse=True, progress=False) == path
+    assert os.path.getmtime(path) == mtime
+    with pytest.raises(VargfaceError, match="holds embeddings of"):
+        build_cache(teacher, str(other), image_size=40, reuse=True, progress=False)
     with pytest.raises(VargfaceError, match="made for other data.*vargface distill cache"):
         distill(student_config(data_dir, tmp_path / "c"), teacher, teacher_cache=path)
     with pytest.raises(VargfaceError, match="does not exist"):

@@ -1,4 +1,5 @@
 """`vargface distill` subcommands: recursive distillation from a frozen teacher and the teacher-embedding cache."""
+import os
 
 
 def _add_teacher(parser):
@@ -48,7 +49,10 @@ def register(subparsers):
                    "which --teacher-cache auto finds)")
     c.add_argument("--batch-size", type=int, default=64, help="teacher batch size (default: %(default)s)")
     c.add_argument("--ctx", default="cpu", help="devices, e.g. gpu:0,1 or cpu (default: %(default)s)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing cache file")
+    existing = c.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing cache file")
+    existing.add_argument("--reuse", action="store_true", help="keep an existing cache file once it checks out "
+                          "for this data, teacher and image size (a resumable pipeline's way to skip the work)")
     c.set_defaults(func=_cache)
 
 
@@ -63,15 +67,17 @@ def _cache(args):
     from vargface.context import parse_ctx
     from vargface.errors import VargfaceError
     from vargface.train.teacher import Teacher
-    from vargface.train.teacher_cache import build_cache
+    from vargface.train.teacher_cache import build_cache, default_cache_path
 
     _need_teacher(args)
     if args.batch_size < 1:
         raise VargfaceError(f"--batch-size: must be >= 1 (got {args.batch_size})")
     teacher = Teacher(args.teacher, ctx=parse_ctx(args.ctx))
+    reused = args.reuse and os.path.exists(args.out or default_cache_path(args.data_dir, teacher))
     path = build_cache(teacher, args.data_dir, path=args.out, batch_size=args.batch_size, image_size=args.image_size,
-                       overwrite=args.overwrite)
-    print(f"teacher cache: {path}")
+                       overwrite=args.overwrite, reuse=args.reuse)
+    print(f"teacher cache: {path}" + (" (existing, checked against this data and teacher: reused)" if reused
+                                      else ""))
     return 0
 
 

@@ -56,12 +56,15 @@ def _layout(header_length, count, emb_size):
     return index_offset, emb_offset, emb_offset + 4 * count * 2 * emb_size
 
 
-def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, overwrite=False, progress=True):
+def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, overwrite=False, reuse=False,
+                progress=True):
     """Embed every record of ``data_dir``/train.rec and its mirror with ``teacher``; write the cache atomically.
 
     Images come from `FaceRecordIter` without shuffling or augmentation, at ``image_size`` (the student's input
     side; default the stored size), so they are decoded and resized exactly as in training; the mirror is the same
-    horizontal flip the iterator applies. Returns the cache path."""
+    horizontal flip the iterator applies. An existing file is refused, replaced (``overwrite``) or, with
+    ``reuse``, kept when it checks out for this data, teacher and image size (a mismatch is an error).
+    Returns the cache path."""
     import mxnet as mx
     from tqdm import tqdm
 
@@ -70,12 +73,15 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     from vargface.data.recordio import read_property
 
     path = path or default_cache_path(data_dir, teacher)
-    if os.path.exists(path) and not overwrite:
-        raise VargfaceError(f"output {path} exists; pass --overwrite to replace it")
-    checksums = data_checksum(data_dir)
     _, height, width = read_property(data_dir)
     if image_size:
         height = width = int(image_size)
+    if os.path.exists(path) and not overwrite:
+        if reuse:
+            TeacherCache(path, data_dir, teacher, image_shape=(3, height, width))
+            return path
+        raise VargfaceError(f"output {path} exists; pass --overwrite to replace it or --reuse to keep it")
+    checksums = data_checksum(data_dir)
     it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=(3, height, width),
                         shuffle=False, rand_mirror=False, last_batch="pad")
     count = int(it.num_samples)

@@ -6,14 +6,10 @@ verification of every model on the held-out pairs -> a table (Markdown + JSON) a
 
 Every step runs the real ``vargface`` subcommand in this process and prints it first, so any step can be rerun
 alone from a shell. A finished step is recorded in OUT/demo-state.json; rerunning the same demo continues after
-the last finished step (an interrupted step is redone from scratch)."""
+the last finished step (an interrupted training continues with --resume, any other step is redone)."""
 import argparse
-import contextlib
-import io
 import json
 import os
-import shlex
-import shutil
 import time
 
 from vargface.errors import VargfaceError
@@ -65,30 +61,15 @@ def demo_command(args):
 
 
 class Demo:
-    """The ordered steps of the demo, each a `vargface` command line plus the outputs it owns."""
+    """The ordered steps of the demo (each `vargface` command lines plus the outputs they own) on the resumable
+    runner of `vargface.pipeline`, then the report."""
 
     def __init__(self, out, settings, overwrite=False):
+        from vargface.pipeline import Pipeline
+
         self.out, self.settings = out, settings
-        self.state_path = os.path.join(out, "demo-state.json")
-        if overwrite and os.path.isdir(out):
-            shutil.rmtree(out)
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise VargfaceError(f"--out {out}: exists and is not a directory")
-        self.state = {"settings": settings, "steps": {}}
-        if os.path.isfile(self.state_path):
-            try:
-                with open(self.state_path) as f:
-                    state = json.load(f)
-            except (OSError, ValueError) as error:
-                raise VargfaceError(f"{self.state_path}: unreadable demo state ({error}); pass --overwrite") from None
-            if state.get("settings") != settings:
-                raise VargfaceError(f"{out} holds a demo run with other settings ({self.state_path}); "
-                             f"pass --overwrite to start again or choose another --out")
-            self.state = state
-        elif os.path.isdir(out) and os.listdir(out):
-            raise VargfaceError(f"--out {out}: exists and is not a demo output; pass --overwrite or choose "
-                                "another --out")
-        self.parser = None
+        self.pipeline = Pipeline(out, "demo-state.json", settings, "demo", overwrite=overwrite,
+                                 hint="pass --overwrite to start again or choose another --out")
 
     # -- paths -----------------------------------------------------------------------------------------------
     def path(self, *parts):
@@ -97,48 +78,8 @@ class Demo:
     def model(self, name):
         return self.path("models", name, "model")
 
-    # -- running ---------------------------------------------------------------------------------------------
-    def vargface(self, argv, capture=False):
-        """Print `vargface ARGV` and run it through the real CLI parser; returns captured stdout if asked."""
-        from vargface.cli import build_parser
-
-        print("$ vargface " + shlex.join(argv), flush=True)
-        self.parser = self.parser or build_parser()
-        args = self.parser.parse_args(argv)
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer) if capture else contextlib.nullcontext():
-            code = args.func(args)
-        if code:
-            raise VargfaceError(f"step `vargface {argv[0]}` exited with {code}; rerun the demo to continue")
-        return buffer.getvalue()
-
-    def step(self, name, title, outputs, work):
-        """Run ``work()`` unless the state says the step finished; its result and wall time are recorded."""
-        done = self.state["steps"].get(name)
-        if done is not None:
-            print(f"\n== {title}: done in an earlier run ({done['seconds']:.0f} s), skipped", flush=True)
-            return done["result"]
-        print(f"\n== {title}", flush=True)
-        for output in outputs:  # leftovers of an interrupted attempt
-            if os.path.isdir(output):
-                shutil.rmtree(output)
-            elif os.path.exists(output):
-                os.remove(output)
-        tic = time.time()
-        result = work()
-        self.state["steps"][name] = {"seconds": time.time() - tic, "result": result}
-        self._save_state()
-        return result
-
-    def _save_state(self):
-        from vargface.atomic import atomic_path
-
-        os.makedirs(self.out, exist_ok=True)
-        with atomic_path(self.state_path) as tmp, open(tmp, "w") as f:
-            json.dump(self.state, f, indent=1)
-
     def seconds(self, name):
-        return self.state["steps"][name]["seconds"]
+        return self.pipeline.seconds(name)
 
     # -- the pipeline ----------------------------------------------------------------------------------------
     def run(self):
@@ -152,17 +93,23 @@ class Demo:
         quick = s["profile"] == "quick"
         print("a quick run: it only checks that every step works; its accuracies mean nothing" if quick
               else "expected: about 10 minutes on 2 idle CPU cores (longer on a busy machine)", flush=True)
-        self.make_data()
-        self.train("teacher", "train the teacher (ResNet-18-IR, ArcFace)", "r18_tiny", s["teacher_multiplier"],
-                   s["teacher_steps"])
-        self.train("scratch", "train the student from scratch (VarGFaceNet, ArcFace)", "vargfacenet_tiny",
-                   s["student_multiplier"], s["student_steps"])
-        self.train("scratch2", "control for generation 2: restart the scratch student without a teacher "
-                   "(same two-round budget)", "vargfacenet_tiny", s["student_multiplier"], s["student_steps"],
-                   pretrained=self.model("scratch") + ",1")
-        self.distill()
-        rows = [self.evaluate(name, label, steps) for name, label, steps in self.models()]
+        results = self.pipeline.run(self.steps())
+        rows = [dict(results["verify_" + name], name=name, model=label, checkpoint=self.checkpoint(name),
+                     steps=steps, seconds=self.train_seconds(name)) for name, label, steps in self.models()]
         self.report(rows, time.time() - tic)
+
+    def steps(self):
+        s = self.settings
+        return (self.data_steps()
+                + [self.train("teacher", "train the teacher (ResNet-18-IR, ArcFace)", "r18_tiny",
+                              s["teacher_multiplier"], s["teacher_steps"]),
+                   self.train("scratch", "train the student from scratch (VarGFaceNet, ArcFace)", "vargfacenet_tiny",
+                              s["student_multiplier"], s["student_steps"]),
+                   self.train("scratch2", "control for generation 2: restart the scratch student without a teacher "
+                              "(same two-round budget)", "vargfacenet_tiny", s["student_multiplier"],
+                              s["student_steps"], pretrained=self.model("scratch") + ",1")]
+                + self.distill_steps()
+                + [self.evaluate(name, label) for name, label, _ in self.models()])
 
     def models(self):
         s = self.settings
@@ -178,25 +125,29 @@ class Demo:
             return f"{self.model('student')}-{name},1"
         return f"{self.model(name)},1"
 
-    def make_data(self):
+    def data_steps(self):
+        from vargface.pipeline import Step
+
         s = self.settings
         size, seed = str(s["input_size"]), str(s["seed"])
-        self.step("synth", "render synthetic training identities (one folder per identity)", [self.path("faces")],
-                  lambda: self.vargface(["data", "synth", self.path("faces"), "--identities", str(s["identities"]),
-                                         "--per-identity", str(s["per_identity"]), "--size", size, "--seed", seed,
-                                         "--difficulty", str(s["difficulty"])]))
-        self.step("rec", "convert the image folders to RecordIO (train.rec, train.idx, property)",
-                  [self.path("data")], lambda: self.vargface(["data", "rec", self.path("faces"), self.path("data"),
-                                                              "--size", size]))
-        self.step("heldout", "render held-out identities (never seen in training)", [self.path("heldout_faces")],
-                  lambda: self.vargface(["data", "synth", self.path("heldout_faces"), "--identities",
-                                         str(s["heldout_identities"]), "--per-identity", "4", "--size", size,
-                                         "--seed", seed, "--difficulty", str(s["difficulty"]), "--first-identity",
-                                         str(HELDOUT_FIRST_IDENTITY)]))
-        self.step("pairs", "make the held-out verification pack (half same, half different identity)",
-                  [self.path("data", "heldout.bin")],
-                  lambda: self.vargface(["data", "pairs", self.path("heldout_faces"), self.path("data", "heldout.bin"),
-                                         "--pairs", str(s["pairs"]), "--seed", seed, "--size", size]))
+        return [
+            Step("synth", "render synthetic training identities (one folder per identity)",
+                 [["data", "synth", self.path("faces"), "--identities", str(s["identities"]), "--per-identity",
+                   str(s["per_identity"]), "--size", size, "--seed", seed, "--difficulty", str(s["difficulty"])]],
+                 outputs=[self.path("faces")]),
+            Step("rec", "convert the image folders to RecordIO (train.rec, train.idx, property)",
+                 [["data", "rec", self.path("faces"), self.path("data"), "--size", size]],
+                 outputs=[self.path("data")]),
+            Step("heldout", "render held-out identities (never seen in training)",
+                 [["data", "synth", self.path("heldout_faces"), "--identities", str(s["heldout_identities"]),
+                   "--per-identity", "4", "--size", size, "--seed", seed, "--difficulty", str(s["difficulty"]),
+                   "--first-identity", str(HELDOUT_FIRST_IDENTITY)]],
+                 outputs=[self.path("heldout_faces")]),
+            Step("pairs", "make the held-out verification pack (half same, half different identity)",
+                 [["data", "pairs", self.path("heldout_faces"), self.path("data", "heldout.bin"), "--pairs",
+                   str(s["pairs"]), "--seed", seed, "--size", size]],
+                 outputs=[self.path("data", "heldout.bin")]),
+        ]
 
     def train_options(self, network, multiplier, steps):
         s = self.settings
@@ -212,44 +163,50 @@ class Demo:
                 "--ckpt", "3"]
 
     def train(self, name, title, network, multiplier, steps, pretrained=None):
+        from vargface.pipeline import Step
+
         argv = ["train"] + self.train_options(network, multiplier, steps) + ["--prefix", self.model(name)]
         if pretrained:
             argv += ["--pretrained", pretrained]
-        self.step(name, title, [self.path("models", name)], lambda: self.vargface(argv))
+        return Step(name, title, [argv], outputs=[self.path("models", name)], resume=self.model(name))
 
-    def distill(self):
+    def distill_steps(self):
+        from vargface.pipeline import Step
+
         s = self.settings
         teacher, cache = self.checkpoint("teacher"), self.path("data", "teacher.kdcache")
-        self.step("cache", "precompute the teacher's embeddings of every training image and its mirror", [cache],
-                  lambda: self.vargface(["distill", "cache", "--teacher", teacher, "--data-dir", self.path("data"),
-                                         "--image-size", str(s["input_size"]), "--out", cache, "--ctx", s["ctx"]]))
 
-        def work():
-            self.vargface(["distill", "--teacher", teacher, "--teacher-cache", cache, "--kd-type", "angular",
-                           "--kd-weight", str(s["kd_weight"]), "--generations", "2"]
-                          + self.train_options("vargfacenet_tiny", s["student_multiplier"], s["student_steps"])
-                          + ["--prefix", self.model("student")])
+        def generation_seconds(_):
             with open(self.model("student") + "-lineage.json") as f:
                 generations = json.load(f)["generations"]
             return {f"gen{g['generation']}": _elapsed(g["started"], g["finished"]) for g in generations}
 
-        self.step("distill", "recursive distillation: generation 1 from scratch, generation 2 from generation 1",
-                  [self.path("models", "student")], work)
+        return [
+            Step("cache", "precompute the teacher's embeddings of every training image and its mirror",
+                 [["distill", "cache", "--teacher", teacher, "--data-dir", self.path("data"), "--image-size",
+                   str(s["input_size"]), "--out", cache, "--ctx", s["ctx"]]], outputs=[cache]),
+            Step("distill", "recursive distillation: generation 1 from scratch, generation 2 from generation 1",
+                 [["distill", "--teacher", teacher, "--teacher-cache", cache, "--kd-type", "angular", "--kd-weight",
+                   str(s["kd_weight"]), "--generations", "2"]
+                  + self.train_options("vargfacenet_tiny", s["student_multiplier"], s["student_steps"])
+                  + ["--prefix", self.model("student")]],
+                 outputs=[self.path("models", "student")], resume=self.model("student"),
+                 result=generation_seconds),
+        ]
 
     def train_seconds(self, name):
         if name in ("gen1", "gen2"):
-            return self.state["steps"]["distill"]["result"][name]
+            return self.pipeline.result("distill")[name]
         return self.seconds(name)
 
-    def evaluate(self, name, label, steps):
+    def evaluate(self, name, label):
+        from vargface.pipeline import Step
+
         s = self.settings
         model = self.checkpoint(name)
-        target = self.path("data", "heldout.bin")
 
-        def work():
-            verify = json.loads(self.vargface(["verify", "--model", model, "--target", target, "--ctx", s["ctx"],
-                                               "--json"], capture=True))["heldout"]
-            flops = json.loads(self.vargface(["flops", "--model", model, "--json"], capture=True))
+        def measure(printed):
+            verify, flops = json.loads(printed[0])["heldout"], json.loads(printed[1])
             tar = [t["tar"] for t in verify["tar_at_far"] if abs(t["far"] - FAR) < FAR * 1e-6]
             result = {"accuracy": verify["accuracy"], "std": verify["std"], "tar": tar[0] if tar else None,
                       "params": flops["params"], "flops": flops["flops"], "input": flops["input_shape"][-1]}
@@ -257,9 +214,9 @@ class Demo:
                   f"{_fmt(result['tar'])}, {result['params']} parameters, {result['flops']} FLOPs", flush=True)
             return result
 
-        result = self.step("verify_" + name, f"verify {label} on the held-out pairs", [], work)
-        return dict(result, name=name, model=label, checkpoint=model, steps=steps,
-                    seconds=self.train_seconds(name))
+        return Step("verify_" + name, f"verify {label} on the held-out pairs",
+                    [["verify", "--model", model, "--target", self.path("data", "heldout.bin"), "--ctx", s["ctx"],
+                      "--json"], ["flops", "--model", model, "--json"]], capture=True, result=measure)
 
     # -- the report ------------------------------------------------------------------------------------------
     def report(self, rows, seconds):

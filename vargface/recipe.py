@@ -1,0 +1,248 @@
+"""`vargface recipe`: full-scale recipes as resumable steps of `vargface` commands.
+
+`lfr-light` is VarGFaceNet's LFR2019 deepglint-light entry on ms1m-retinaface-t1: the FLOPs gate of the student
+preset (the track allows 1 GFLOPs), the r100 ArcFace teacher, VarGFaceNet from scratch, the teacher-embedding
+cache, recursive angular distillation (generations 1 and 2), the FLOPs gate again on the trained student's graph,
+verification of every model on lfw / cfp_fp / agedb_30 and, given a test list, the LFR2019 feature file.
+`recursive` is its distillation part alone: the teacher (or an existing one), the cache, the generations.
+
+Training settings live in experiment config files (`configs/*.py`, one `key = value` line per config key);
+the command lines here only add the data, devices and output prefix, which override the file. Every step is
+printed as a shell command before it runs; finished steps are recorded in WORK/recipe-state.json and skipped on a
+rerun, and an interrupted training continues with --resume."""
+import argparse
+import os
+
+from vargface.errors import VargfaceError
+from vargface.pipeline import Pipeline, Step, write_json
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+TEACHER_CONFIG = "r100_retina.py"
+STUDENT_CONFIG = "vargfacenet_retina.py"
+DISTILL_CONFIG = "vargfacenet_recursive.py"
+STUDENT_NETWORK = "vargfacenet"  # the network of STUDENT_CONFIG and DISTILL_CONFIG, checked by the FLOPs gate
+TARGETS = "lfw,cfp_fp,agedb_30"
+SCOPES = ("teacher", "student", "distill")  # --set SCOPE.KEY=VALUE: teacher run, both student runs, distill only
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "recipe", help="full-scale recipes (LFR2019 deepglint-light) as resumable steps",
+        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="recipe", metavar="RECIPE")
+    sub.required = True
+    light = sub.add_parser("lfr-light", help="the LFR2019 deepglint-light entry: teacher, scratch baseline, "
+                                             "distillation generations 1-2, FLOPs gates, verification, features",
+                           description=__doc__.split("\n\n")[1].split("\n`recursive`")[0])
+    _common(light, ctx_default="gpu:0,1,2,3,4,5,6,7", work_default="./lfr_light")
+    light.add_argument("--eval-ctx", default="gpu:0", help="devices for verification and the feature file "
+                       "(default: %(default)s)")
+    light.add_argument("--targets", default=TARGETS, help="verification packs NAME (DATA/NAME.bin), comma-separated "
+                       "(default: %(default)s)")
+    light.add_argument("--lfr-list", help="LFR2019 image-track test list; without it no feature file is written")
+    light.add_argument("--lfr-root", default=".", help="folder the listed paths are relative to (default: .)")
+    light.set_defaults(func=lfr_light_command)
+
+    recursive = sub.add_parser("recursive", help="recursive distillation alone: teacher, cache, generations",
+                               description="Train the r100 teacher (unless --teacher names one), cache its "
+                                           "embeddings once, then distil the student for the generations of "
+                                           f"configs/{DISTILL_CONFIG}.")
+    _common(recursive, ctx_default="gpu:0,1,2,3", work_default="./recursive")
+    recursive.add_argument("--teacher", metavar="PREFIX,EPOCH", help="an existing teacher checkpoint (default: "
+                           "train one into WORK)")
+    recursive.set_defaults(func=recursive_command)
+
+
+def _common(parser, ctx_default, work_default):
+    parser.add_argument("--data", default="../datasets/ms1m-retinaface-t1",
+                        help="folder with train.rec, train.idx, property and the .bin packs (default: %(default)s)")
+    parser.add_argument("--work", default=work_default, help="checkpoints, results and the recipe state "
+                        "(default: %(default)s)")
+    parser.add_argument("--ctx", default=ctx_default, help="training devices (default: %(default)s)")
+    parser.add_argument("--configs", default=CONFIGS, help="folder of the experiment config files "
+                        "(default: the repository's configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[SCOPE.]KEY=VALUE",
+                        help="add --KEY VALUE to the training commands; SCOPE teacher, student (scratch and "
+                             "distillation) or distill limits it to those (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+
+
+def parse_overrides(items):
+    """``[SCOPE.]KEY=VALUE`` strings -> {scope: [--key, value, ...]}; no scope means teacher and student."""
+    flags = {scope: [] for scope in SCOPES}
+    for item in items:
+        key, sep, value = item.partition("=")
+        scope, dot, name = key.rpartition(".")
+        if not sep or not name or name.startswith("-") or (dot and scope not in SCOPES):
+            raise VargfaceError(f"--set {item!r}: expected [SCOPE.]KEY=VALUE with SCOPE one of {', '.join(SCOPES)} "
+                                "(e.g. student.net_multiplier=0.25)")
+        flag = ["--" + name.replace("_", "-"), value]
+        for target in ([scope] if dot else ["teacher", "student"]):
+            flags[target] += flag
+    return flags
+
+
+def shown_path(path):
+    """A path as the printed commands show it: relative to the current folder when below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+class Recipe:
+    """Step builders shared by the recipes; every training command is `--config FILE` + data, devices, prefix."""
+
+    def __init__(self, args):
+        self.args = args
+        self.work = args.work
+        self.flags = parse_overrides(args.overrides)
+        for name in (TEACHER_CONFIG, STUDENT_CONFIG, DISTILL_CONFIG):
+            if not os.path.isfile(os.path.join(args.configs, name)) and not args.dry_run:
+                raise VargfaceError(f"--configs {args.configs}: no {name}")
+        self.student_network = _value(self.flags["student"], "--network") or STUDENT_NETWORK
+
+    def teacher_prefix(self):
+        return self.path(f"{_value(self.flags['teacher'], '--network') or 'r100'}-arcface", "model")
+
+    def config(self, name):
+        return shown_path(os.path.join(self.args.configs, name))
+
+    def path(self, *parts):
+        return os.path.join(self.work, *parts)
+
+    def training(self, command, config, scope, prefix):
+        flags = self.flags[scope] + (self.flags["distill"] if command == "distill" else [])
+        return [command, "--config", self.config(config), "--dataset", self.args.data, "--ctx", self.args.ctx,
+                "--prefix", prefix] + flags
+
+    def train_step(self, name, title, config, scope, prefix):
+        return Step(name, title, [self.training("train", config, scope, prefix)],
+                    outputs=[os.path.dirname(prefix)], resume=prefix)
+
+    def flops_gate(self, name, title, argv):
+        """`vargface flops ... --json` into WORK/flops-NAME.json; a network over the track's budget stops the run."""
+        path = self.path(f"flops-{name}.json")
+
+        def check(printed):
+            figures = write_json(path, printed[0])
+            if not figures.get("fits_budget"):
+                raise VargfaceError(f"{name}: {figures.get('flops', 0) / 1e9:.3f} GFLOPs exceeds the deepglint-light "
+                                    f"budget of 1.0 GFLOPs ({path})")
+            return {"flops": figures["flops"], "params": figures["params"]}
+
+        return Step("flops_" + name, title, [["flops"] + argv + ["--json"]], capture=True, result=check)
+
+    def cache_step(self, teacher):
+        return Step("cache", "cache the teacher's embeddings of every training image and its mirror",
+                    [["distill", "cache", "--teacher", teacher, "--data-dir", self.args.data, "--ctx", self.args.ctx,
+                      "--reuse"]])
+
+    def distill_step(self, teacher, prefix):
+        argv = self.training("distill", DISTILL_CONFIG, "student", prefix)
+        argv[1:1] = ["--teacher", teacher, "--teacher-cache", "auto"]
+        return Step("distill", "recursive angular distillation: generation 1 from scratch, generation 2 from "
+                    "generation 1", [argv], outputs=[os.path.dirname(prefix)], resume=prefix)
+
+    def verify_step(self, name, title, model, targets):
+        path = self.path(f"verify-{name}.json")
+
+        def keep(printed):
+            results = write_json(path, printed[0])
+            line = ", ".join(f"{target} {r['accuracy']:.5f}" for target, r in results.items())
+            print(f"{title}: {line} ({path})", flush=True)
+            return {target: r["accuracy"] for target, r in results.items()}
+
+        packs = ",".join(os.path.join(self.args.data, t + ".bin") for t in targets)
+        return Step("verify_" + name, f"verify {title}", [["verify", "--model", model, "--target", packs, "--ctx",
+                                                           self.args.eval_ctx, "--json"]], capture=True, result=keep)
+
+    def run(self, steps, settings):
+        print(f"vargface recipe {self.args.recipe}: {len(steps)} steps, work folder {self.work}"
+              + (" (dry run: the commands only)" if self.args.dry_run else ""), flush=True)
+        pipeline = Pipeline(self.work, "recipe-state.json", settings, "recipe", dry_run=self.args.dry_run,
+                            hint="choose another --work (or delete it to start again)")
+        pipeline.run(steps)
+        return pipeline
+
+
+def _value(flags, name):
+    """The value of option ``name`` in a flat [--key, value, ...] list (the last one wins), or None."""
+    return dict(zip(flags[::2], flags[1::2])).get(name)
+
+
+def _settings(args, **more):
+    """What a rerun in the same WORK must share (devices may change between runs)."""
+    return dict(recipe=args.recipe, data=os.path.abspath(args.data), overrides=args.overrides,
+                configs=os.path.abspath(args.configs), **more)
+
+
+def lfr_light_steps(args):
+    recipe = Recipe(args)
+    net = recipe.student_network
+    teacher, scratch, student = (recipe.teacher_prefix(), recipe.path(f"{net}-scratch", "model"),
+                                 recipe.path(f"{net}-distill", "model"))
+    targets = [t for t in args.targets.split(",") if t]
+    if not targets:
+        raise VargfaceError("--targets: name at least one verification pack")
+    steps = [
+        recipe.flops_gate(net, f"FLOPs gate: the {net} preset within the deepglint-light budget",
+                          [net] + _net_opts(recipe.flags["student"])),
+        recipe.train_step("teacher", "teacher: r100 with ArcFace", TEACHER_CONFIG, "teacher", teacher),
+        recipe.train_step("scratch", f"student baseline: {net} from scratch", STUDENT_CONFIG, "student", scratch),
+        recipe.cache_step(teacher + ",1"),
+        recipe.distill_step(teacher + ",1", student),
+        recipe.flops_gate(f"{net}-gen2", "FLOPs gate: the trained student's stored graph",
+                          ["--model", student + "-gen2,1"]),
+    ]
+    for name, title, model in (("teacher", "the r100 teacher", teacher), ("scratch", f"{net} from scratch", scratch),
+                               ("gen1", "distillation generation 1", student + "-gen1"),
+                               ("gen2", "distillation generation 2", student + "-gen2")):
+        steps.append(recipe.verify_step(name, title, model + ",1", targets))
+    if args.lfr_list:
+        steps.append(Step("lfr", "the LFR2019 image-track feature file of generation 2",
+                          [["lfr", "features", "--model", student + "-gen2,1", "--list", args.lfr_list, "--root",
+                            args.lfr_root, "--out", recipe.path(f"lfr2019-{net}-gen2.bin"), "--ctx",
+                            args.eval_ctx]]))
+    return recipe, steps
+
+
+def _net_opts(flags):
+    """The student's network overrides that change its FLOPs, as `vargface flops` options."""
+    opts = []
+    for flag, option in (("--net-multiplier", "multiplier"), ("--net-num-layers", "num_layers")):
+        if _value(flags, flag) is not None:
+            opts += ["--net-opt", f"{option}={_value(flags, flag)}"]
+    if _value(flags, "--image-size") is not None:
+        opts += ["--input-size", _value(flags, "--image-size")]
+    return opts
+
+
+def lfr_light_command(args):
+    recipe, steps = lfr_light_steps(args)
+    recipe.run(steps, _settings(args, targets=args.targets))
+    if args.dry_run:
+        print("\n(dry run: nothing was run)")
+    else:
+        print(f"\n== done: results in {args.work} (verify-*.json, flops-*.json, the lineage of the distillation)")
+    return 0
+
+
+def recursive_steps(args):
+    recipe = Recipe(args)
+    steps = []
+    teacher = args.teacher
+    if not teacher:
+        prefix = recipe.teacher_prefix()
+        steps.append(recipe.train_step("teacher", "teacher: r100 with ArcFace", TEACHER_CONFIG, "teacher", prefix))
+        teacher = prefix + ",1"
+    steps += [recipe.cache_step(teacher),
+              recipe.distill_step(teacher, recipe.path(f"{recipe.student_network}-distill", "model"))]
+    return recipe, steps
+
+
+def recursive_command(args):
+    recipe, steps = recursive_steps(args)
+    recipe.run(steps, _settings(args, teacher=args.teacher))
+    print("\n(dry run: nothing was run)" if args.dry_run else f"\n== done: the students are in {args.work}")
+    return 0
+
