@@ -1,4 +1,4 @@
-"""MXNet Symbol-API networks: VarGFaceNet (as released), ResNet-IR teachers, MobileFaceNet, FLOPs counter.
+"""MXNet Symbol-API networks: VarGFaceNet (as released), ResNet-IR teachers, MobileFaceNet, PocketNet, FLOPs counter.
 
 Importing this package stays light (the CLI imports it to register subcommands); MXNet loads on first use."""
 import importlib
@@ -11,6 +11,10 @@ PRESETS = {
     "r100": ("vargface.symbols.fresnet", {"preset": "r100"}),
     "y1": ("vargface.symbols.fmobilefacenet", {"preset": "y1"}),
     "y2": ("vargface.symbols.fmobilefacenet", {"preset": "y2"}),
+    "pocketnet_s128": ("vargface.symbols.pocketnet", {"preset": "pocketnet_s128"}),
+    "pocketnet_s256": ("vargface.symbols.pocketnet", {"preset": "pocketnet_s256"}),
+    "pocketnet_m128": ("vargface.symbols.pocketnet", {"preset": "pocketnet_m128"}),
+    "pocketnet_m256": ("vargface.symbols.pocketnet", {"preset": "pocketnet_m256"}),
 }
 
 
