@@ -14,7 +14,7 @@ from vargface.errors import VargfaceError
 default = edict(
     network="vargfacenet", dataset="emore", loss="arcface",
     # network
-    net_name="vargfacenet", emb_size=512, net_multiplier=None, net_num_layers=None,
+    net_name="vargfacenet", emb_size=512, net_multiplier=None, net_num_layers=None, net_channels=None, net_layers=None,
     net_init="xavier_gaussian_out_2", fc7_init_sigma=0.01,
     fc7_lr_mult=1.0, fc7_wd_mult=1.0, fc7_no_bias=False,
     # data
@@ -27,7 +27,7 @@ default = edict(
     lr=0.1, wd=0.0005, mom=0.9, per_batch_size=128, kvstore="device", ctx="cpu",
     lr_schedule="step", lr_steps=[100000, 160000, 220000], lr_factor=0.1,
     warmup_steps=0, warmup_lr=0.0, lr_total_steps=0, lr_min=0.0,
-    end_epoch=10000, max_steps=0,
+    end_epoch=10000, max_steps=0, clip_grad_norm=0.0,
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
     models_root="./models", prefix="", pretrained="", resume=False, ckpt=3, frequent=20, verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
@@ -42,6 +42,11 @@ network = edict(
     r100=edict(net_name="r100", emb_size=512, net_init="xavier_gaussian_out_2"),
     y1=edict(net_name="y1", emb_size=128, net_init="xavier_gaussian_out_2"),
     y2=edict(net_name="y2", emb_size=256, net_init="xavier_gaussian_out_2"),
+    # PocketNet: Xavier(uniform, in, 6) draws from U(+-sqrt(6 / fan_in)), the release's kaiming_uniform_.
+    pocketnet_s128=edict(net_name="pocketnet_s128", emb_size=128, net_init="xavier_uniform_in_6"),
+    pocketnet_s256=edict(net_name="pocketnet_s256", emb_size=256, net_init="xavier_uniform_in_6"),
+    pocketnet_m128=edict(net_name="pocketnet_m128", emb_size=128, net_init="xavier_uniform_in_6"),
+    pocketnet_m256=edict(net_name="pocketnet_m256", emb_size=256, net_init="xavier_uniform_in_6"),
     # Small networks for tests, demos and CPU benchmarks.
     vargfacenet_tiny=edict(net_name="vargfacenet", emb_size=64, net_multiplier=0.25, image_size=[56, 56],
                            net_init="xavier_gaussian_out_2", per_batch_size=16, frequent=5, verbose=50),
