@@ -8,7 +8,10 @@ which is `fc1` as in every preset; so the release's state_dict maps one to one o
 
 Taps: the last feature map at each stride of the input is the output of a cell's concatenation, named
 `features_stride2`, `features_stride4`, `features_stride8` and `features_stride16` (MXNet output names
-`features_strideN_output`); every other cell's output is `cells_<i>_concat`."""
+`features_strideN_output`); every other cell's output is `cells_<i>_concat`.
+
+On CPU, MXNet's oneDNN backward fails for widths that are not a multiple of 4 ("could not construct a
+sub-memory" or a floating point exception); the released widths 16 and 32 are fine."""
 import mxnet as mx
 
 from vargface.errors import VargfaceError
