@@ -266,6 +266,18 @@ def test_tiny_pocketnet_lowers_its_loss_with_clipping(data_dir, tmp_path):
     assert all(np.isfinite(e["grad_norm"]) and e["grad_norm"] > 0 for e in train)
 
 
+def test_clip_grad_norm_refuses_negative_values_and_dist_kvstores(data_dir):
+    from vargface.train.config import generate_config
+    from vargface.train.trainer import fit
+
+    base = dict(val_targets="", per_batch_size=4, max_steps=1, net_channels=4, net_layers=4, image_size=56)
+    with pytest.raises(VargfaceError, match="--clip-grad-norm must be >= 0"):
+        fit(generate_config("pocketnet_s128", data_dir, "arcface", clip_grad_norm=-1.0, **base), log=print)
+    with pytest.raises(VargfaceError, match="--clip-grad-norm needs the gradient summed over all workers"):
+        fit(generate_config("pocketnet_s128", data_dir, "arcface", clip_grad_norm=5.0, kvstore="dist_sync",
+                            on_nan="stop", **base), log=print)
+
+
 def test_clip_grad_norm_is_a_config_key_and_cli_option():
     from vargface.cli import build_parser
     from vargface.train.cli import config_from_args
