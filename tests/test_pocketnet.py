@@ -264,6 +264,7 @@ def test_tiny_pocketnet_lowers_its_loss_with_clipping(data_dir, tmp_path):
     assert result["num_update"] == 18 and len(train) == 6
     assert train[-1]["loss"] < train[0]["loss"] - 0.5, [e["loss"] for e in train]
     assert all(np.isfinite(e["grad_norm"]) and e["grad_norm"] > 0 for e in train)
+    assert max(e["grad_norm"] for e in train) > config.clip_grad_norm  # the clip was active
 
 
 def test_clip_grad_norm_refuses_negative_values_and_dist_kvstores(data_dir):
