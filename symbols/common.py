@@ -86,14 +86,15 @@ def final_map_size(input_size):
     return side
 
 
-def normalised_input(input_size, with_identity=True):
-    """The `data` Variable (RGB 0..255) and the graph's own normalisation (x - 127.5) * 0.0078125.
+def normalised_input(input_size, with_identity=True, scale=0.0078125):
+    """The `data` Variable (RGB 0..255) and the graph's own normalisation (x - 127.5) * scale.
 
-    InsightFace's fresnet and the VarGFaceNet release put an identity node `id` first; fmobilefacenet does not."""
+    InsightFace's fresnet and the VarGFaceNet release put an identity node `id` first; fmobilefacenet does not.
+    InsightFace scales by 1/128; PyTorch releases normalising with mean 0.5, std 0.5 scale by 1/127.5."""
     data = mx.sym.Variable("data", attr={INPUT_SIZE_ATTR: str(input_size)})
     body = mx.sym.identity(data=data, name="id") if with_identity else data
     body = body - 127.5
-    return body * 0.0078125
+    return body * scale
 
 
 def act(data, act_type, name):

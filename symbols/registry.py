@@ -17,6 +17,7 @@ BUILDER_MODULES = (
     "vargface.symbols.vargfacenet",
     "vargface.symbols.fresnet",
     "vargface.symbols.fmobilefacenet",
+    "vargface.symbols.pocketnet",
 )
 
 

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-PRESETS = ["vargfacenet", "vargfacenet_insightface", "r50", "r100", "y1", "y2"]
+PRESETS = ["vargfacenet", "vargfacenet_insightface", "r50", "r100", "y1", "y2",
+           "pocketnet_s128", "pocketnet_s256", "pocketnet_m128", "pocketnet_m256"]
 
 
 def calibrated_params(sym, tmp_path, size=112):

@@ -84,17 +84,18 @@ def run_cli(*args, capsys=None):
     return subprocess.CompletedProcess(args, exit_info.value.code, out, err)
 
 
-@pytest.mark.parametrize("preset,params,flops", [("vargfacenet", "5198292", "1022864152"),
-                                                 ("r100", "65156160", "24169929728")])
-def test_cli_prints_preset_figures(preset, params, flops, capsys):
+@pytest.mark.parametrize("preset,params,flops,words", [
+    ("vargfacenet", "5198292", "1022864152", ["1.0G", "511432076", "fits"]),
+    ("r100", "65156160", "24169929728", ["24.2G", "exceeds"]),
+    ("pocketnet_s128", "925632", "561859348", ["0.6G", "280929674", "fits"]),
+    ("pocketnet_m128", "1686656", "1071087536", ["1.1G", "exceeds"]),
+])
+def test_cli_prints_preset_figures(preset, params, flops, words, capsys):
     result = run_cli(preset) if preset == "vargfacenet" else run_cli(preset, capsys=capsys)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert params in out and flops in out
-    if preset == "vargfacenet":
-        assert "1.0G" in out and "511432076" in out and "fits" in out
-    else:
-        assert "24.2G" in out and "exceeds" in out
+    assert all(word in out for word in words)
 
 
 def test_cli_json_options_and_checkpoint(tmp_path, capsys):

@@ -17,6 +17,8 @@ HELP = {
     "lr_total_steps": "cosine length in batches (0: max_steps, else end_epoch epochs)",
     "warmup_steps": "batches of linear warm-up from warmup_lr to lr",
     "max_steps": "stop after this many batches (0: run to end_epoch)",
+    "clip_grad_norm": "scale the embedding network's gradients (all devices) down to this global L2 norm (0: off)",
+    "net_channels": "PocketNet starting width C", "net_layers": "PocketNet number of cells",
     "net_init": "xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>",
     "net_opts": "a network option NAME=VALUE, repeatable (e.g. use_se=False, multiplier=0.5)",
     "frequent": "log a speedometer line every N batches",

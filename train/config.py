@@ -19,6 +19,7 @@ default = edict(
     # network: the preset's builder options, overridden by emb_size/image_size, the net_multiplier/net_num_layers
     # aliases and net_opts (any builder option, e.g. {"use_se": False})
     emb_size=512, net_opts={}, net_multiplier=None, net_num_layers=None,
+    net_channels=None, net_layers=None,
     net_init="xavier_gaussian_out_2", fc7_init_sigma=0.01,
     fc7_lr_mult=1.0, fc7_wd_mult=1.0, fc7_no_bias=False,
     # data
@@ -31,7 +32,7 @@ default = edict(
     lr=0.1, wd=0.0005, mom=0.9, per_batch_size=128, kvstore="device", ctx="cpu",
     lr_schedule="step", lr_steps=[100000, 160000, 220000], lr_factor=0.1,
     warmup_steps=0, warmup_lr=0.0, lr_total_steps=0, lr_min=0.0,
-    end_epoch=10000, max_steps=0,
+    end_epoch=10000, max_steps=0, clip_grad_norm=0.0,
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
     models_root="./models", prefix="", pretrained="", resume=False, ckpt=3, frequent=20, verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
@@ -79,6 +80,8 @@ def check_key(config, key):
 
 def _check_typed(template, value, key):
     """A value from a config file already has a type: it must be the key's (an int may stand for a float)."""
+    if key == "image_size" and isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]  # one side for a square input
     kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple), dict: (dict,)}
     expected = kinds.get(type(template)) if template is not None else None
     if expected and (not isinstance(value, expected) or isinstance(value, bool) and bool not in expected):
@@ -147,9 +150,9 @@ def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name=
 
 def network_options(config):
     """The builder options of ``config``'s network: its preset's, then emb_size, image_size, the aliases
-    net_multiplier / net_num_layers and net_opts."""
+    net_multiplier / net_num_layers / net_channels / net_layers and net_opts."""
     options = {"emb_size": int(config.emb_size), "input_size": int(config.image_size[0])}
-    for alias in ("multiplier", "num_layers"):
+    for alias in ("multiplier", "num_layers", "channels", "layers"):
         if config.get("net_" + alias) is not None:
             options[alias] = config["net_" + alias]
     return {**options, **parse_net_opts(config.net_opts)}

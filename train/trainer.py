@@ -82,6 +82,31 @@ def embedding_symbol(config):
     return get_symbol(config.network, **network_options(config))
 
 
+def clip_global_norm(module, names, max_norm, rescale):
+    """Scale the gradients of ``names`` on every device by min(1, max_norm / (norm + 1e-6)); return ``norm``.
+
+    ``norm`` is the L2 norm over all these arrays of the gradient the optimizer applies (the devices' sum times
+    ``rescale``), as torch.nn.utils.clip_grad_norm_ computes it on data-parallel (averaged) gradients. MXNet's
+    ``clip_gradient`` clips each element instead, which changes the gradient's direction."""
+    import mxnet as mx
+
+    group = module._exec_group
+    per_param = [grads for name, grads in zip(group.param_names, group.grad_arrays)
+                 if name in names and grads and grads[0] is not None]
+    if not per_param:
+        return 0.0
+    home = per_param[0][0].context
+    squares = [mx.nd.sum(mx.nd.square(mx.nd.add_n(*[g.as_in_context(home) for g in grads])))
+               for grads in per_param]
+    norm = float(mx.nd.sqrt(mx.nd.add_n(*squares)).asscalar()) * rescale
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1:
+        for grads in per_param:
+            for grad in grads:
+                grad *= scale
+    return norm
+
+
 def _seed_rngs(seed, step):
     import mxnet as mx
 
@@ -134,6 +159,11 @@ class _Run:
         if self.dist and config.on_nan == "rollback":
             raise VargfaceError("--on-nan rollback needs every worker to roll back together; with a dist kvstore "
                                 "use --on-nan stop and --resume")
+        if float(config.clip_grad_norm) < 0:
+            raise VargfaceError(f"--clip-grad-norm must be >= 0 (0: off), got {config.clip_grad_norm}")
+        if self.dist and float(config.clip_grad_norm) > 0:
+            raise VargfaceError("--clip-grad-norm needs the gradient summed over all workers, which a dist kvstore "
+                                "forms only inside the update; use --clip-grad-norm 0 with a dist kvstore")
         self.kv = mx.kv.create(config.kvstore) if self.dist else None
         self.rank, self.workers = (self.kv.rank, self.kv.num_workers) if self.dist else (0, 1)
         self.prefix = resolve_prefix(config) + (f"-worker{self.rank}" if self.rank > 0 else "")
@@ -142,7 +172,11 @@ class _Run:
         size = int(config.image_size[0])
         self.data_shape = (3, size, size)
         self.batch_size = int(config.per_batch_size) * len(contexts)
+        # The kvstore sums the devices' (and workers') gradients; the optimizer scales the sum back to a mean.
+        self.rescale_grad = 1.0 / (len(contexts) * self.workers)
         self.emb_sym = embedding_symbol(config)
+        # The release clips the embedding network's gradients only, not the classifier's.
+        self.clip_names = set(self.emb_sym.list_arguments()) - {"data"}
         self.extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(self.batch_size)]
         extra_losses = plugin.extra_losses(self.emb_sym, config)
         self.extra_names = [name for _, name in extra_losses]
@@ -218,7 +252,7 @@ class _Run:
         c = self.config
         schedule = build(c, self.iters_per_epoch, scale=pos["lr_scale"])
         params = {"learning_rate": float(c.lr), "momentum": float(c.mom), "wd": float(c.wd),
-                  "rescale_grad": 1.0 / (len(self.contexts) * self.workers), "lr_scheduler": schedule,
+                  "rescale_grad": self.rescale_grad, "lr_scheduler": schedule,
                   "begin_num_update": int(pos["num_update"])}
         self.module.init_optimizer(kvstore=self.kv if self.dist else c.kvstore, optimizer="sgd",
                                    optimizer_params=params, force_init=True)
@@ -374,6 +408,9 @@ def _train(run, pos, history, stop):
             _seed_rngs(c.seed, pos["num_update"] + 1)
             module.forward_backward(mx.io.DataBatch(data=list(batch.data) + list(extra), label=batch.label))
             values = batch_metrics(module.get_outputs(), batch.label[0], run.extra_names)
+            if float(c.clip_grad_norm) > 0:
+                values["grad_norm"] = clip_global_norm(module, run.clip_names, float(c.clip_grad_norm),
+                                                       run.rescale_grad)
             bad = first_nonfinite(values)
             if bad:
                 raise NanLoss(bad, values[bad], pos["epoch"], pos["batch"], pos["num_update"])
