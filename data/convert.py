@@ -1,6 +1,7 @@
 """Conversions between image folders, ``.lst`` files, ``.rec`` sets and ``.bin`` verification packs, plus the
 ``check`` of a .rec set. An image root holds one folder per identity; labels follow the sorted folder names."""
 import collections
+import glob
 import os
 import warnings
 
@@ -214,6 +215,7 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
 
     from vargface.data.parallel import imap_ordered
     from vargface.data.recordio import RecReader, read_property
+    from vargface.data.verification import load_bin
 
     faults, counter = [], [0]
 
@@ -229,6 +231,11 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
     except VargfaceError as error:
         fault(None, str(error))
         num_classes = height = width = None
+    for pack in sorted(glob.glob(os.path.join(glob.escape(os.fspath(data_dir)), "*.bin"))):
+        try:
+            load_bin(pack)  # the restricted loader: a hostile pack is reported, never run
+        except VargfaceError as error:
+            fault(None, str(error))
     try:
         reader = RecReader(data_dir, check_offsets=False)
     except VargfaceError as error:

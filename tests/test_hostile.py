@@ -1,0 +1,148 @@
+"""Hostile and broken input: nothing a third-party file holds is run, every fault is a clear message."""
+import contextlib
+import io
+import os
+import pickle
+import types
+
+import numpy as np
+import pytest
+
+from vargface.data.verification import load_bin
+from vargface.errors import VargfaceError
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from vargface.data.synth import make_synthetic_rec
+
+    root = tmp_path_factory.mktemp("hostile") / "data"
+    make_synthetic_rec(str(root), 4, 3, size=SIZE, seed=2, progress=False)
+    return root
+
+
+def run_cli(*args):
+    """``vargface ARGS`` in this process -> (exit code, stdout, stderr)."""
+    from vargface.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    return types.SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+
+
+class RunsCommand:
+    """Unpickles to os.system(...): the classic hostile pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class RunsCodeAndReturnsAPack:
+    """Unpickles by running code whose result is a valid (bins, issame) pair, so a shape check alone misses it."""
+
+    def __init__(self, marker, pack):
+        self.marker, self.pack = marker, pack
+
+    def __reduce__(self):
+        code = f"open({str(self.marker)!r}, 'w').close() or {self.pack!r}"
+        return eval, (code,)
+
+
+def hostile_packs(tmp_path):
+    marker = tmp_path / "pwned"
+    jpeg = _jpeg()
+    return marker, [pickle.dumps(RunsCommand(marker)),
+                    pickle.dumps(RunsCodeAndReturnsAPack(marker, ([jpeg, jpeg], [True])))]
+
+
+def _jpeg():
+    import cv2
+
+    return cv2.imencode(".jpg", np.full((SIZE, SIZE, 3), 128, np.uint8))[1].tobytes()
+
+
+def test_hostile_pack_is_refused_without_running_it(tmp_path):
+    marker, packs = hostile_packs(tmp_path)
+    for i, payload in enumerate(packs):
+        path = tmp_path / f"evil{i}.bin"
+        path.write_bytes(payload)
+        with pytest.raises(VargfaceError, match=rf"evil{i}\.bin.*may be hostile"):
+            load_bin(path)
+        assert not marker.exists()
+
+
+def test_wrong_structures_are_clear_errors(tmp_path):
+    for i, value in enumerate([(1, 2), [b"a"], {"bins": []}, ([1, 2], [True]), ([b"a", b"b"], ["yes"])]):
+        path = tmp_path / f"odd{i}.bin"
+        path.write_bytes(pickle.dumps(value))
+        with pytest.raises(VargfaceError, match=rf"odd{i}\.bin"):
+            load_bin(path)
+
+
+def test_insightface_layouts_still_load(tmp_path):
+    jpeg = _jpeg()
+    as_arrays = ([np.frombuffer(jpeg, np.uint8)] * 2, [np.bool_(True)])
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"p{protocol}.bin"
+        path.write_bytes(pickle.dumps(as_arrays, protocol=protocol))
+        assert load_bin(path) == ([jpeg, jpeg], [True])
+        path.write_bytes(pickle.dumps(([jpeg, bytearray(jpeg)], np.array([False])), protocol=protocol))
+        assert load_bin(path) == ([jpeg, jpeg], [False])
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny untrained embedding checkpoint: PREFIX,1."""
+    import mxnet as mx
+
+    from vargface.symbols import get_symbol
+    from vargface.train.checkpoint import save_embedding
+
+    sym = get_symbol("r50", num_layers=18, multiplier=0.125, emb_size=16, input_size=SIZE)
+    mod = mx.mod.Module(sym, label_names=None, context=mx.cpu())
+    mod.bind([("data", (1, 3, SIZE, SIZE))], for_training=False)
+    mod.init_params(mx.init.Xavier())
+    prefix = str(tmp_path_factory.mktemp("model") / "m")
+    save_embedding(prefix, 1, sym, *mod.get_params())
+    return prefix + ",1"
+
+
+def test_hostile_pack_through_verify_and_data_check(data_dir, model, tmp_path):
+    marker, packs = hostile_packs(tmp_path)
+    for payload in packs:
+        (data_dir / "evil.bin").write_bytes(payload)
+        try:
+            result = run_cli("data", "check", data_dir)
+            assert result.code == 1 and "may be hostile" in result.err, result.err
+            result = run_cli("verify", "--model", model, "--target", data_dir / "evil.bin")
+            assert result.code == 1 and "may be hostile" in result.err, result.err
+        finally:
+            os.remove(data_dir / "evil.bin")
+        assert not marker.exists()
+
+
+def test_hostile_pack_beside_train_rec_is_refused_before_training(data_dir, tmp_path):
+    from vargface.train.config import generate_config
+    from vargface.train.trainer import fit
+
+    marker, packs = hostile_packs(tmp_path)
+    for payload in packs:
+        (data_dir / "x.bin").write_bytes(payload)
+        try:
+            config = generate_config("r18_tiny", str(data_dir), "arcface", val_targets="x", per_batch_size=4,
+                                     max_steps=1, ctx="cpu", prefix=str(tmp_path / "m"))
+            with pytest.raises(VargfaceError, match="x.bin.*may be hostile"):
+                fit(config, log=lambda text: None)
+        finally:
+            os.remove(data_dir / "x.bin")
+        assert not marker.exists()
