@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from vargface.data.images import IMAGE_EXTENSIONS
-from vargface.errors import VargfaceError
+from vargface.errors import VargfaceError, last_line
 
 Item = collections.namedtuple("Item", "path label bbox landmarks")
 
@@ -281,7 +281,7 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
             except VargfaceError as error:
                 return key, str(error)
             except Exception as error:  # a damaged IRHeader
-                return key, f"{reader.rec_path}: record {key} cannot be unpacked ({error})"
+                return key, f"{reader.rec_path}: record {key} cannot be unpacked ({last_line(error)})"
             if label != int(label) or label < 0 or (num_classes is not None and label >= num_classes):
                 return key, f"label {label:g} is not a class id in 0..{(num_classes or 0) - 1} (property)"
             if key < len(owner) and owner[key] >= 0 and owner[key] != int(label):

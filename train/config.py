@@ -29,7 +29,7 @@ default = edict(
     warmup_steps=0, warmup_lr=0.0, lr_total_steps=0, lr_min=0.0,
     end_epoch=10000, max_steps=0,
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
-    models_root="./models", prefix="", pretrained="", resume=False, ckpt=3, frequent=20, verbose=2000,
+    models_root="./models", prefix="", pretrained="", resume=False, trust_states=False, ckpt=3, frequent=20, verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
 )
 
@@ -120,7 +120,7 @@ def parse_value(template, text, key):
         raise VargfaceError(f"config key {key!r}: cannot read {text!r} as {type(template).__name__}") from None
 
 
-def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name="arcface", **overrides):
+def generate_config(network_name="vargfacenet", dataset_name="emore", loss_preset="arcface", /, **overrides):
     """Merge default <- network <- dataset <- loss presets <- overrides; unknown presets or keys raise.
 
     ``dataset_name`` may also be a directory made by `vargface data` (the ``folder`` preset)."""
@@ -129,7 +129,7 @@ def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name=
         overrides.setdefault("dataset_path", dataset_name)
         dataset_name = "folder"
     for kind, table, name in (("network", network, network_name), ("dataset", dataset, dataset_name),
-                              ("loss", loss, loss_name)):
+                              ("loss", loss, loss_preset)):
         config.update(json.loads(json.dumps(_choose(kind, table, name))))
         config[kind] = name
     for key, value in overrides.items():
@@ -138,6 +138,40 @@ def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name=
     if isinstance(config.image_size, int) or len(config.image_size) == 1:
         side = int(config.image_size if isinstance(config.image_size, int) else config.image_size[0])
         config.image_size = [side, side]
+    return config
+
+
+# Accepted ranges of the numeric keys: (lowest, highest, lowest excluded). None values (unset) are not checked.
+RANGES = dict(
+    emb_size=(1, None, False), net_multiplier=(0, None, True), net_num_layers=(1, None, False),
+    fc7_init_sigma=(0, None, False), fc7_lr_mult=(0, None, False), fc7_wd_mult=(0, None, False),
+    num_classes=(0, None, False), image_size=(8, 4096, False), data_cutoff=(0, None, False), data_color=(0, 2, False),
+    seed=(0, 2 ** 31 - 1, False), loss_s=(0, None, True), loss_m1=(0, None, True), loss_m2=(0, None, False),
+    loss_m3=(0, None, False), loss_alpha=(0, None, False), loss_sigma=(0, None, True),
+    lr=(0, None, False), wd=(0, None, False), mom=(0, 1, False), per_batch_size=(1, None, False),
+    lr_steps=(1, None, False), lr_factor=(0, None, True), warmup_steps=(0, None, False), warmup_lr=(0, None, False),
+    lr_total_steps=(0, None, False), lr_min=(0, None, False), end_epoch=(1, None, False), max_steps=(0, None, False),
+    ckpt=(0, 3, False), frequent=(1, None, False), verbose=(1, None, False), nan_lr_factor=(0, 1, True),
+    nan_max_rollbacks=(0, None, False),
+)
+
+
+def check_ranges(config):
+    """Refuse a numeric option outside its range (or NaN), naming it: a bad value would otherwise surface deep
+    inside MXNet or gluoncv, or train silently wrong."""
+    import math
+
+    for key, (low, high, open_low) in RANGES.items():
+        values = config.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise VargfaceError(f"--{key.replace('_', '-')} {value!r}: expected a number")
+            below = value <= low if open_low else value < low
+            if math.isnan(value) or below or (high is not None and value > high):
+                bounds = (f"> {low}" if open_low else f">= {low}") + (f" and <= {high}" if high is not None else "")
+                raise VargfaceError(f"--{key.replace('_', '-')} {value:g}: must be {bounds}")
     return config
 
 
