@@ -109,7 +109,7 @@ def _train(args):
     if result["interrupted"]:
         print(f"vargface train: stopped at update {result['num_update']}; continue with the same options and "
               f"--resume")
-        return 130
+        return 128 + int(result["interrupted"])  # the shell's code for that signal: 130 SIGINT, 143 SIGTERM
     print(f"vargface train: finished at update {result['num_update']}; last checkpoint "
           f"{result['prefix']},{result['epoch']}" + (f"; best {result['best_checkpoint']}"
                                                     if result["best_checkpoint"] else ""))

@@ -286,7 +286,7 @@ class _Run:
 def fit(config, plugin=None, ctx=None, log=print):
     """Train ``config`` (see vargface.train.config); returns {'prefix', 'epoch' (last saved checkpoint number),
     'best' ({target: {'accuracy', 'std'}} of the best verification round), 'best_checkpoint', 'history',
-    'num_update', 'interrupted'}.
+    'num_update', 'interrupted' (False, or the number of the signal that stopped it)}.
 
     ``config.resume`` continues from ``prefix-state.json``; ``config.pretrained`` ('prefix,epoch') initialises the
     embedding only. ``ctx`` (list of mx.Context) overrides ``config.ctx``."""
@@ -387,7 +387,7 @@ def _checkpoint(run, pos, history, final=False):
 
 
 def _train(run, pos, history, stop):
-    """The batch loop from ``pos``; returns (pos, interrupted). Raises NanLoss before applying a bad update."""
+    """The batch loop from ``pos``; returns (pos, interrupted: False or the signal number). Raises NanLoss before applying a bad update."""
     import mxnet as mx
 
     c, module = run.config, run.module
@@ -418,7 +418,7 @@ def _train(run, pos, history, stop):
                 run.log(f"vargface train: stopping on signal {stop.signal} at update {pos['num_update']}; "
                         f"continue with --resume")
                 run.save_state(pos)
-                return pos, True
+                return pos, int(stop.signal)
         else:
             pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
     if pos["last_checkpoint"] is None or pos["num_update"] % int(c.verbose) != 0:
