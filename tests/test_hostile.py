@@ -146,3 +146,88 @@ def test_hostile_pack_beside_train_rec_is_refused_before_training(data_dir, tmp_
         finally:
             os.remove(data_dir / "x.bin")
         assert not marker.exists()
+
+
+# ---- outputs: permissions, leftover temporaries, unfinished files ----------------------------------------------------
+def test_outputs_honour_the_umask(tmp_path):
+    from vargface.atomic import atomic_dir, atomic_path
+
+    for mask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700)):
+        old = os.umask(mask)
+        try:
+            with atomic_path(tmp_path / f"f{mask}") as tmp, open(tmp, "w") as f:
+                f.write("x")
+            with atomic_dir(tmp_path / f"d{mask}") as tmp:
+                pass
+        finally:
+            os.umask(old)
+        assert os.stat(tmp_path / f"f{mask}").st_mode & 0o777 == file_mode
+        assert os.stat(tmp_path / f"d{mask}").st_mode & 0o777 == dir_mode
+
+
+def test_temporaries_of_dead_writers_are_swept(tmp_path):
+    import subprocess
+
+    from vargface.atomic import atomic_path
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".out.bin.{dead.pid}.abc123.tmp"
+    leftover.write_bytes(b"half")
+    running = tmp_path / f".out.bin.{os.getppid()}.def456.tmp"  # a writer that still runs: left alone
+    running.write_bytes(b"busy")
+    with atomic_path(tmp_path / "out.bin") as tmp, open(tmp, "wb") as f:
+        f.write(b"whole")
+    assert not leftover.exists() and running.exists() and (tmp_path / "out.bin").read_bytes() == b"whole"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from test_distill_teacher import save_tiny
+
+    from vargface.train.teacher import Teacher
+
+    return Teacher(save_tiny(str(tmp_path_factory.mktemp("teacher") / "t"), emb_size=16, input_size=SIZE)[0])
+
+
+def test_an_interrupted_teacher_cache_never_loads(data_dir, teacher, tmp_path, monkeypatch):
+    import vargface.atomic
+    from vargface.train.teacher_cache import TeacherCache, build_cache
+
+    left = []
+
+    @contextlib.contextmanager
+    def killed(path):  # kill -9 while embedding: the temporary, full-sized with its header, stays behind
+        tmp = str(tmp_path / ".cache.kdcache.99999.x.tmp")
+        left.append(tmp)
+        yield tmp
+
+    def embed_then_die(batch, calls=[]):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SystemExit(137)
+        return real_embed(batch)
+
+    real_embed = teacher.embed
+    monkeypatch.setattr(vargface.atomic, "atomic_path", killed)
+    monkeypatch.setattr(teacher, "embed", embed_then_die)
+    with pytest.raises(SystemExit):
+        build_cache(teacher, str(data_dir), path=str(tmp_path / "cache.kdcache"), batch_size=4, progress=False)
+    assert os.path.getsize(left[0]) > 0 and not (tmp_path / "cache.kdcache").exists()
+    monkeypatch.undo()
+    with pytest.raises(VargfaceError, match="unfinished cache"):  # even when passed explicitly
+        TeacherCache(left[0], str(data_dir), teacher)
+
+
+def test_damaged_teacher_cache_headers_are_clear_errors(data_dir, teacher, tmp_path):
+    import struct
+
+    from vargface.train.teacher_cache import MAGIC, TeacherCache
+
+    for name, header in (("huge", None), ("list", b"[1, 2]"), ("keys", b'{"version": 1, "count": "many"}'),
+                         ("utf", b"\xff\xfe{")):
+        path = tmp_path / f"{name}.kdcache"
+        length = 2 ** 60 if header is None else len(header)
+        path.write_bytes(MAGIC + struct.pack("<Q", length) + (header or b"{}") + b"\0" * 64)
+        with pytest.raises(VargfaceError, match=rf"{name}\.kdcache has a damaged header"):
+            TeacherCache(str(path), str(data_dir), teacher)

@@ -8,12 +8,13 @@ written atomically and the pointer last, so a kill at any moment leaves the prev
 
 No state file is a pickle, so loading one cannot run code. Version-1 states kept the optimizer in MXNet's pickle
 (``prefix-state-%08d.states``); those are loaded only when the user vouches for them (``--trust-states``)."""
+import contextlib
 import glob
 import json
 import os
 import time
 
-from vargface.atomic import atomic_path
+from vargface.atomic import atomic_path, os_error_text
 from vargface.errors import VargfaceError, last_line, summarize
 
 STATE_VERSION = 2
@@ -249,15 +250,20 @@ class PrefixLock:
 
     def acquire(self):
         for _ in range(3):
-            with atomic_path(self.path + ".new") as tmp:
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            try:
                 with open(tmp, "w") as f:
                     json.dump(self.holder, f)
-                try:
-                    os.link(tmp, self.path)  # atomic, and the lock is complete the moment it exists
-                    self.held = True
-                    return self
-                except FileExistsError:
-                    pass
+                os.link(tmp, self.path)  # atomic, and the lock is complete the moment it exists
+                self.held = True
+                return self
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise VargfaceError(f"cannot write {self.path}: {os_error_text(error)}") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
             holder = self._read()
             if holder is not None and not self._stale(holder):
                 raise VargfaceError(f"{self.path}: another training writes to this prefix (pid {holder.get('pid')} "
