@@ -66,8 +66,13 @@ def read_lst(path, image_root=None):
     path = os.fspath(path)
     base = image_root or os.path.dirname(os.path.abspath(path))
     items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise VargfaceError(f"{path}:{n}: not UTF-8 text ({error.reason} at byte {error.start}); a .lst "
+                                    f"is a UTF-8 text file") from None
             if not line.strip():
                 continue
             vec = line.rstrip("\n").split("\t")

@@ -231,3 +231,17 @@ def test_damaged_teacher_cache_headers_are_clear_errors(data_dir, teacher, tmp_p
         path.write_bytes(MAGIC + struct.pack("<Q", length) + (header or b"{}") + b"\0" * 64)
         with pytest.raises(VargfaceError, match=rf"{name}\.kdcache has a damaged header"):
             TeacherCache(str(path), str(data_dir), teacher)
+
+
+def _dies_on_three(item):
+    if item == 3:
+        os._exit(9)  # as if killed
+    return item * 2
+
+
+def test_a_dead_worker_process_is_an_error_not_a_hang():
+    from vargface.data.parallel import imap_processes
+
+    assert list(imap_processes(_dies_on_three, [1, 2], workers=2)) == [2, 4]
+    with pytest.raises(VargfaceError, match="worker process died"):
+        list(imap_processes(_dies_on_three, range(10), workers=2, chunksize=2))

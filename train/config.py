@@ -128,6 +128,10 @@ def generate_config(network_name="vargfacenet", dataset_name="emore", loss_prese
     if dataset_name not in dataset and os.path.isdir(str(dataset_name)):
         overrides.setdefault("dataset_path", dataset_name)
         dataset_name = "folder"
+    elif dataset_name not in dataset and (os.sep in str(dataset_name) or os.path.exists(str(dataset_name))):
+        what = "is not a folder" if os.path.exists(str(dataset_name)) else "does not exist"
+        raise VargfaceError(f"--dataset {dataset_name}: the folder {what} (expected a directory made by "
+                            f"`vargface data`, or a preset: {', '.join(dataset)})")
     for kind, table, name in (("network", network, network_name), ("dataset", dataset, dataset_name),
                               ("loss", loss, loss_preset)):
         config.update(json.loads(json.dumps(_choose(kind, table, name))))
@@ -186,6 +190,11 @@ def resolve_dataset(config):
     if not os.path.isfile(rec):
         raise VargfaceError(f"dataset directory {path}: no train.rec (make one with `vargface data`)")
     num_classes = read_property(path)[0]  # the iterator resizes images to image_size
+    identities = _identity_records(path)
+    if identities is not None and identities != num_classes:
+        raise VargfaceError(f"{os.path.join(path, 'property')} says {num_classes} classes but {rec} has "
+                            f"{identities} identity records; classes without images would train silently wrong "
+                            f"(fix the property file, or rebuild the set with `vargface data rec`)")
     if config.num_classes and config.num_classes != num_classes:
         raise VargfaceError(f"{os.path.join(path, 'property')} says {num_classes} classes but the config says "
                             f"num_classes={config.num_classes} (dataset preset {config.dataset!r}); "
@@ -198,6 +207,14 @@ def resolve_dataset(config):
             raise VargfaceError(f"verification target {name!r}: {os.path.join(path, name + '.bin')} does not "
                                 f"exist (set --val-targets to the .bin files you have, or '' for none)")
     return config
+
+
+def _identity_records(path):
+    """The number of identities a .rec set's header lists, or None for a plain image list (no header)."""
+    from vargface.data.recordio import RecReader
+
+    with RecReader(path, check_offsets=False) as reader:
+        return len(reader.identity_keys) if reader.has_header else None
 
 
 def save_config(config, path, extra=None):
