@@ -245,3 +245,116 @@ def test_a_dead_worker_process_is_an_error_not_a_hang():
     assert list(imap_processes(_dies_on_three, [1, 2], workers=2)) == [2, 4]
     with pytest.raises(VargfaceError, match="worker process died"):
         list(imap_processes(_dies_on_three, range(10), workers=2, chunksize=2))
+
+
+# ---- clear messages instead of tracebacks --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    from vargface.data.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("faces") / "faces"
+    make_synthetic(root, 3, 2, size=SIZE, progress=False)
+    return root
+
+
+def assert_clean_failure(result, *needles):
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err and len(result.err) < 600, result.err
+    for needle in needles:
+        assert needle in result.err, result.err
+
+
+def test_output_under_a_file_and_unwritable_outputs(faces, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    (tmp_path / "plain").write_text("a file")
+    assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "plain" / "set", "--size", SIZE),
+                         "plain is a file, not a folder")
+    for code, reason in ((errno.EACCES, "permission denied"), (errno.EROFS, "read-only")):
+        def refuse(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "set", "--size", SIZE), reason)
+        assert_clean_failure(run_cli("data", "pairs", faces, tmp_path / "p.bin", "--pairs", 4, "--size", SIZE),
+                             reason, "p.bin")
+        monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["plain"]
+
+
+def test_a_full_disk_during_data_rec_and_checkpoints(faces, tmp_path, monkeypatch):
+    import errno
+
+    import mxnet as mx
+
+    from vargface.train import checkpoint as ckpt
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mx.recordio.MXIndexedRecordIO, "write_idx", disk_full)
+    assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "set", "--size", SIZE), "set", "disk is full")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+    arrays = {"w": mx.nd.ones((512, 512))}  # larger than a stdio buffer: the failed write shows at once
+    ckpt.save_state(str(tmp_path / "m"), {"num_update": 1, "epoch": 0, "batch": 1}, arrays, {})
+    real_save = mx.nd.save
+    monkeypatch.setattr(mx.nd, "save", lambda path, data: real_save("/dev/full", data))  # MXNet's own failure
+    with pytest.raises(VargfaceError, match=r"m-state-00000002.params: the write was incomplete \(is the disk"):
+        ckpt.save_state(str(tmp_path / "m"), {"num_update": 2, "epoch": 0, "batch": 2}, arrays, {})
+    monkeypatch.undo()
+    monkeypatch.setattr(ckpt.json, "dump", disk_full)
+    with pytest.raises(VargfaceError, match=r"m-state.json: the disk is full"):
+        ckpt.save_state(str(tmp_path / "m"), {"num_update": 3, "epoch": 0, "batch": 3}, arrays, {})
+    monkeypatch.undo()
+    assert ckpt.load_state(str(tmp_path / "m"))[0]["num_update"] == 1
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_damaged_inputs_are_named(data_dir, faces, tmp_path):
+    lst = tmp_path / "bad.lst"
+    lst.write_bytes(b"1\t" + str(faces).encode() + b"/a.jpg\t0\n1\t\xff\xfe.jpg\t0\n")
+    assert_clean_failure(run_cli("data", "rec", lst, tmp_path / "out"), "bad.lst:2: not UTF-8")
+    for size in (-5, 100000):
+        result = run_cli("data", "rec", faces, tmp_path / "out", "--size", size)
+        assert result.code == 2 and "--size" in result.err and "8..4096" in result.err
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    assert_clean_failure(run_cli("plot-log", tmp_path / "binary.jsonl", tmp_path / "c.png"), "not a JSON line")
+    (tmp_path / "short.jsonl").write_text('{"type": "verify", "step": 0, "score": 0.5}\n')
+    assert_clean_failure(run_cli("plot-log", tmp_path / "short.jsonl", tmp_path / "c.png"),
+                         "no training lines yet", "--frequent")
+    broken = tmp_path / "negative"
+    import shutil
+
+    shutil.copytree(data_dir, broken)
+    lines = (broken / "train.idx").read_text().splitlines()
+    key, _ = lines[2].split("\t")
+    lines[2] = f"{key}\t-40"
+    (broken / "train.idx").write_text("\n".join(lines) + "\n")
+    assert_clean_failure(run_cli("data", "check", broken), f"record {key} has offset -40")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c.png").exists()
+
+
+def test_training_inputs_that_cannot_work_are_named(data_dir, model, tmp_path):
+    import shutil
+
+    base = ["train", "--network", "r18_tiny", "--per-batch-size", "4", "--max-steps", "1", "--ctx", "cpu",
+            "--val-targets", ""]
+    assert_clean_failure(run_cli(*base, "--dataset", tmp_path / "nonexistent", "--prefix", tmp_path / "m"),
+                         "nonexistent: the folder does not exist")
+    more = tmp_path / "more"
+    shutil.copytree(data_dir, more)
+    (more / "property").write_text("9,32,32\n")
+    assert_clean_failure(run_cli(*base, "--dataset", more, "--prefix", tmp_path / "m"),
+                         "says 9 classes", "has 4 identity records")
+    (tmp_path / "plain").write_text("a file")
+    assert_clean_failure(run_cli(*base, "--dataset", data_dir, "--prefix", tmp_path / "plain" / "m"),
+                         "is a file, not a folder")
+    # A checkpoint of another architecture: a few problems, then a count, not hundreds of lines.
+    result = run_cli(*base, "--dataset", data_dir, "--network", "vargfacenet_tiny", "--image-size", SIZE,
+                     "--pretrained", model, "--prefix", tmp_path / "v")
+    assert_clean_failure(result, "does not fit the network", "more")
+    assert not (tmp_path / "m-state.json").exists()

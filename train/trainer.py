@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from vargface.atomic import os_error_text
+from vargface.atomic import make_folder
 from vargface.errors import VargfaceError
 from vargface.train import checkpoint as ckpt
 from vargface.train.metrics import Window, batch_metrics, first_nonfinite
@@ -138,10 +138,7 @@ class _Run:
         self.kv = mx.kv.create(config.kvstore) if self.dist else None
         self.rank, self.workers = (self.kv.rank, self.kv.num_workers) if self.dist else (0, 1)
         self.prefix = resolve_prefix(config) + (f"-worker{self.rank}" if self.rank > 0 else "")
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
-        except OSError as error:
-            raise VargfaceError(f"--prefix {self.prefix}: cannot make its folder: {os_error_text(error)}") from None
+        make_folder(os.path.dirname(os.path.abspath(self.prefix)), f"--prefix {self.prefix}")
         self.lock = ckpt.PrefixLock(self.prefix).acquire()
         try:
             self._build()

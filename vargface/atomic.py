@@ -42,19 +42,22 @@ def sweep_temporaries(path):
                 os.remove(leftover)
 
 
-def _prepare(path):
-    """Create the target's folder (clear errors for a folder that cannot be made) and sweep old temporaries."""
+def make_folder(directory, target):
+    """``os.makedirs(directory)`` with a clear error naming ``target`` (the output that needs the folder)."""
     from vargface.errors import VargfaceError
 
-    directory = os.path.dirname(path)
     try:
         os.makedirs(directory, exist_ok=True)
-    except FileExistsError:
-        raise VargfaceError(f"cannot write {path}: {_existing_file(directory)} is a file, not a folder") from None
-    except NotADirectoryError:
-        raise VargfaceError(f"cannot write {path}: {_existing_file(directory)} is a file, not a folder") from None
+    except (FileExistsError, NotADirectoryError):
+        raise VargfaceError(f"cannot write {target}: {_existing_file(directory)} is a file, not a folder") from None
     except OSError as error:
-        raise VargfaceError(f"cannot write {path}: {os_error_text(error)}") from None
+        raise VargfaceError(f"cannot write {target}: {os_error_text(error)}") from None
+
+
+def _prepare(path):
+    """Create the target's folder and sweep its old temporaries."""
+    directory = os.path.dirname(path)
+    make_folder(directory, path)
     sweep_temporaries(path)
     return directory
 
@@ -88,6 +91,11 @@ def _reported(path, errnos=None):
         if errnos is not None and error.errno not in errnos:
             raise
         raise VargfaceError(f"cannot write {path}: {os_error_text(error)}") from None
+    except Exception as error:
+        # MXNet's C++ writers report a failed fwrite (disk full, quota) as MXNetError "FileStream.Write incomplete"
+        if type(error).__name__ != "MXNetError" or "Write incomplete" not in str(error):
+            raise
+        raise VargfaceError(f"cannot write {path}: the write was incomplete (is the disk full?)") from None
 
 
 @contextlib.contextmanager
