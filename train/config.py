@@ -29,7 +29,8 @@ default = edict(
     warmup_steps=0, warmup_lr=0.0, lr_total_steps=0, lr_min=0.0,
     end_epoch=10000, max_steps=0,
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
-    models_root="./models", prefix="", pretrained="", resume=False, trust_states=False, ckpt=3, frequent=20, verbose=2000,
+    models_root="./models", prefix="", pretrained="", resume=False, trust_states=False, ckpt=3, frequent=20,
+    verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
 )
 

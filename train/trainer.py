@@ -388,7 +388,8 @@ def _checkpoint(run, pos, history, final=False):
 
 
 def _train(run, pos, history, stop):
-    """The batch loop from ``pos``; returns (pos, interrupted: False or the signal number). Raises NanLoss before applying a bad update."""
+    """The batch loop from ``pos``; returns (pos, interrupted: False or the signal number). Raises NanLoss before
+    applying a bad update."""
     import mxnet as mx
 
     c, module = run.config, run.module
