@@ -358,3 +358,23 @@ def test_training_inputs_that_cannot_work_are_named(data_dir, model, tmp_path):
                      "--pretrained", model, "--prefix", tmp_path / "v")
     assert_clean_failure(result, "does not fit the network", "more")
     assert not (tmp_path / "m-state.json").exists()
+
+
+def test_a_failing_decode_thread_in_the_iterator_is_an_error(data_dir, monkeypatch):
+    from vargface.data.iterator import FaceRecordIter
+    from vargface.data.recordio import RecReader
+
+    real = RecReader.decode
+
+    def damaged(self, key, flags=1):
+        if key == 3:
+            raise RuntimeError("Traceback (most recent call last):\n  File \"x.cc\"\nMXNetError: bad record header")
+        return real(self, key, flags)
+
+    monkeypatch.setattr(RecReader, "decode", damaged)
+    it = FaceRecordIter(path_imgrec=str(data_dir / "train.rec"), batch_size=4, data_shape=(3, SIZE, SIZE),
+                        num_workers=2)
+    with pytest.raises(VargfaceError, match=r"record 3 cannot be read: bad record header$"):
+        for _ in it:
+            pass
+    it.close()
