@@ -1,6 +1,24 @@
 """``vargface data synth|lst|rec|unpack|check|pairs``: build, convert and verify InsightFace data sets."""
+import argparse
 import contextlib
 import sys
+
+
+def _int_in(low, high, what):
+    """An argparse type: an integer in [low, high] (argparse names the option in its error)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value}: {what} must be {low}..{high}")
+        return value
+    return parse
+
+
+image_side = _int_in(8, 4096, "an image side in pixels")
+jpeg_quality = _int_in(1, 100, "a JPEG quality")
 
 
 def register(subparsers):
@@ -24,7 +42,7 @@ def register(subparsers):
     p.add_argument("out_dir")
     p.add_argument("--identities", type=int, required=True)
     p.add_argument("--per-identity", type=int, required=True)
-    p.add_argument("--size", type=int, default=112, help="image side in pixels (default 112)")
+    p.add_argument("--size", type=image_side, default=112, help="image side in pixels (default 112)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=1.0,
                    help="scale of per-image variation: pose, lighting, blur, noise, occlusion (default 1.0)")
@@ -45,8 +63,8 @@ def register(subparsers):
                                    "(5-point landmarks in the .lst align to the ArcFace template)")
     p.add_argument("source", help="image root (one folder per identity) or .lst file")
     p.add_argument("out_dir")
-    p.add_argument("--size", type=int, default=112, help="output image side (default 112)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    p.add_argument("--size", type=image_side, default=112, help="output image side (default 112)")
+    p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality of re-encoded images")
     p.add_argument("--image-root", default=None, help="base of relative paths in a .lst (default: its folder)")
     common(p, strict=True)
     p.set_defaults(func=_rec)
@@ -68,8 +86,8 @@ def register(subparsers):
     p.add_argument("out_bin")
     p.add_argument("--pairs", type=int, required=True, help="number of pairs (half same, half different)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=112, help="image side in the pack (default 112)")
-    p.add_argument("--quality", type=int, default=95)
+    p.add_argument("--size", type=image_side, default=112, help="image side in the pack (default 112)")
+    p.add_argument("--quality", type=jpeg_quality, default=95)
     common(p, strict=True)
     p.set_defaults(func=_pairs)
 

@@ -1,13 +1,14 @@
 """Conversions between image folders, ``.lst`` files, ``.rec`` sets and ``.bin`` verification packs, plus the
 ``check`` of a .rec set. An image root holds one folder per identity; labels follow the sorted folder names."""
 import collections
+import glob
 import os
 import warnings
 
 import numpy as np
 
 from vargface.data.images import IMAGE_EXTENSIONS
-from vargface.errors import VargfaceError
+from vargface.errors import VargfaceError, last_line
 
 Item = collections.namedtuple("Item", "path label bbox landmarks")
 
@@ -65,8 +66,13 @@ def read_lst(path, image_root=None):
     path = os.fspath(path)
     base = image_root or os.path.dirname(os.path.abspath(path))
     items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise VargfaceError(f"{path}:{n}: not UTF-8 text ({error.reason} at byte {error.start}); a .lst "
+                                    f"is a UTF-8 text file") from None
             if not line.strip():
                 continue
             vec = line.rstrip("\n").split("\t")
@@ -214,6 +220,7 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
 
     from vargface.data.parallel import imap_ordered
     from vargface.data.recordio import RecReader, read_property
+    from vargface.data.verification import load_bin
 
     faults, counter = [], [0]
 
@@ -229,6 +236,11 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
     except VargfaceError as error:
         fault(None, str(error))
         num_classes = height = width = None
+    for pack in sorted(glob.glob(os.path.join(glob.escape(os.fspath(data_dir)), "*.bin"))):
+        try:
+            load_bin(pack)  # the restricted loader: a hostile pack is reported, never run
+        except VargfaceError as error:
+            fault(None, str(error))
     try:
         reader = RecReader(data_dir, check_offsets=False)
     except VargfaceError as error:
@@ -274,7 +286,7 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
             except VargfaceError as error:
                 return key, str(error)
             except Exception as error:  # a damaged IRHeader
-                return key, f"{reader.rec_path}: record {key} cannot be unpacked ({error})"
+                return key, f"{reader.rec_path}: record {key} cannot be unpacked ({last_line(error)})"
             if label != int(label) or label < 0 or (num_classes is not None and label >= num_classes):
                 return key, f"label {label:g} is not a class id in 0..{(num_classes or 0) - 1} (property)"
             if key < len(owner) and owner[key] >= 0 and owner[key] != int(label):

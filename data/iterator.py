@@ -22,7 +22,7 @@ import numpy as np
 
 from vargface.data.images import resize as resize_image
 from vargface.data.recordio import RecReader, read_property
-from vargface.errors import VargfaceError
+from vargface.errors import VargfaceError, last_line
 
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # RGB luma weights
 
@@ -143,7 +143,13 @@ class FaceRecordIter(mx.io.DataIter):
         mirrored = np.zeros(len(keys), bool)
         augment = self.rand_mirror or self.cutoff > 0 or self.color_jittering > 0
         for i, key in enumerate(keys):
-            image, label = self.reader.decode(int(key), cv2.IMREAD_COLOR)
+            try:
+                image, label = self.reader.decode(int(key), cv2.IMREAD_COLOR)
+            except VargfaceError:
+                raise
+            except Exception as error:  # a damaged record header or payload: name the record, not a stack
+                raise VargfaceError(f"{self.path_imgrec}: record {key} cannot be read: {last_line(error)}") \
+                    from None
             if self.num_classes is not None and not 0 <= label < self.num_classes:
                 raise VargfaceError(f"{self.path_imgrec}: record {key} has label {label:g}, outside 0.."
                                     f"{self.num_classes - 1} (property says {self.num_classes} classes)")

@@ -17,32 +17,56 @@ def imap_ordered(fn, items, workers=None, ahead=None):
         for item in items:
             yield fn(item)
         return
-    ahead = ahead or 4 * workers
     with ThreadPoolExecutor(workers) as pool:
-        pending = collections.deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= ahead:
-                    yield pending.popleft().result()
-            while pending:
+        yield from _bounded(pool, fn, items, ahead or 4 * workers)
+
+
+def _bounded(pool, fn, items, ahead):
+    """Results of ``pool.submit(fn, item)`` in order, at most ``ahead`` in flight; a failure in a worker is raised
+    here, and the work not yet started is cancelled."""
+    pending = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
                 yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _apply_each(fn, chunk):
+    return [fn(item) for item in chunk]
 
 
 def imap_processes(fn, items, workers=None, chunksize=16):
     """Like ``imap_ordered`` but in forked processes, for pure-Python/NumPy work that holds the GIL (synthetic
-    rendering). ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one)."""
+    rendering). ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one). A worker
+    that dies (killed, out of memory) is an error here, not a hang."""
+    import functools
+    import itertools
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from vargface.errors import VargfaceError
 
     workers = default_workers() if workers is None else int(workers)
     if workers <= 1:
         yield from map(fn, items)
         return
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread_each) as pool:
-        yield from pool.imap(fn, items, chunksize)
+    iterator = iter(items)
+    chunks = iter(lambda: list(itertools.islice(iterator, chunksize)), [])
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_each) as pool:
+        try:
+            for results in _bounded(pool, functools.partial(_apply_each, fn), chunks, 2 * workers):
+                yield from results
+        except BrokenProcessPool:
+            raise VargfaceError("a worker process died (killed, or out of memory); run again, or with fewer "
+                                "--workers") from None
 
 
 def _one_thread_each():

@@ -15,7 +15,7 @@ import struct
 import numpy as np
 
 from vargface.atomic import atomic_dir
-from vargface.errors import VargfaceError
+from vargface.errors import VargfaceError, last_line
 
 REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
 _MAGIC = 0xCED7230A
@@ -218,13 +218,18 @@ def _read_idx(path):
             warnings.simplefilter("ignore")  # an empty file warns
             table = np.loadtxt(path, dtype=np.int64, delimiter="\t", ndmin=2)
     except ValueError as error:
-        raise VargfaceError(f"{path}: not an MXNet .idx file (expected 'key<TAB>offset' lines): {error}") from None
+        raise VargfaceError(f"{path}: not an MXNet .idx file (expected 'key<TAB>offset' lines): "
+                            f"{last_line(error)}") from None
     if table.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if table.shape[1] != 2:
         raise VargfaceError(f"{path}: expected 2 columns 'key<TAB>offset', found {table.shape[1]}")
     order = np.argsort(table[:, 0], kind="stable")
     keys, offsets = table[order, 0], table[order, 1]
+    if (offsets < 0).any() or (keys < 0).any():
+        bad = int(np.argmax((offsets < 0) | (keys < 0)))
+        raise VargfaceError(f"{path}: record {keys[bad]} has offset {offsets[bad]}; keys and offsets cannot be "
+                            f"negative (a damaged .idx)")
     if len(keys) > 1 and (np.diff(keys) == 0).any():
         dup = keys[1:][np.diff(keys) == 0][0]
         raise VargfaceError(f"{path}: record {dup} is listed twice")

@@ -1,6 +1,7 @@
 """Verification packs (``lfw.bin`` style, docs/formats.md#verification-pack-bin): a pickle of
 ``(bins, issame_list)`` where ``bins`` holds 2*P encoded images (pair i = items 2i, 2i+1) and ``issame_list`` P
 booleans."""
+import builtins
 import os
 import pickle
 
@@ -11,22 +12,84 @@ from vargface.errors import VargfaceError
 PICKLE_PROTOCOL = 4  # Python 3 readers load it with or without encoding='bytes'
 
 
+def _latin1_encode(text, encoding="latin1", errors="strict"):
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for ``bytes``; other codecs are refused."""
+    if encoding.replace("-", "").replace("_", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"codec {encoding!r} is not allowed in a verification pack")
+    return text.encode("latin1", errors)
+
+
+def _safe_globals():
+    """The only callables a pack may name: NumPy's own array/dtype/scalar rebuilders and the bytes codec."""
+    import numpy.core.multiarray as multiarray
+    import numpy.core.numeric as numeric
+
+    allowed = {("_codecs", "encode"): _latin1_encode, ("numpy", "ndarray"): np.ndarray,
+               ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(module + ".multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(module + ".multiarray", "scalar")] = multiarray.scalar
+        allowed[(module + ".numeric", "_frombuffer")] = numeric._frombuffer
+    for name in ("list", "tuple", "bytes", "bytearray", "bool"):
+        allowed[("builtins", name)] = allowed[("__builtin__", name)] = getattr(builtins, name)
+    return allowed
+
+
+class _PackUnpickler(pickle.Unpickler):
+    """Unpickles what a verification pack holds (lists, tuples, bytes, str, bools, NumPy arrays) and refuses
+    every other global, so a hostile pack cannot run code."""
+
+    def find_class(self, module, name):
+        found = _safe_globals().get((module, name))
+        if found is None:
+            raise _Hostile(f"{module}.{name}")
+        return found
+
+
+class _Hostile(pickle.UnpicklingError):
+    pass
+
+
+def _is_image(item):
+    return isinstance(item, (bytes, bytearray)) or (isinstance(item, np.ndarray) and item.dtype == np.uint8)
+
+
 def load_bin(path):
     """Read any InsightFace .bin, Python 2 pickles included: ``(bins, issame_list)`` with ``bins`` a list of
-    ``bytes`` (encoded images) and ``issame_list`` a list of bools."""
+    ``bytes`` (encoded images) and ``issame_list`` a list of bools. Packs come from third parties, so the pickle
+    is read by a restricted unpickler: anything beyond plain data and NumPy arrays is refused, never run."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise VargfaceError(f"{path}: verification pack not found")
     try:
         with open(path, "rb") as f:
-            bins, issame = pickle.load(f, encoding="bytes")  # Python 2 str -> bytes
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+            data = _PackUnpickler(f, encoding="bytes").load()  # Python 2 str -> bytes
+    except _Hostile as error:
+        raise VargfaceError(f"{path}: refused: the pickle calls {error}, which a verification pack never does; "
+                            f"the file may be hostile (it was not run)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError, OverflowError, UnicodeError) as error:
         raise VargfaceError(f"{path}: not a verification pack (a pickle of (bins, issame_list)): {error}") from None
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(x, (list, tuple, np.ndarray))
+                                                                       for x in data)):
+        raise VargfaceError(f"{path}: not a verification pack: the pickle holds {type(data).__name__} "
+                            f"{_preview(data)}, expected a pair (bins, issame_list) of lists")
+    bins, issame = data
+    bad = next((i for i, b in enumerate(bins) if not _is_image(b)), None)
+    if bad is not None:
+        raise VargfaceError(f"{path}: image {bad} is a {type(bins[bad]).__name__}, expected encoded image bytes")
+    if not all(isinstance(v, (bool, int, np.bool_, np.integer)) for v in issame):
+        raise VargfaceError(f"{path}: issame_list must hold booleans")
     bins = [b.tobytes() if isinstance(b, np.ndarray) else bytes(b) for b in bins]
     issame = [bool(v) for v in issame]
     if len(bins) != 2 * len(issame):
         raise VargfaceError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected 2 images per pair")
     return bins, issame
+
+
+def _preview(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def write_bin(path, bins, issame_list):

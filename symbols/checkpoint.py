@@ -6,7 +6,7 @@ array's presence and shape against the stored graph at its own input size."""
 import json
 import os
 
-from vargface.errors import VargfaceError
+from vargface.errors import VargfaceError, last_line, summarize
 from vargface.symbols.common import DEFAULT_INPUT_SIZE, INPUT_SIZE_ATTR
 
 OUTPUT = "fc1_output"
@@ -24,12 +24,6 @@ def checkpoint_files(prefix, epoch):
     return f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
 
 
-def _last_line(error):
-    """MXNet errors carry a C++ stack dump; the cause is on the last line."""
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else type(error).__name__
-
-
 def _require(path, prefix, epoch):
     if not os.path.isfile(path):
         raise VargfaceError(f"checkpoint file {path} does not exist (model {prefix},{epoch})")
@@ -41,7 +35,8 @@ def _read(loader, path, kind, prefix, epoch):
     try:
         return loader(path)
     except Exception as error:
-        raise VargfaceError(f"checkpoint {path} is not a readable MXNet {kind} file: {_last_line(error)}") from None
+        raise VargfaceError(f"checkpoint {path} is not a readable MXNet {kind} file: {last_line(error)}") \
+            from None
 
 
 def load_symbol(prefix, epoch):
@@ -110,7 +105,8 @@ def check_params(sym, arg_params, aux_params, data_shape, source="checkpoint"):
     try:
         arg_shapes, _, aux_shapes = sym.infer_shape(data=tuple(data_shape))
     except Exception as error:
-        raise VargfaceError(f"{source}: the graph cannot take input {tuple(data_shape)}: {error}") from None
+        raise VargfaceError(f"{source}: the graph cannot take input {tuple(data_shape)}: {last_line(error)}") \
+            from None
     problems = []
     expected = list(zip(sym.list_arguments(), arg_shapes, ["arg"] * len(arg_shapes)))
     expected += list(zip(sym.list_auxiliary_states(), aux_shapes, ["aux"] * len(aux_shapes)))
@@ -123,4 +119,4 @@ def check_params(sym, arg_params, aux_params, data_shape, source="checkpoint"):
         elif tuple(found.shape) != tuple(shape):
             problems.append(f"array '{name}' has shape {tuple(found.shape)}, expected {tuple(shape)}")
     if problems:
-        raise VargfaceError(f"{source} does not fit the network: " + "; ".join(problems))
+        raise VargfaceError(f"{source} does not fit the network: {summarize(problems)}")

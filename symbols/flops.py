@@ -25,13 +25,14 @@ def count(sym, data_shape=(1, 3, 112, 112)):
     stored in the checkpoint and counted too);
     aux: BatchNorm moving statistics; flops: Convolution and FullyConnected only, integer-truncated per layer;
     ops: how many Convolution / BatchNorm / PReLU / FullyConnected nodes the graph has."""
-    from vargface.errors import VargfaceError
+    from vargface.errors import VargfaceError, last_line
 
     internals = sym.get_internals()
     try:
         arg_shapes, out_shapes, aux_shapes = internals.infer_shape(data=tuple(data_shape))
     except Exception as error:  # MXNetError: the graph cannot run at this size
-        raise VargfaceError(f"cannot infer the network's shapes for input {tuple(data_shape)}: {error}") from None
+        raise VargfaceError(f"cannot infer the network's shapes for input {tuple(data_shape)}: "
+                            f"{last_line(error)}") from None
     if arg_shapes is None:
         raise VargfaceError(f"cannot infer the network's shapes for input {tuple(data_shape)}")
     shapes = dict(zip(internals.list_arguments(), arg_shapes))

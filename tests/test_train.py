@@ -191,3 +191,124 @@ def test_pretrained_loads_the_embedding_only(data_dir, tmp_path):
     with pytest.raises(VargfaceError, match="--pretrained .* does not fit the network"):
         fit(generate_config("vargfacenet_tiny", data_dir, "arcface", prefix=str(tmp_path / "c"), max_steps=1,
                             pretrained=spec, **base), log=lambda line: None)
+
+
+# ---- optimizer state, locks, resume settings, option ranges --------------------------------------------------------
+def small_run(data_dir, prefix, **overrides):
+    from vargface.train.trainer import fit
+
+    options = dict(per_batch_size=4, val_targets="", max_steps=2, frequent=1, ctx="cpu", prefix=str(prefix))
+    options.update(overrides)
+    return fit(generate_config("r18_tiny", data_dir, "arcface", **options), log=lambda line: None)
+
+
+def test_optimizer_state_is_an_ndarray_file_and_pickles_are_refused(data_dir, tmp_path):
+    import pickle
+
+    prefix = tmp_path / "opt"
+    small_run(data_dir, prefix)
+    info, _, _, optimizer = ckpt.load_state(str(prefix))
+    assert optimizer[0] == "arrays" and not glob.glob(str(tmp_path / "*.states"))
+    momentum = mx.nd.load(optimizer[1])  # a plain NDArray file: no pickle anywhere in a state
+    assert momentum and info["optimizer"]["num_update"] == 2
+    assert any(np.abs(v.asnumpy()).sum() > 0 for v in momentum.values())
+    with open(optimizer[1], "rb") as f:
+        assert f.read(2) != b"\x80\x04"
+
+    # A state from the pickle era: refused (nothing unpickled) unless the user vouches for it.
+    marker = tmp_path / "ran"
+    legacy = dict(info, version=1, states="opt-legacy.states", optimizer=None)
+    (tmp_path / "opt-legacy.states").write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    json.dump(legacy, open(tmp_path / "opt-state.json", "w"))
+    with pytest.raises(VargfaceError, match="pickle.*can run code.*--trust-states"):
+        small_run(data_dir, prefix, resume=True, max_steps=3)
+    assert not marker.exists()
+    (tmp_path / "opt-legacy.states").write_bytes(pickle.dumps({}))  # an empty but genuine MXNet updater state
+    assert small_run(data_dir, prefix, resume=True, max_steps=3, trust_states=True)["num_update"] == 3
+
+    # Damaged states are clear errors.
+    small_run(data_dir, tmp_path / "dmg")
+    optimizer = ckpt.load_state(str(tmp_path / "dmg"))[3]
+    with open(optimizer[1], "r+b") as f:
+        f.truncate(os.path.getsize(optimizer[1]) // 2)
+    with pytest.raises(VargfaceError, match="optimizer state .* is damaged"):
+        small_run(data_dir, tmp_path / "dmg", resume=True, max_steps=3)
+    pointer = json.load(open(tmp_path / "dmg-state.json"))
+    del pointer["params"]
+    json.dump(pointer, open(tmp_path / "dmg-state.json", "w"))
+    with pytest.raises(VargfaceError, match="not a complete training state: no params"):
+        small_run(data_dir, tmp_path / "dmg", resume=True, max_steps=3)
+
+
+def test_one_training_per_prefix_and_stale_locks_are_taken_over(data_dir, tmp_path):
+    import socket
+    import subprocess
+
+    from vargface.train.trainer import TrainerPlugin, fit
+
+    prefix = str(tmp_path / "locked")
+    refusals = []
+
+    class SecondTraining(TrainerPlugin):
+        def extra_data(self, batch):
+            if not refusals:
+                with pytest.raises(VargfaceError) as error:
+                    small_run(data_dir, prefix)
+                refusals.append(str(error.value))
+            return []
+
+    fit(generate_config("r18_tiny", data_dir, "arcface", per_batch_size=4, val_targets="", max_steps=2, ctx="cpu",
+                        prefix=prefix), plugin=SecondTraining(), log=lambda line: None)
+    assert "another training writes to this prefix" in refusals[0] and f"pid {os.getpid()}" in refusals[0]
+    assert not glob.glob(prefix + ".lock*")  # released at the end, nothing left beside it
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    json.dump({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}, open(prefix + ".lock", "w"))
+    assert small_run(data_dir, prefix, resume=True, max_steps=3)["num_update"] == 3  # a killed holder's lock
+    assert not os.path.exists(prefix + ".lock")
+
+
+def test_resume_refuses_settings_that_break_exactness(data_dir, tmp_path):
+    small_run(data_dir, tmp_path / "r")
+    with pytest.raises(VargfaceError, match=r"per_batch_size 4 -> 2.*seed 0 -> 7"):
+        small_run(data_dir, tmp_path / "r", resume=True, per_batch_size=2, seed=7, max_steps=3)
+    with pytest.raises(VargfaceError, match=r"loss_s 64.0 -> 32.0"):
+        small_run(data_dir, tmp_path / "r", resume=True, loss_s="32", max_steps=3)
+    with pytest.raises(VargfaceError, match=r"contexts 1 -> 2"):
+        small_run(data_dir, tmp_path / "r", resume=True, ctx="cpu:0,cpu:1", max_steps=3)
+    assert small_run(data_dir, tmp_path / "r", resume=True, max_steps=3, lr=0.05)["num_update"] == 3
+
+
+def test_numeric_options_are_range_checked_and_one_warmup_step_works(data_dir, tmp_path):
+    for key, value, message in [("warmup_steps", -1, "--warmup-steps -1: must be >= 0"),
+                                ("lr", -0.1, "--lr -0.1: must be >= 0"),
+                                ("lr_factor", 0, "--lr-factor 0: must be > 0"),
+                                ("nan_lr_factor", 2, "--nan-lr-factor 2: must be > 0 and <= 1"),
+                                ("data_color", 5, "--data-color 5: must be >= 0 and <= 2"),
+                                ("lr_steps", "0,5", "--lr-steps 0: must be >= 1"),
+                                ("loss_s", "nan", "--loss-s nan")]:
+        with pytest.raises(VargfaceError, match=message):
+            small_run(data_dir, tmp_path / key, **{key: value})
+        assert not glob.glob(str(tmp_path / key) + "*")
+    c = generate_config("r18_tiny", lr_schedule="step", lr=0.1, lr_steps="10", warmup_steps=1, warmup_lr=0.01)
+    schedule = build(c, iters_per_epoch=100)
+    assert [schedule(k) for k in (1, 2, 11)] == pytest.approx([0.01, 0.1, 0.01])
+    assert small_run(data_dir, tmp_path / "w1", warmup_steps=1)["num_update"] == 2
+
+
+def test_loss_name_option_and_sigterm_exit_code(data_dir, tmp_path, monkeypatch, capsys):
+    import signal
+
+    from vargface.cli import build_parser, main
+    from vargface.train.cli import config_from_args
+    from vargface.train.trainer import TrainerPlugin
+
+    args = build_parser().parse_args(["train", "--network", "r18_tiny", "--loss-name", "softmax"])
+    assert config_from_args(args).loss_name == "softmax"
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        monkeypatch.setattr(TrainerPlugin, "extra_data", lambda self, batch, sig=sig: os.kill(os.getpid(), sig) or [])
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--network", "r18_tiny", "--dataset", data_dir, "--per-batch-size", "4", "--max-steps",
+                  "5", "--val-targets", "", "--ctx", "cpu", "--prefix", str(tmp_path / f"sig{code}")])
+        assert exit_info.value.code == code
+    assert "stopped at update 1" in capsys.readouterr().out

@@ -159,3 +159,13 @@ def test_nan_guard_rollback_lowers_the_learning_rate_and_finishes(data_dir, tmp_
     assert result["num_update"] == 240 // 8
     _, arg, _, _ = load_state(prefix)
     assert all(np.all(np.isfinite(v.asnumpy())) for v in arg.values())
+
+
+def test_repeated_nans_keep_lowering_the_learning_rate(data_dir, tmp_path):
+    # The second NaN comes before any new state is saved: the reloaded state still says scale 1.0.
+    result = fit(tiny_config(data_dir, str(tmp_path / "twice"), ctx="cpu", verbose=5, frequent=1, max_steps=9,
+                             val_targets="", on_nan="rollback", lr_schedule="step", lr_steps="1000", warmup_steps=0),
+                 plugin=NanAt({8, 10}), log=quiet([]))
+    assert [e["lr_scale"] for e in result["history"] if e["type"] == "rollback"] == pytest.approx([0.1, 0.01])
+    lrs = {e["step"]: e["lr"] for e in result["history"] if e["type"] == "train"}
+    assert lrs[max(lrs)] == pytest.approx(0.001) and result["num_update"] == 9

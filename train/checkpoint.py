@@ -2,17 +2,23 @@
 the embedding only, loadable by any MXNet/InsightFace tool), and a training state for ``--resume``.
 
 The state is ``prefix-state-%08d.params`` (every training array, classifier ``fc7`` included),
-``prefix-state-%08d.states`` (optimizer state) and the pointer ``prefix-state.json`` (epoch, batch, update count,
-seeds, schedule scale, best results, network). Each file is written atomically and the pointer last, so a kill at
-any moment leaves the previous state complete and readable."""
+``prefix-state-%08d-optimizer.params`` (the optimizer's momentum arrays, an MXNet NDArray file) and the pointer
+``prefix-state.json`` (epoch, batch, update counts, seeds, schedule scale, best results, network). Each file is
+written atomically and the pointer last, so a kill at any moment leaves the previous state complete and readable.
+
+No state file is a pickle, so loading one cannot run code. Version-1 states kept the optimizer in MXNet's pickle
+(``prefix-state-%08d.states``); those are loaded only when the user vouches for them (``--trust-states``)."""
+import contextlib
 import glob
 import json
 import os
+import time
 
-from vargface.atomic import atomic_path
-from vargface.errors import VargfaceError
+from vargface.atomic import atomic_path, os_error_text
+from vargface.errors import VargfaceError, last_line, summarize
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+PICKLED_STATE_VERSION = 1  # optimizer state as MXNet's pickle: read only behind --trust-states
 
 
 def _save_arrays(path, arg_params, aux_params):
@@ -30,7 +36,7 @@ def _load_arrays(path):
     try:
         saved = mx.nd.load(path)
     except Exception as error:
-        raise VargfaceError(f"{path} is not a readable MXNet params file: {error}") from None
+        raise VargfaceError(f"{path} is not a readable MXNet params file: {last_line(error)}") from None
     arg = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
     aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
     return arg, aux
@@ -49,27 +55,87 @@ def state_path(prefix):
     return f"{prefix}-state.json"
 
 
+def _updater(module):
+    """The mx.optimizer.Updater holding a bound Module's optimizer state (in the KVStore or the Module)."""
+    return module._kvstore._updater if module._update_on_kvstore else module._updater
+
+
+def _key_text(key):
+    return ("i:" if isinstance(key, int) else "s:") + str(key)
+
+
+def _key_value(text):
+    kind, _, key = text.partition(":")
+    return int(key) if kind == "i" else key
+
+
+def save_optimizer(path, module):
+    """Write the optimizer's state arrays to the NDArray file ``path``; returns the JSON-able bookkeeping that
+    restores it (the layout of each state, per-parameter update counts, num_update)."""
+    import mxnet as mx
+
+    updater = _updater(module)
+    arrays, layout = {}, []
+    for key, state in updater.states.items():
+        parts = state if isinstance(state, (tuple, list)) else [state]
+        if not all(p is None or isinstance(p, mx.nd.NDArray) for p in parts):
+            raise VargfaceError(f"optimizer state of {key!r} is a {type(state).__name__}; only NDArrays are saved")
+        for j, part in enumerate(parts):
+            if part is not None:
+                arrays[f"{_key_text(key)}#{j}"] = part.as_in_context(mx.cpu())
+        layout.append([_key_text(key), len(parts) if isinstance(state, (tuple, list)) else -1,
+                       [j for j, p in enumerate(parts) if p is None]])
+    with atomic_path(path) as tmp:
+        mx.nd.save(tmp, arrays)
+    optimizer = updater.optimizer
+    return {"layout": layout, "num_update": int(optimizer.num_update),
+            "index_update_count": [[_key_text(k), int(v)] for k, v in optimizer._index_update_count.items()]}
+
+
+def load_optimizer(path, bookkeeping, module):
+    """Restore what ``save_optimizer`` wrote into a Module whose optimizer is initialised."""
+    import mxnet as mx
+
+    try:
+        arrays = mx.nd.load(path)
+        states = {}
+        for key_text, length, empty in bookkeeping["layout"]:
+            parts = [None if j in empty else arrays[f"{key_text}#{j}"] for j in range(max(length, 1))]
+            states[_key_value(key_text)] = tuple(parts) if length >= 0 else parts[0]
+        counts = {_key_value(k): int(v) for k, v in bookkeeping["index_update_count"]}
+        num_update = int(bookkeeping["num_update"])
+    except Exception as error:
+        raise VargfaceError(f"--resume: optimizer state {path} is damaged or does not match its pointer: "
+                            f"{last_line(error)}") from None
+    updater = _updater(module)
+    updater.states = states
+    updater.states_synced = dict.fromkeys(states, False)  # copied to each weight's device on its next update
+    updater.optimizer._index_update_count.update(counts)
+    updater.optimizer.num_update = num_update
+
+
 def save_state(prefix, info, arg_params, aux_params, module=None):
     """Write a training state; ``module`` (a bound mx.mod.Module with optimizer) supplies the optimizer state
     unless its updates run on a distributed server, which keeps that state itself."""
     step = int(info["num_update"])
-    params_file, states_file = f"{prefix}-state-{step:08d}.params", f"{prefix}-state-{step:08d}.states"
+    params_file, optimizer_file = f"{prefix}-state-{step:08d}.params", f"{prefix}-state-{step:08d}-optimizer.params"
     _save_arrays(params_file, arg_params, aux_params)
-    info = dict(info, version=STATE_VERSION, params=os.path.basename(params_file), states=None)
+    info = dict(info, version=STATE_VERSION, params=os.path.basename(params_file), optimizer=None)
+    info.pop("states", None)
     if module is not None and not (module._kvstore is not None and "dist" in module._kvstore.type):
-        with atomic_path(states_file) as tmp:
-            module.save_optimizer_states(tmp)
-        info["states"] = os.path.basename(states_file)
+        info["optimizer"] = dict(save_optimizer(optimizer_file, module), file=os.path.basename(optimizer_file))
     with atomic_path(state_path(prefix)) as tmp, open(tmp, "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
-    keep = {info["params"], info["states"]}
+    keep = {info["params"], (info["optimizer"] or {}).get("file")}
     for old in glob.glob(glob.escape(prefix) + "-state-*.params") + glob.glob(glob.escape(prefix) + "-state-*.states"):
         if os.path.basename(old) not in keep:
             os.remove(old)
 
 
-def load_state(prefix):
-    """-> (info dict, arg_params, aux_params, optimizer-states path or None); clear errors for missing/bad files."""
+def load_state(prefix, trust_states=False):
+    """-> (info dict, arg_params, aux_params, optimizer) where optimizer is None, ``("arrays", path,
+    bookkeeping)`` or, for a version-1 state and ``trust_states``, ``("pickle", path)``; clear errors for
+    missing or bad files."""
     path = state_path(prefix)
     if not os.path.isfile(path):
         raise VargfaceError(f"--resume: no training state {path} (start without --resume, or point --prefix / "
@@ -79,17 +145,47 @@ def load_state(prefix):
             info = json.load(f)
     except (OSError, ValueError) as error:
         raise VargfaceError(f"--resume: {path} is not a readable training state: {error}") from None
-    if info.get("version") != STATE_VERSION:
-        raise VargfaceError(f"--resume: {path} has state version {info.get('version')}, expected {STATE_VERSION}")
+    if not isinstance(info, dict) or info.get("version") not in (STATE_VERSION, PICKLED_STATE_VERSION):
+        version = info.get("version") if isinstance(info, dict) else None
+        raise VargfaceError(f"--resume: {path} has state version {version}, expected {STATE_VERSION}")
+    missing = [k for k in ("params", "num_update", "epoch", "batch") if k not in info]
+    if missing:
+        raise VargfaceError(f"--resume: {path} is not a complete training state: no {', '.join(missing)}")
     directory = os.path.dirname(os.path.abspath(path))
-    params = os.path.join(directory, info["params"])
+    params = os.path.join(directory, str(info["params"]))
     if not os.path.isfile(params):
         raise VargfaceError(f"--resume: {path} names {params}, which does not exist")
     arg, aux = _load_arrays(params)
-    states = os.path.join(directory, info["states"]) if info.get("states") else None
-    if states and not os.path.isfile(states):
-        raise VargfaceError(f"--resume: {path} names optimizer state {states}, which does not exist")
-    return info, arg, aux, states
+    optimizer = None
+    if info["version"] == PICKLED_STATE_VERSION and info.get("states"):
+        states = os.path.join(directory, str(info["states"]))
+        if not trust_states:
+            raise VargfaceError(f"--resume: {path} keeps its optimizer state in the pickle {states}, and loading a "
+                                f"pickle can run code. Pass --trust-states only if you made this file yourself")
+        if not os.path.isfile(states):
+            raise VargfaceError(f"--resume: {path} names optimizer state {states}, which does not exist")
+        optimizer = ("pickle", states)
+    elif info.get("optimizer"):
+        bookkeeping = info["optimizer"]
+        file = os.path.join(directory, str(bookkeeping.get("file")) if isinstance(bookkeeping, dict) else "")
+        if not isinstance(bookkeeping, dict) or not os.path.isfile(file):
+            raise VargfaceError(f"--resume: {path} names optimizer state {file}, which does not exist")
+        optimizer = ("arrays", file, bookkeeping)
+    return info, arg, aux, optimizer
+
+
+def restore_optimizer(module, optimizer):
+    """Load what ``load_state`` returned as ``optimizer`` into the Module (its optimizer initialised)."""
+    if optimizer is None:
+        return
+    if optimizer[0] == "pickle":
+        try:
+            module.load_optimizer_states(optimizer[1])
+        except Exception as error:
+            raise VargfaceError(f"--resume: optimizer state {optimizer[1]} is unreadable: {last_line(error)}") \
+                from None
+    else:
+        load_optimizer(optimizer[1], optimizer[2], module)
 
 
 def check_compatible(info, arg_params, aux_params, train_sym, data_shapes, config, source):
@@ -100,7 +196,7 @@ def check_compatible(info, arg_params, aux_params, train_sym, data_shapes, confi
     try:
         arg_shapes, _, aux_shapes = train_sym.infer_shape(**dict(data_shapes))
     except Exception as error:
-        raise VargfaceError(f"{source}: cannot infer the training graph's shapes: {error}") from None
+        raise VargfaceError(f"{source}: cannot infer the training graph's shapes: {last_line(error)}") from None
     problems = []
     known = dict(data_shapes)
     for name, shape in zip(train_sym.list_arguments(), arg_shapes):
@@ -117,7 +213,7 @@ def check_compatible(info, arg_params, aux_params, train_sym, data_shapes, confi
             problems.append(f"aux '{name}' {'missing' if found is None else 'has shape ' + str(tuple(found.shape))}")
     if problems:
         raise VargfaceError(f"{source} does not belong to this network ({config.network}, {config.num_classes} "
-                            f"classes): " + "; ".join(problems[:6]) + (" ..." if len(problems) > 6 else ""))
+                            f"classes): {summarize(problems)}")
 
 
 def load_pretrained(spec, emb_sym, data_shape):
@@ -128,3 +224,104 @@ def load_pretrained(spec, emb_sym, data_shape):
     _, arg, aux = load_checkpoint(prefix, epoch)
     check_params(emb_sym, arg, aux, data_shape, source=f"--pretrained {spec}")
     return arg, aux
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class PrefixLock:
+    """``PREFIX.lock``: one training writes under a prefix at a time. The file names its holder (pid, host, start
+    time); a lock whose holder is gone (pid not alive on this host) is stale and taken over."""
+
+    def __init__(self, prefix):
+        import socket
+
+        self.path = f"{prefix}.lock"
+        self.holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.held = False
+
+    def acquire(self):
+        for _ in range(3):
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(self.holder, f)
+                os.link(tmp, self.path)  # atomic, and the lock is complete the moment it exists
+                self.held = True
+                return self
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise VargfaceError(f"cannot write {self.path}: {os_error_text(error)}") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+            holder = self._read()
+            if holder is not None and not self._stale(holder):
+                raise VargfaceError(f"{self.path}: another training writes to this prefix (pid {holder.get('pid')} "
+                                    f"on {holder.get('host')}, started {holder.get('started')}); wait for it, "
+                                    f"or choose another --prefix")
+            try:
+                os.remove(self.path)  # stale: its holder died without releasing it
+            except FileNotFoundError:
+                pass
+        raise VargfaceError(f"{self.path}: cannot take the lock (other trainings keep racing for it)")
+
+    def _read(self):
+        try:
+            with open(self.path) as f:
+                holder = json.load(f)
+            return holder if isinstance(holder, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable: not a lock this code wrote
+
+    def _stale(self, holder):
+        try:
+            pid = int(holder["pid"])
+        except (KeyError, TypeError, ValueError):
+            return True
+        return holder.get("host") == self.holder["host"] and pid != os.getpid() and not _pid_alive(pid)
+
+    def release(self):
+        if self.held and (self._read() or {}).get("pid") == self.holder["pid"]:
+            os.remove(self.path)
+        self.held = False
+
+
+# Settings a resumed run must share with the interrupted one to continue it exactly: the data order, the batch,
+# the graph and the loss. (Learning-rate options and max_steps may change: the schedule follows the update count.)
+RESUME_KEYS = ("network", "emb_size", "net_opts", "net_multiplier", "net_num_layers", "net_channels", "net_layers",
+               "image_size", "dataset",
+               "dataset_dir", "num_classes", "per_batch_size", "seed", "contexts", "workers", "loss_name", "loss_s",
+               "loss_m1", "loss_m2", "loss_m3", "loss_alpha", "loss_sigma", "fc7_no_bias", "data_rand_mirror",
+               "data_cutoff", "data_color")
+
+
+def check_same_settings(config_path, config, described):
+    """Refuse to resume with settings that differ from the saved resolved config, naming each one."""
+    from vargface.train.config import read_config_file, run_facts
+
+    if not os.path.isfile(config_path):
+        return  # the state's own checks (network, shapes) still apply
+    try:
+        saved = {**read_config_file(config_path), **run_facts(config_path)}
+    except (VargfaceError, ValueError) as error:
+        raise VargfaceError(f"--resume: {config_path} is not a readable saved config: {error}") from None
+    now = {**config, **described}
+    now["contexts"], saved["contexts"] = len(now["contexts"]), len(saved.get("contexts") or [])
+    changed = [f"{key} {saved[key]!r} -> {now.get(key)!r}" for key in RESUME_KEYS
+               if key in saved and key in now and saved[key] != now[key]]
+    if changed:
+        raise VargfaceError(f"--resume: these settings differ from the interrupted run ({config_path}), so it "
+                            f"cannot continue exactly: {summarize(changed, 8)}; resume with the saved values or "
+                            f"start a new --prefix")

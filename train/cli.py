@@ -27,6 +27,8 @@ HELP = {
     "prefix": "checkpoint prefix (default MODELS_ROOT/NETWORK-LOSS-DATASET/model)",
     "pretrained": "PREFIX,EPOCH: start the embedding from this checkpoint (fresh classifier and optimizer)",
     "resume": "continue the interrupted run at --prefix exactly where it stopped",
+    "trust_states": "with --resume: also load an optimizer state saved as a pickle by an older version (a pickle "
+                    "can run code: only for files you made yourself)",
     "on_nan": "stop | rollback (to the last state, learning rate x nan_lr_factor)",
     "data_cutoff": "side of a grey square pasted at random on half the images (0: off)",
     "data_color": "1: colour jitter, 2: also JPEG re-compression",
@@ -128,7 +130,7 @@ def _train(args):
     if result["interrupted"]:
         print(f"vargface train: stopped at update {result['num_update']}; continue with the same options and "
               f"--resume")
-        return 130
+        return 128 + int(result["interrupted"])  # the shell's code for that signal: 130 SIGINT, 143 SIGTERM
     print(f"vargface train: finished at update {result['num_update']}; last checkpoint "
           f"{result['prefix']},{result['epoch']}" + (f"; best {result['best_checkpoint']}"
                                                     if result["best_checkpoint"] else ""))

@@ -34,7 +34,8 @@ default = edict(
     warmup_steps=0, warmup_lr=0.0, lr_total_steps=0, lr_min=0.0,
     end_epoch=10000, max_steps=0, clip_grad_norm=0.0,
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
-    models_root="./models", prefix="", pretrained="", resume=False, ckpt=3, frequent=20, verbose=2000,
+    models_root="./models", prefix="", pretrained="", resume=False, trust_states=False, ckpt=3, frequent=20,
+    verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
 )
 
@@ -121,7 +122,7 @@ def parse_value(template, text, key):
         raise VargfaceError(f"config key {key!r}: cannot read {text!r} as {type(template).__name__}") from None
 
 
-def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name="arcface", /, **overrides):
+def generate_config(network_name="vargfacenet", dataset_name="emore", loss_preset="arcface", /, **overrides):
     """Merge default <- network <- dataset <- loss presets <- overrides; unknown presets or keys raise.
 
     ``dataset_name`` may also be a directory made by `vargface data` (the ``folder`` preset)."""
@@ -129,11 +130,15 @@ def generate_config(network_name="vargfacenet", dataset_name="emore", loss_name=
     if dataset_name not in dataset and os.path.isdir(str(dataset_name)):
         overrides.setdefault("dataset_path", dataset_name)
         dataset_name = "folder"
+    elif dataset_name not in dataset and (os.sep in str(dataset_name) or os.path.exists(str(dataset_name))):
+        what = "is not a folder" if os.path.exists(str(dataset_name)) else "does not exist"
+        raise VargfaceError(f"--dataset {dataset_name}: the folder {what} (expected a directory made by "
+                            f"`vargface data`, or a preset: {', '.join(dataset)})")
     preset = get_preset(network_name)
     config.update(json.loads(json.dumps(preset.train)))
     options = preset.resolved_options()
     config.update(network=network_name, emb_size=options["emb_size"], image_size=[options["input_size"]] * 2)
-    for kind, table, name in (("dataset", dataset, dataset_name), ("loss", loss, loss_name)):
+    for kind, table, name in (("dataset", dataset, dataset_name), ("loss", loss, loss_preset)):
         config.update(json.loads(json.dumps(_choose(kind, table, name))))
         config[kind] = name
     for key, value in overrides.items():
@@ -158,6 +163,40 @@ def network_options(config):
     return {**options, **parse_net_opts(config.net_opts)}
 
 
+# Accepted ranges of the numeric keys: (lowest, highest, lowest excluded). None values (unset) are not checked.
+RANGES = dict(
+    emb_size=(1, None, False), net_multiplier=(0, None, True), net_num_layers=(1, None, False),
+    fc7_init_sigma=(0, None, False), fc7_lr_mult=(0, None, False), fc7_wd_mult=(0, None, False),
+    num_classes=(0, None, False), image_size=(8, 4096, False), data_cutoff=(0, None, False), data_color=(0, 2, False),
+    seed=(0, 2 ** 31 - 1, False), loss_s=(0, None, True), loss_m1=(0, None, True), loss_m2=(0, None, False),
+    loss_m3=(0, None, False), loss_alpha=(0, None, False), loss_sigma=(0, None, True),
+    lr=(0, None, False), wd=(0, None, False), mom=(0, 1, False), per_batch_size=(1, None, False),
+    lr_steps=(1, None, False), lr_factor=(0, None, True), warmup_steps=(0, None, False), warmup_lr=(0, None, False),
+    lr_total_steps=(0, None, False), lr_min=(0, None, False), end_epoch=(1, None, False), max_steps=(0, None, False),
+    ckpt=(0, 3, False), frequent=(1, None, False), verbose=(1, None, False), nan_lr_factor=(0, 1, True),
+    nan_max_rollbacks=(0, None, False),
+)
+
+
+def check_ranges(config):
+    """Refuse a numeric option outside its range (or NaN), naming it: a bad value would otherwise surface deep
+    inside MXNet or gluoncv, or train silently wrong."""
+    import math
+
+    for key, (low, high, open_low) in RANGES.items():
+        values = config.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise VargfaceError(f"--{key.replace('_', '-')} {value!r}: expected a number")
+            below = value <= low if open_low else value < low
+            if math.isnan(value) or below or (high is not None and value > high):
+                bounds = (f"> {low}" if open_low else f">= {low}") + (f" and <= {high}" if high is not None else "")
+                raise VargfaceError(f"--{key.replace('_', '-')} {value:g}: must be {bounds}")
+    return config
+
+
 def resolve_dataset(config):
     """Fill num_classes / val_targets from the data directory and check that its `property` agrees."""
     from vargface.data.recordio import read_property
@@ -169,6 +208,11 @@ def resolve_dataset(config):
     if not os.path.isfile(rec):
         raise VargfaceError(f"dataset directory {path}: no train.rec (make one with `vargface data`)")
     num_classes = read_property(path)[0]  # the iterator resizes images to image_size
+    identities = _identity_records(path)
+    if identities is not None and identities != num_classes:
+        raise VargfaceError(f"{os.path.join(path, 'property')} says {num_classes} classes but {rec} has "
+                            f"{identities} identity records; classes without images would train silently wrong "
+                            f"(fix the property file, or rebuild the set with `vargface data rec`)")
     if config.num_classes and config.num_classes != num_classes:
         raise VargfaceError(f"{os.path.join(path, 'property')} says {num_classes} classes but the config says "
                             f"num_classes={config.num_classes} (dataset preset {config.dataset!r}); "
@@ -181,6 +225,14 @@ def resolve_dataset(config):
             raise VargfaceError(f"verification target {name!r}: {os.path.join(path, name + '.bin')} does not "
                                 f"exist (set --val-targets to the .bin files you have, or '' for none)")
     return config
+
+
+def _identity_records(path):
+    """The number of identities a .rec set's header lists, or None for a plain image list (no header)."""
+    from vargface.data.recordio import RecReader
+
+    with RecReader(path, check_offsets=False) as reader:
+        return len(reader.identity_keys) if reader.has_header else None
 
 
 def read_config_file(path):

@@ -176,7 +176,7 @@ def distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=1, in
                     os.remove(path)
             raise
         if result["interrupted"]:
-            manifest["interrupted"] = True
+            manifest["interrupted"] = result["interrupted"]
             _write_manifest(path, manifest)
             log(f"distill: interrupted in generation {number}; continue the chain with --resume")
             return manifest

@@ -89,4 +89,4 @@ def _distill(args):
     config = config_from_args(args)
     manifest = distill(config, args.teacher, kd_type=args.kd_type, kd_weight=args.kd_weight,
                        generations=args.generations, init=args.init, teacher_cache=args.teacher_cache)
-    return 130 if manifest.get("interrupted") else 0
+    return 128 + int(manifest["interrupted"]) if manifest.get("interrupted") else 0  # the shell's code

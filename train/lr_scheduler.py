@@ -33,8 +33,10 @@ def build(config, iters_per_epoch, scale=1.0):
     """The Schedule for ``config.lr_schedule`` (step | cosine)."""
     warmup = int(config.warmup_steps)
     parts = []
-    if warmup > 0:
+    if warmup > 1:
         parts.append(GluonLR("linear", base_lr=float(config.warmup_lr), target_lr=float(config.lr), niters=warmup))
+    elif warmup == 1:  # gluoncv's linear ramp divides by niters - 1; one warm-up step runs at warmup_lr
+        parts.append(GluonLR("constant", base_lr=float(config.warmup_lr), niters=1))
     if config.lr_schedule == "step":
         steps = [int(s) - warmup for s in config.lr_steps]
         if any(s <= 0 for s in steps) or steps != sorted(steps):

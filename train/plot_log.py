@@ -10,16 +10,22 @@ def read_log(path):
     if not os.path.isfile(path):
         raise VargfaceError(f"log {path} does not exist (the trainer writes PREFIX-log.jsonl)")
     entries = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                entries.append(json.loads(line))
-            except ValueError:
-                raise VargfaceError(f"log {path} line {number} is not JSON: {line[:60]!r}") from None
+                entry = json.loads(line.decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError included: a binary file
+                raise VargfaceError(f"log {path} line {number} is not a JSON line: {line[:60]!r}; expected the "
+                                    f"PREFIX-log.jsonl of `vargface train`") from None
+            if not isinstance(entry, dict):
+                raise VargfaceError(f"log {path} line {number} is not a JSON object: {line[:60]!r}")
+            entries.append(entry)
     if not any(e.get("type") == "train" for e in entries):
-        raise VargfaceError(f"log {path} has no training entries (type 'train'); expected a vargface train log")
+        raise VargfaceError(f"log {path} has no training lines yet: the trainer writes one every --frequent "
+                            f"updates, and this run stopped before the first; train longer or pass a smaller "
+                            f"--frequent")
     return entries
 
 

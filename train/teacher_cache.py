@@ -20,6 +20,7 @@ import numpy as np
 from vargface.errors import VargfaceError
 
 MAGIC = b"VARGKD01"
+UNFINISHED = b"VARGKD--"  # the magic while the file is written: an interrupted temporary never loads
 VERSION = 1
 
 
@@ -92,7 +93,7 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     index_offset, emb_offset, end = _layout(len(header_bytes), count, teacher.emb_size)
     with atomic_path(path) as tmp, contextlib.closing(it):
         with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes)
+            f.write(UNFINISHED + struct.pack("<Q", len(header_bytes)) + header_bytes)
             f.truncate(end)
         indices = np.memmap(tmp, dtype="<i8", mode="r+", offset=index_offset, shape=(count,))
         embeddings = np.memmap(tmp, dtype="<f4", mode="r+", offset=emb_offset, shape=(count, 2, teacher.emb_size))
@@ -111,6 +112,8 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
         indices.flush()
         embeddings.flush()
         del indices, embeddings
+        with open(tmp, "r+b") as f:  # complete: only now does it carry the magic a reader accepts
+            f.write(MAGIC)
     return path
 
 
@@ -118,18 +121,34 @@ def read_header(path):
     """The JSON header of a cache file (raises a clear error for anything that is not one)."""
     if not os.path.isfile(path):
         raise VargfaceError(f"--teacher-cache: {path} does not exist; make it with `vargface distill cache`")
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(16)
+        if len(head) == 16 and head[:8] == UNFINISHED:
+            raise VargfaceError(f"--teacher-cache: {path} is an unfinished cache (its writer was interrupted); "
+                                f"make it again with `vargface distill cache`")
         if len(head) < 16 or head[:8] != MAGIC:
             raise VargfaceError(f"--teacher-cache: {path} is not a vargface teacher cache (bad magic)")
         (length,) = struct.unpack("<Q", head[8:])
+        if length > size - 16:
+            raise VargfaceError(f"--teacher-cache: {path} has a damaged header (length {length} beyond the end of "
+                                f"the {size}-byte file)")
         try:
             header = json.loads(f.read(length).decode())
         except ValueError:
             raise VargfaceError(f"--teacher-cache: {path} has a damaged header") from None
+    if not isinstance(header, dict):
+        raise VargfaceError(f"--teacher-cache: {path} has a damaged header (not a JSON object)")
     if header.get("version") != VERSION:
         raise VargfaceError(f"--teacher-cache: {path} has version {header.get('version')}, expected {VERSION}; "
                             f"rebuild it with `vargface distill cache`")
+    expected = {"count": int, "emb_size": int, "image_shape": list, "data_dir": str, "data": dict, "teacher": dict}
+    wrong = [key for key, kind in expected.items() if not isinstance(header.get(key), kind)]
+    wrong += [f"data.{k}" for k in ("rec", "idx") if k not in header.get("data", {})]
+    wrong += [f"teacher.{k}" for k in ("checksum", "checkpoint") if k not in header.get("teacher", {})]
+    if wrong or header["count"] < 0 or header["emb_size"] < 1:
+        raise VargfaceError(f"--teacher-cache: {path} has a damaged header ("
+                            f"{', '.join(wrong) or 'count/emb_size'} missing or of the wrong type)")
     return header, length
 
 

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from vargface.atomic import make_folder
 from vargface.errors import VargfaceError
 from vargface.train import checkpoint as ckpt
 from vargface.train.metrics import Window, batch_metrics, first_nonfinite
@@ -143,17 +144,14 @@ class _Run:
     def __init__(self, config, plugin, contexts, log):
         import mxnet as mx
 
-        from vargface.train.config import resolve_dataset, save_config
-        from vargface.train.losses import loss_head
+        from vargface.train.config import check_ranges, resolve_dataset
 
         self.config, self.plugin, self.contexts, self.log = config, plugin, contexts, log
         if config.kvstore not in KVSTORES:
             raise VargfaceError(f"--kvstore {config.kvstore!r}: expected one of {', '.join(KVSTORES)}")
         if config.on_nan not in ("stop", "rollback"):
             raise VargfaceError(f"--on-nan {config.on_nan!r}: expected 'stop' or 'rollback'")
-        for key in ("per_batch_size", "frequent", "verbose"):
-            if int(config[key]) < 1:
-                raise VargfaceError(f"--{key.replace('_', '-')} must be >= 1 (got {config[key]})")
+        check_ranges(config)
         resolve_dataset(config)
         self.dist = config.kvstore.startswith("dist")
         if self.dist and config.on_nan == "rollback":
@@ -167,8 +165,21 @@ class _Run:
         self.kv = mx.kv.create(config.kvstore) if self.dist else None
         self.rank, self.workers = (self.kv.rank, self.kv.num_workers) if self.dist else (0, 1)
         self.prefix = resolve_prefix(config) + (f"-worker{self.rank}" if self.rank > 0 else "")
-        os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
+        make_folder(os.path.dirname(os.path.abspath(self.prefix)), f"--prefix {self.prefix}")
+        self.lock = ckpt.PrefixLock(self.prefix).acquire()
+        try:
+            self._build()
+        except BaseException:
+            self.lock.release()
+            raise
 
+    def _build(self):
+        import mxnet as mx
+
+        from vargface.train.config import save_config
+        from vargface.train.losses import loss_head
+
+        config, plugin, contexts, log = self.config, self.plugin, self.contexts, self.log
         size = int(config.image_size[0])
         self.data_shape = (3, size, size)
         self.batch_size = int(config.per_batch_size) * len(contexts)
@@ -187,9 +198,10 @@ class _Run:
         # Everything a resume or --pretrained needs is checked before any training work.
         self.state = None
         if config.resume:
-            info, arg, aux, states = ckpt.load_state(self.prefix)
+            info, arg, aux, states = ckpt.load_state(self.prefix, trust_states=bool(config.trust_states))
             ckpt.check_compatible(info, arg, aux, self.train_sym, self.data_shapes + self.label_shapes, config,
                                   ckpt.state_path(self.prefix))
+            ckpt.check_same_settings(f"{self.prefix}-config.py", config, self.described())
             self.state = (info, arg, aux, states)
         self.pretrained = ({}, {})
         if config.pretrained and not config.resume:
@@ -205,11 +217,16 @@ class _Run:
 
         self.config_path = f"{self.prefix}-config.py"
         self.log_path = f"{self.prefix}-log.jsonl"
-        described = {"plugin": plugin.describe(), "workers": self.workers, "rank": self.rank,
-                     "contexts": [str(c) for c in contexts]}
+        described = self.described()
         log("vargface train: resolved config\n" + json.dumps({**config, **described}, indent=1, sort_keys=True))
         save_config(config, self.config_path, [f"resolved config of {self.prefix}; rerun it with `vargface train "
                                                f"--config {self.config_path}`"], described)
+
+    def described(self):
+        """What the saved config records beyond the config keys."""
+        return {"plugin": self.plugin.describe(), "workers": self.workers, "rank": self.rank,
+                "contexts": [str(c) for c in self.contexts],
+                "dataset_dir": os.path.abspath(self.config.dataset_path)}
 
     def _make_iter(self):
         from vargface.data.iterator import FaceRecordIter
@@ -256,8 +273,7 @@ class _Run:
                   "begin_num_update": int(pos["num_update"])}
         self.module.init_optimizer(kvstore=self.kv if self.dist else c.kvstore, optimizer="sgd",
                                    optimizer_params=params, force_init=True)
-        if states:
-            self.module.load_optimizer_states(states)
+        ckpt.restore_optimizer(self.module, states)
         self.schedule = schedule
 
     def save_state(self, pos):
@@ -303,7 +319,7 @@ class _Run:
 def fit(config, plugin=None, ctx=None, log=print):
     """Train ``config`` (see vargface.train.config); returns {'prefix', 'epoch' (last saved checkpoint number),
     'best' ({target: {'accuracy', 'std'}} of the best verification round), 'best_checkpoint', 'history',
-    'num_update', 'interrupted'}.
+    'num_update', 'interrupted' (False, or the number of the signal that stopped it)}.
 
     ``config.resume`` continues from ``prefix-state.json``; ``config.pretrained`` ('prefix,epoch') initialises the
     embedding only. ``ctx`` (list of mx.Context) overrides ``config.ctx``."""
@@ -313,6 +329,13 @@ def fit(config, plugin=None, ctx=None, log=print):
     plugin = plugin or TrainerPlugin()
     contexts = ctx or parse_ctx(config.ctx, option="--ctx")
     run = _Run(config, plugin, contexts, log)
+    try:
+        return _fit(run, config, log)
+    finally:
+        run.lock.release()
+
+
+def _fit(run, config, log):
     if run.state is not None:
         pos, states = run.restore(*run.state)
         log(f"vargface train: resuming {run.prefix} at epoch {pos['epoch']} batch {pos['batch']} "
@@ -339,9 +362,12 @@ def fit(config, plugin=None, ctx=None, log=print):
                 if rollbacks > int(config.nan_max_rollbacks):
                     raise VargfaceError(f"training stopped: {nan} again after {rollbacks - 1} rollbacks "
                                         f"(--nan-max-rollbacks {config.nan_max_rollbacks})") from None
+                # Lower the scale the run had reached, not the saved state's: a NaN before the next save (whose
+                # state still holds the old scale) lowers it again.
+                lr_scale = float(pos["lr_scale"]) * float(config.nan_lr_factor)
                 info, arg, aux, states = ckpt.load_state(run.prefix)
                 pos, states = run.restore(info, arg, aux, states)
-                pos["lr_scale"] = float(pos["lr_scale"]) * float(config.nan_lr_factor)
+                pos["lr_scale"] = lr_scale
                 run.init_optimizer(pos, states)
                 log(f"vargface train: {nan}; rolled back to update {pos['num_update']} with the learning rate "
                     f"x{pos['lr_scale']:g}")
@@ -394,7 +420,8 @@ def _checkpoint(run, pos, history, final=False):
 
 
 def _train(run, pos, history, stop):
-    """The batch loop from ``pos``; returns (pos, interrupted). Raises NanLoss before applying a bad update."""
+    """The batch loop from ``pos``; returns (pos, interrupted: False or the signal number). Raises NanLoss before
+    applying a bad update."""
     import mxnet as mx
 
     c, module = run.config, run.module
@@ -428,7 +455,7 @@ def _train(run, pos, history, stop):
                 run.log(f"vargface train: stopping on signal {stop.signal} at update {pos['num_update']}; "
                         f"continue with --resume")
                 run.save_state(pos)
-                return pos, True
+                return pos, int(stop.signal)
         else:
             pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
     if pos["last_checkpoint"] is None or pos["num_update"] % int(c.verbose) != 0:

@@ -42,6 +42,12 @@ def main(argv=None):
     except VargfaceError as error:
         print(f"vargface {args.command}: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:  # a file the command could not read or write: the reason, not a traceback
+        from vargface.atomic import os_error_text
+
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"vargface {args.command}: error: {where}{os_error_text(error)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"vargface {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,380 @@
+"""Hostile and broken input: nothing a third-party file holds is run, every fault is a clear message."""
+import contextlib
+import io
+import os
+import pickle
+import types
+
+import numpy as np
+import pytest
+
+from vargface.data.verification import load_bin
+from vargface.errors import VargfaceError
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from vargface.data.synth import make_synthetic_rec
+
+    root = tmp_path_factory.mktemp("hostile") / "data"
+    make_synthetic_rec(str(root), 4, 3, size=SIZE, seed=2, progress=False)
+    return root
+
+
+def run_cli(*args):
+    """``vargface ARGS`` in this process -> (exit code, stdout, stderr)."""
+    from vargface.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    return types.SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+
+
+class RunsCommand:
+    """Unpickles to os.system(...): the classic hostile pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class RunsCodeAndReturnsAPack:
+    """Unpickles by running code whose result is a valid (bins, issame) pair, so a shape check alone misses it."""
+
+    def __init__(self, marker, pack):
+        self.marker, self.pack = marker, pack
+
+    def __reduce__(self):
+        code = f"open({str(self.marker)!r}, 'w').close() or {self.pack!r}"
+        return eval, (code,)
+
+
+def hostile_packs(tmp_path):
+    marker = tmp_path / "pwned"
+    jpeg = _jpeg()
+    return marker, [pickle.dumps(RunsCommand(marker)),
+                    pickle.dumps(RunsCodeAndReturnsAPack(marker, ([jpeg, jpeg], [True])))]
+
+
+def _jpeg():
+    import cv2
+
+    return cv2.imencode(".jpg", np.full((SIZE, SIZE, 3), 128, np.uint8))[1].tobytes()
+
+
+def test_hostile_pack_is_refused_without_running_it(tmp_path):
+    marker, packs = hostile_packs(tmp_path)
+    for i, payload in enumerate(packs):
+        path = tmp_path / f"evil{i}.bin"
+        path.write_bytes(payload)
+        with pytest.raises(VargfaceError, match=rf"evil{i}\.bin.*may be hostile"):
+            load_bin(path)
+        assert not marker.exists()
+
+
+def test_wrong_structures_are_clear_errors(tmp_path):
+    for i, value in enumerate([(1, 2), [b"a"], {"bins": []}, ([1, 2], [True]), ([b"a", b"b"], ["yes"])]):
+        path = tmp_path / f"odd{i}.bin"
+        path.write_bytes(pickle.dumps(value))
+        with pytest.raises(VargfaceError, match=rf"odd{i}\.bin"):
+            load_bin(path)
+
+
+def test_insightface_layouts_still_load(tmp_path):
+    jpeg = _jpeg()
+    as_arrays = ([np.frombuffer(jpeg, np.uint8)] * 2, [np.bool_(True)])
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"p{protocol}.bin"
+        path.write_bytes(pickle.dumps(as_arrays, protocol=protocol))
+        assert load_bin(path) == ([jpeg, jpeg], [True])
+        path.write_bytes(pickle.dumps(([jpeg, bytearray(jpeg)], np.array([False])), protocol=protocol))
+        assert load_bin(path) == ([jpeg, jpeg], [False])
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny untrained embedding checkpoint: PREFIX,1."""
+    import mxnet as mx
+
+    from vargface.symbols import get_symbol
+    from vargface.train.checkpoint import save_embedding
+
+    sym = get_symbol("r50", num_layers=18, multiplier=0.125, emb_size=16, input_size=SIZE)
+    mod = mx.mod.Module(sym, label_names=None, context=mx.cpu())
+    mod.bind([("data", (1, 3, SIZE, SIZE))], for_training=False)
+    mod.init_params(mx.init.Xavier())
+    prefix = str(tmp_path_factory.mktemp("model") / "m")
+    save_embedding(prefix, 1, sym, *mod.get_params())
+    return prefix + ",1"
+
+
+def test_hostile_pack_through_verify_and_data_check(data_dir, model, tmp_path):
+    marker, packs = hostile_packs(tmp_path)
+    for payload in packs:
+        (data_dir / "evil.bin").write_bytes(payload)
+        try:
+            result = run_cli("data", "check", data_dir)
+            assert result.code == 1 and "may be hostile" in result.err, result.err
+            result = run_cli("verify", "--model", model, "--target", data_dir / "evil.bin")
+            assert result.code == 1 and "may be hostile" in result.err, result.err
+        finally:
+            os.remove(data_dir / "evil.bin")
+        assert not marker.exists()
+
+
+def test_hostile_pack_beside_train_rec_is_refused_before_training(data_dir, tmp_path):
+    from vargface.train.config import generate_config
+    from vargface.train.trainer import fit
+
+    marker, packs = hostile_packs(tmp_path)
+    for payload in packs:
+        (data_dir / "x.bin").write_bytes(payload)
+        try:
+            config = generate_config("r18_tiny", str(data_dir), "arcface", val_targets="x", per_batch_size=4,
+                                     max_steps=1, ctx="cpu", prefix=str(tmp_path / "m"))
+            with pytest.raises(VargfaceError, match="x.bin.*may be hostile"):
+                fit(config, log=lambda text: None)
+        finally:
+            os.remove(data_dir / "x.bin")
+        assert not marker.exists()
+
+
+# ---- outputs: permissions, leftover temporaries, unfinished files ----------------------------------------------------
+def test_outputs_honour_the_umask(tmp_path):
+    from vargface.atomic import atomic_dir, atomic_path
+
+    for mask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700)):
+        old = os.umask(mask)
+        try:
+            with atomic_path(tmp_path / f"f{mask}") as tmp, open(tmp, "w") as f:
+                f.write("x")
+            with atomic_dir(tmp_path / f"d{mask}") as tmp:
+                pass
+        finally:
+            os.umask(old)
+        assert os.stat(tmp_path / f"f{mask}").st_mode & 0o777 == file_mode
+        assert os.stat(tmp_path / f"d{mask}").st_mode & 0o777 == dir_mode
+
+
+def test_temporaries_of_dead_writers_are_swept(tmp_path):
+    import subprocess
+
+    from vargface.atomic import atomic_path
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".out.bin.{dead.pid}.abc123.tmp"
+    leftover.write_bytes(b"half")
+    running = tmp_path / f".out.bin.{os.getppid()}.def456.tmp"  # a writer that still runs: left alone
+    running.write_bytes(b"busy")
+    with atomic_path(tmp_path / "out.bin") as tmp, open(tmp, "wb") as f:
+        f.write(b"whole")
+    assert not leftover.exists() and running.exists() and (tmp_path / "out.bin").read_bytes() == b"whole"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from test_distill_teacher import save_tiny
+
+    from vargface.train.teacher import Teacher
+
+    return Teacher(save_tiny(str(tmp_path_factory.mktemp("teacher") / "t"), emb_size=16, input_size=SIZE)[0])
+
+
+def test_an_interrupted_teacher_cache_never_loads(data_dir, teacher, tmp_path, monkeypatch):
+    import vargface.atomic
+    from vargface.train.teacher_cache import TeacherCache, build_cache
+
+    left = []
+
+    @contextlib.contextmanager
+    def killed(path):  # kill -9 while embedding: the temporary, full-sized with its header, stays behind
+        tmp = str(tmp_path / ".cache.kdcache.99999.x.tmp")
+        left.append(tmp)
+        yield tmp
+
+    def embed_then_die(batch, calls=[]):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SystemExit(137)
+        return real_embed(batch)
+
+    real_embed = teacher.embed
+    monkeypatch.setattr(vargface.atomic, "atomic_path", killed)
+    monkeypatch.setattr(teacher, "embed", embed_then_die)
+    with pytest.raises(SystemExit):
+        build_cache(teacher, str(data_dir), path=str(tmp_path / "cache.kdcache"), batch_size=4, progress=False)
+    assert os.path.getsize(left[0]) > 0 and not (tmp_path / "cache.kdcache").exists()
+    monkeypatch.undo()
+    with pytest.raises(VargfaceError, match="unfinished cache"):  # even when passed explicitly
+        TeacherCache(left[0], str(data_dir), teacher)
+
+
+def test_damaged_teacher_cache_headers_are_clear_errors(data_dir, teacher, tmp_path):
+    import struct
+
+    from vargface.train.teacher_cache import MAGIC, TeacherCache
+
+    for name, header in (("huge", None), ("list", b"[1, 2]"), ("keys", b'{"version": 1, "count": "many"}'),
+                         ("utf", b"\xff\xfe{")):
+        path = tmp_path / f"{name}.kdcache"
+        length = 2 ** 60 if header is None else len(header)
+        path.write_bytes(MAGIC + struct.pack("<Q", length) + (header or b"{}") + b"\0" * 64)
+        with pytest.raises(VargfaceError, match=rf"{name}\.kdcache has a damaged header"):
+            TeacherCache(str(path), str(data_dir), teacher)
+
+
+def _dies_on_three(item):
+    if item == 3:
+        os._exit(9)  # as if killed
+    return item * 2
+
+
+def test_a_dead_worker_process_is_an_error_not_a_hang():
+    from vargface.data.parallel import imap_processes
+
+    assert list(imap_processes(_dies_on_three, [1, 2], workers=2)) == [2, 4]
+    with pytest.raises(VargfaceError, match="worker process died"):
+        list(imap_processes(_dies_on_three, range(10), workers=2, chunksize=2))
+
+
+# ---- clear messages instead of tracebacks --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    from vargface.data.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("faces") / "faces"
+    make_synthetic(root, 3, 2, size=SIZE, progress=False)
+    return root
+
+
+def assert_clean_failure(result, *needles):
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err and len(result.err) < 600, result.err
+    for needle in needles:
+        assert needle in result.err, result.err
+
+
+def test_output_under_a_file_and_unwritable_outputs(faces, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    (tmp_path / "plain").write_text("a file")
+    assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "plain" / "set", "--size", SIZE),
+                         "plain is a file, not a folder")
+    for code, reason in ((errno.EACCES, "permission denied"), (errno.EROFS, "read-only")):
+        def refuse(*args, code=code, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "set", "--size", SIZE), reason)
+        assert_clean_failure(run_cli("data", "pairs", faces, tmp_path / "p.bin", "--pairs", 4, "--size", SIZE),
+                             reason, "p.bin")
+        monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["plain"]
+
+
+def test_a_full_disk_during_data_rec_and_checkpoints(faces, tmp_path, monkeypatch):
+    import errno
+
+    import mxnet as mx
+
+    from vargface.train import checkpoint as ckpt
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mx.recordio.MXIndexedRecordIO, "write_idx", disk_full)
+    assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "set", "--size", SIZE), "set", "disk is full")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+    arrays = {"w": mx.nd.ones((512, 512))}  # larger than a stdio buffer: the failed write shows at once
+    ckpt.save_state(str(tmp_path / "m"), {"num_update": 1, "epoch": 0, "batch": 1}, arrays, {})
+    real_save = mx.nd.save
+    monkeypatch.setattr(mx.nd, "save", lambda path, data: real_save("/dev/full", data))  # MXNet's own failure
+    with pytest.raises(VargfaceError, match=r"m-state-00000002.params: the write was incomplete \(is the disk"):
+        ckpt.save_state(str(tmp_path / "m"), {"num_update": 2, "epoch": 0, "batch": 2}, arrays, {})
+    monkeypatch.undo()
+    monkeypatch.setattr(ckpt.json, "dump", disk_full)
+    with pytest.raises(VargfaceError, match=r"m-state.json: the disk is full"):
+        ckpt.save_state(str(tmp_path / "m"), {"num_update": 3, "epoch": 0, "batch": 3}, arrays, {})
+    monkeypatch.undo()
+    assert ckpt.load_state(str(tmp_path / "m"))[0]["num_update"] == 1
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_damaged_inputs_are_named(data_dir, faces, tmp_path):
+    lst = tmp_path / "bad.lst"
+    lst.write_bytes(b"1\t" + str(faces).encode() + b"/a.jpg\t0\n1\t\xff\xfe.jpg\t0\n")
+    assert_clean_failure(run_cli("data", "rec", lst, tmp_path / "out"), "bad.lst:2: not UTF-8")
+    for size in (-5, 100000):
+        result = run_cli("data", "rec", faces, tmp_path / "out", "--size", size)
+        assert result.code == 2 and "--size" in result.err and "8..4096" in result.err
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
+    assert_clean_failure(run_cli("plot-log", tmp_path / "binary.jsonl", tmp_path / "c.png"), "not a JSON line")
+    (tmp_path / "short.jsonl").write_text('{"type": "verify", "step": 0, "score": 0.5}\n')
+    assert_clean_failure(run_cli("plot-log", tmp_path / "short.jsonl", tmp_path / "c.png"),
+                         "no training lines yet", "--frequent")
+    broken = tmp_path / "negative"
+    import shutil
+
+    shutil.copytree(data_dir, broken)
+    lines = (broken / "train.idx").read_text().splitlines()
+    key, _ = lines[2].split("\t")
+    lines[2] = f"{key}\t-40"
+    (broken / "train.idx").write_text("\n".join(lines) + "\n")
+    assert_clean_failure(run_cli("data", "check", broken), f"record {key} has offset -40")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c.png").exists()
+
+
+def test_training_inputs_that_cannot_work_are_named(data_dir, model, tmp_path):
+    import shutil
+
+    base = ["train", "--network", "r18_tiny", "--per-batch-size", "4", "--max-steps", "1", "--ctx", "cpu",
+            "--val-targets", ""]
+    assert_clean_failure(run_cli(*base, "--dataset", tmp_path / "nonexistent", "--prefix", tmp_path / "m"),
+                         "nonexistent: the folder does not exist")
+    more = tmp_path / "more"
+    shutil.copytree(data_dir, more)
+    (more / "property").write_text("9,32,32\n")
+    assert_clean_failure(run_cli(*base, "--dataset", more, "--prefix", tmp_path / "m"),
+                         "says 9 classes", "has 4 identity records")
+    (tmp_path / "plain").write_text("a file")
+    assert_clean_failure(run_cli(*base, "--dataset", data_dir, "--prefix", tmp_path / "plain" / "m"),
+                         "is a file, not a folder")
+    # A checkpoint of another architecture: a few problems, then a count, not hundreds of lines.
+    result = run_cli(*base, "--dataset", data_dir, "--network", "vargfacenet_tiny", "--image-size", SIZE,
+                     "--pretrained", model, "--prefix", tmp_path / "v")
+    assert_clean_failure(result, "does not fit the network", "more")
+    assert not (tmp_path / "m-state.json").exists()
+
+
+def test_a_failing_decode_thread_in_the_iterator_is_an_error(data_dir, monkeypatch):
+    from vargface.data.iterator import FaceRecordIter
+    from vargface.data.recordio import RecReader
+
+    real = RecReader.decode
+
+    def damaged(self, key, flags=1):
+        if key == 3:
+            raise RuntimeError("Traceback (most recent call last):\n  File \"x.cc\"\nMXNetError: bad record header")
+        return real(self, key, flags)
+
+    monkeypatch.setattr(RecReader, "decode", damaged)
+    it = FaceRecordIter(path_imgrec=str(data_dir / "train.rec"), batch_size=4, data_shape=(3, SIZE, SIZE),
+                        num_workers=2)
+    with pytest.raises(VargfaceError, match=r"record 3 cannot be read: bad record header$"):
+        for _ in it:
+            pass
+    it.close()
