@@ -122,7 +122,7 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     assert "gen" in table and f"{prefix}-gen2,1" in table and len(table.splitlines()) == 4
 
     # a finished chain is not silently overwritten, nor continued with other distillation settings
-    with pytest.raises(VargfaceError, match="--kd-weight 20.0, not 1.0"):
+    with pytest.raises(VargfaceError, match="--kd angular:embedding@20, not angular:embedding@1"):
         distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=3, log=lines.append)
     config.resume = False
     with pytest.raises(VargfaceError, match="lineage manifest .* exists"):
@@ -147,9 +147,9 @@ def test_cache_matches_live_teacher_and_is_used_for_mirror_only(tmp_path, data_d
 
     lines = []
     config = student_config(data_dir, tmp_path / "s")
-    assert make_plugin(config, teacher, "angular", 1.0, teacher_cache=path, log=lines.append).cache is not None
+    assert make_plugin(config, teacher, ["angular:embedding@1"], teacher_cache=path, log=lines.append).cache is not None
     config.data_color = 1
-    assert make_plugin(config, teacher, "angular", 1.0, teacher_cache=path, log=lines.append).cache is None
+    assert make_plugin(config, teacher, ["angular:embedding@1"], teacher_cache=path, log=lines.append).cache is None
     assert "live teacher runs instead" in lines[-2]
 
 
@@ -196,10 +196,11 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, caps
         distill(student_config(data_dir, tmp_path / "a"), str(tmp_path / "cls") + ",1")
 
     teacher = Teacher(teacher_model)
-    # embedding sizes differ: refused before any checkpoint is written
+    # feature maps of different sizes: refused before any checkpoint is written, naming both shapes
     prefix = tmp_path / "b" / "student"
-    with pytest.raises(VargfaceError, match=f"teacher's embedding has {EMB} dimensions but the student's has 48"):
-        distill(student_config(data_dir, prefix, emb_size=48), teacher)
+    with pytest.raises(VargfaceError, match=r"--kd angular:stride8=stride16@1: the student's stride8 is 32x4x4 per "
+                                            r"image but the teacher's stride16 \(.*\) is 64x2x2"):
+        distill(student_config(data_dir, prefix), teacher, kd=["angular:stride8=stride16"])
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
     with pytest.raises(VargfaceError, match="--kd-weight"):
         distill(student_config(data_dir, prefix), teacher, kd_weight=0)

@@ -43,20 +43,28 @@ def add_train_options(parser):
     parser.add_argument("--dataset", default="emore", help=f"dataset preset ({', '.join(dataset)}) or a "
                         "directory made by `vargface data` (default: %(default)s)")
     parser.add_argument("--loss", default="arcface", help=f"loss preset: {', '.join(loss)} (default: %(default)s)")
-    for key, value in default.items():
+    add_config_options(parser, default, HELP, suffix=", or the preset's")
+    _explain_unknown(parser)
+
+
+def add_config_options(parser, table, helps, suffix="", repeatable=()):
+    """One --KEY option (dashes or underscores) per key of the config ``table``; ``repeatable`` keys collect every
+    occurrence into a list."""
+    for key, value in table.items():
         if key in PRESET_KEYS:
             continue
         flags = ["--" + key.replace("_", "-")] + (["--" + key] if "_" in key else [])
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        text = HELP.get(key, "")
-        kwargs = dict(dest=key, default=None, metavar="VALUE", help=f"{text} (default: {shown}, or the preset's)")
+        text = helps.get(key, "")
+        kwargs = dict(dest=key, default=None, metavar="VALUE", help=f"{text} (default: {shown}{suffix})")
         if isinstance(value, bool):
             kwargs.update(nargs="?", const="true")
         if isinstance(value, dict):  # net_opts: --net-opt NAME=VALUE, repeatable
             flags = ["--" + key[:-1].replace("_", "-")] + flags
             kwargs.update(action="append", metavar="NAME=VALUE")
+        if key in repeatable:
+            kwargs.update(action="append")
         parser.add_argument(*flags, **kwargs)
-    _explain_unknown(parser)
 
 
 def _explain_unknown(parser):
@@ -78,11 +86,13 @@ def _explain_unknown(parser):
 
 
 def config_from_args(args):
-    """The resolved easydict config of parsed `train`/`distill` arguments."""
-    from vargface.train.config import default, generate_config
+    """The resolved easydict config of parsed `train`/`distill` arguments (`distill`'s with its own keys)."""
+    from vargface.train.config import default, distillation, generate_config
 
-    overrides = {k: getattr(args, k) for k in default if k not in PRESET_KEYS and getattr(args, k) is not None}
-    return generate_config(args.network, args.dataset, args.loss, **overrides)
+    with_distillation = hasattr(args, "kd")  # `vargface distill`
+    keys = [*default, *(distillation if with_distillation else ())]
+    overrides = {k: getattr(args, k) for k in keys if k not in PRESET_KEYS and getattr(args, k) is not None}
+    return generate_config(args.network, args.dataset, args.loss, with_distillation=with_distillation, **overrides)
 
 
 def register(subparsers):
