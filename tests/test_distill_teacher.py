@@ -8,7 +8,7 @@ from vargface.symbols import get_symbol
 from vargface.train.teacher import Teacher, checkpoint_checksum, file_checksum
 
 
-def save_tiny(prefix, emb_size=32, input_size=32, seed=0):
+def save_tiny(prefix, emb_size=32, input_size=32, seed=0, epoch=1):
     """A tiny VarGFaceNet checkpoint with trained-looking (non-default) BatchNorm statistics."""
     sym = get_symbol("vargfacenet", input_size=input_size, multiplier=0.25, emb_size=emb_size)
     mod = mx.mod.Module(sym, data_names=["data"], label_names=None)
@@ -19,8 +19,8 @@ def save_tiny(prefix, emb_size=32, input_size=32, seed=0):
     rng = np.random.RandomState(seed)
     for name, value in aux.items():
         value[:] = rng.uniform(0.5, 1.5, value.shape) if name.endswith("var") else rng.randn(*value.shape) * 0.1
-    mx.model.save_checkpoint(prefix, 1, sym, arg, aux)
-    return f"{prefix},1", sym, arg, aux
+    mx.model.save_checkpoint(prefix, epoch, sym, arg, aux)
+    return f"{prefix},{epoch}", sym, arg, aux
 
 
 def test_teacher_embeds_in_inference_mode_and_resizes(tmp_path):
