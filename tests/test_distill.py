@@ -358,3 +358,31 @@ def test_missing_scheduled_checkpoint_and_cache_refusals_stop_before_training(tm
         distill(student_config(data_dir, prefix), teacher, kd=["angular:embedding@7", "angular:stride8@1"],
                 teacher_cache=path)
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
+
+
+def _read_config_file(path):
+    """key -> value of a recipe file: every statement is ``key = literal``."""
+    import ast
+
+    values = {}
+    for node in ast.parse(open(path).read()).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, f"{path}: not a key = value line"
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+@pytest.mark.parametrize("name, terms, stage", [
+    ("vargfacenet_recursive", ["angular:embedding@7"], "generations"),
+    ("pocketnet_multistep", ["mse:embedding@100"], "teacher_schedule"),
+    ("shrinkteanet", ["angular:stride8@1", "angular:stride16@2", "angular:embedding@7"], "teacher")])
+def test_recipe_configs_hold_valid_keys(name, terms, stage):
+    from vargface.train.config import dataset, loss
+    from vargface.train.distill import resolve_terms
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    values = _read_config_file(os.path.join(root, f"{name}.py"))
+    assert values.pop("dataset") in dataset and values.pop("loss") in loss and values.pop("network")
+    # every other key is a training or distillation key of the right type
+    config = generate_config("r18_tiny", "emore", "arcface", with_distillation=True, **values)
+    assert [str(t) for t in resolve_terms(config.kd, config.kd_type, config.kd_weight)] == terms
+    assert config[stage] and (stage != "generations" or config.generations == 2)

@@ -190,10 +190,15 @@ def make_plugin(config, teacher, terms, teacher_cache=None, kd_only=False, sched
     """The plugin with the cheapest correct teacher source: the cache when given and valid for this run.
 
     The cache holds one teacher checkpoint's embeddings, so it is refused with a feature-map term (those maps,
-    C x H x W per image, are too large to store) or a teacher schedule (the teacher changes during training)."""
+    C x H x W per image, are too large to store) or a teacher schedule (the teacher changes during training).
+    ``teacher`` is reloaded with the taps the terms read when it has others."""
+    from vargface.train.teacher import Teacher
     from vargface.train.teacher_cache import TeacherCache, default_cache_path
 
     terms = [parse_term(t) if isinstance(t, str) else t for t in terms]
+    taps = tuple(dict.fromkeys(t.teacher for t in terms))
+    if teacher.taps != taps:
+        teacher = Teacher(teacher.model, ctx=teacher.ctx, taps=taps)
     cache = None
     if teacher_cache:
         if schedule is not None:
@@ -326,8 +331,6 @@ def distill(config, teacher=None, ctx=None, log=print, **settings):
         raise VargfaceError("--teacher PREFIX,EPOCH (or --teacher-schedule PREFIX) is required")
     if isinstance(teacher, str):
         teacher = Teacher(teacher, ctx=contexts, taps=taps)
-    elif teacher.taps != taps:
-        teacher = Teacher(teacher.model, ctx=teacher.ctx, taps=taps)
     init = s.init or config.pretrained or None
     plugin = make_plugin(config, teacher, terms, s.teacher_cache, kd_only=s.kd_only, schedule=schedule, log=log)
     plugin.extra_losses(embedding_symbol(config), config)  # checks taps and shapes before anything is written
