@@ -91,10 +91,11 @@ class TeacherSchedule:
 
 
 class DistillPlugin(TrainerPlugin):
-    """Adds ``sum of weight * form(student tap, teacher tap)`` over ``terms`` to the student's training graph."""
+    """Adds ``sum of weight * form(student tap, teacher tap)`` over ``terms`` (`Term`s) to the student's training
+    graph; ``teacher`` computes the taps the terms read (``cache``: its embeddings, precomputed)."""
 
     def __init__(self, teacher, terms, cache=None, kd_only=False, schedule=None):
-        self.teacher, self.terms, self.cache = teacher, [parse_term(t) if isinstance(t, str) else t for t in terms], cache
+        self.teacher, self.terms, self.cache = teacher, list(terms), cache
         self.kd_only, self.schedule = bool(kd_only), schedule
         self.teacher_taps = tuple(dict.fromkeys(t.teacher for t in self.terms))
         self.metric_names = metric_names(self.terms)
@@ -161,7 +162,7 @@ class DistillPlugin(TrainerPlugin):
 
     def describe(self):
         return {"distill": {"teacher": self.teacher.describe(), "terms": [str(t) for t in self.terms],
-                            "kd_only": self.kd_only, "teacher_cache": self.cache.path if self.cache is not None else None,
+                            "kd_only": self.kd_only, "teacher_cache": self.cache.path if self.cache else None,
                             "teacher_schedule": self.schedule.describe() if self.schedule else None}}
 
 
