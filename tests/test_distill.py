@@ -389,3 +389,30 @@ def test_recipe_configs_hold_valid_keys(name, terms, stage):
     config = generate_config("r18_tiny", "emore", "arcface", with_distillation=True, **values)
     assert [str(t) for t in resolve_terms(config.kd, config.kd_type, config.kd_weight)] == terms
     assert config[stage] and (stage != "generations" or config.generations == 2)
+
+
+def test_distillation_options_are_config_keys_of_distill_only(capsys):
+    from vargface.cli import build_parser
+    from vargface.train.cli import config_from_args
+    from vargface.train.distill import resolve_terms
+
+    parser = build_parser()
+    args = parser.parse_args(["distill", "--teacher-schedule", "runs/t/model", "--teacher-every", "3", "--kd",
+                              "shrink:stride8@1", "--kd", "mse:embedding@100", "--kd-only", "--generations", "2",
+                              "--network", "r18_tiny", "--dataset", "emore"])
+    config = config_from_args(args)
+    assert config.kd == ["shrink:stride8@1", "mse:embedding@100"] and config.kd_only is True
+    assert (config.teacher_schedule, config.teacher_every, config.generations) == ("runs/t/model", 3, 2)
+    default = config_from_args(parser.parse_args(["distill", "--network", "r18_tiny", "--dataset", "emore"]))
+    assert default.kd == ["angular:embedding@7"] and default.kd_only is False and default.teacher_every == 0
+    # --kd-type / --kd-weight change the embedding term, or add one
+    assert [str(t) for t in resolve_terms(default.kd, None, 5)] == ["angular:embedding@5"]
+    assert [str(t) for t in resolve_terms(config.kd, "cosine", None)] == ["shrink:stride8@1", "cosine:embedding@100"]
+    assert [str(t) for t in resolve_terms(["shrink:stride8"], "cosine", None)] == ["shrink:stride8@1",
+                                                                                    "cosine:embedding@7"]
+    with pytest.raises(VargfaceError, match="given twice"):
+        resolve_terms(["angular:stride8@1", "angular:stride8@2"])
+    # `vargface train` does not take them
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--kd", "angular:embedding@7", "--network", "r18_tiny"])
+    assert "unknown option --kd" in capsys.readouterr().err
