@@ -279,9 +279,9 @@ def _start_manifest(path, plugin, generations, init, resume):
                                 f"{teacher['checkpoint']} ({teacher['checksum']})")
         for key, (option, value) in settings.items():
             if manifest.get(key) != value:
-                shown = lambda v: " ".join(v) if isinstance(v, list) else v  # noqa: E731
-                raise VargfaceError(f"--resume: the chain in {path} uses {option} {shown(manifest.get(key))}, not "
-                                    f"{shown(value)}; resume it with the same settings or start a new --prefix")
+                old, new = (" ".join(v) if isinstance(v, list) else v for v in (manifest.get(key), value))
+                raise VargfaceError(f"--resume: the chain in {path} uses {option} {old}, not {new}; resume it with "
+                                    f"the same settings or start a new --prefix")
         manifest.update(generations_planned=generations, teacher_cache=plugin.cache.path if plugin.cache else None)
         return manifest
     return {"format": "vargface-distill-lineage/2", "teacher": teacher, **{k: v for k, (_, v) in settings.items()},
@@ -295,7 +295,7 @@ def distill(config, teacher=None, ctx=None, log=print, **settings):
     ``config`` is the student's trainer config (`generate_config`, with or without the `distillation` keys);
     ``settings`` override its distillation keys: kd (terms), kd_type/kd_weight (the embedding term), kd_only
     (no margin loss on the embedding), generations, init, teacher_cache, teacher_schedule/teacher_every.
-    ``teacher`` is a `Teacher` or 'prefix,epoch' (default: config.teacher). Its prefix names the chain:
+    ``teacher`` is a `Teacher` or 'prefix,epoch' (default: config.teacher). The config's prefix names the chain:
     checkpoints go to PREFIX-genK, the manifest to PREFIX-lineage.json, rewritten atomically after every change.
     Generation 1 starts from ``init`` ('prefix,epoch'; default ``config.pretrained``) or scratch; generation k+1
     from generation k's final checkpoint, weights only (`fit`'s --pretrained: fresh optimizer and schedule). Each
