@@ -1,9 +1,12 @@
-"""Distillation throughput: VarGFaceNet student training steps with the live r50 teacher vs the teacher cache.
+"""Distillation throughput: VarGFaceNet student training steps with the live r50 teacher vs the teacher cache, and
+with 1, 2 and 4 distillation terms.
 
-One run on synthetic 112x112 data (random weights: speed does not depend on them). One student training Module
-(embedding + ArcFace head + angular distillation loss, as the trainer builds it) takes alternating steps whose
-teacher embeddings come from the live teacher or from the cache, so a shared machine's changing load hits both
-modes alike. Target: the cache at least 3x faster per step than the live teacher."""
+One run on synthetic 112x112 data (random weights: speed does not depend on them). Student training Modules
+(embedding + ArcFace head + distillation terms, as the trainer builds them) take alternating steps: one whose
+teacher embeddings come from the live teacher or from the cache (target: the cache at least 3x faster per step),
+and one per term set (angular at the embedding, + stride16, + stride8 and stride4, each with its adapter), so a
+shared machine's changing load hits every mode alike. Each term should cost only its own ops: a loss, an adapter
+and one more teacher output, not another teacher forward."""
 import argparse
 import os
 import sys
@@ -40,7 +43,7 @@ def main():
     from vargface.data.iterator import FaceRecordIter
     from vargface.data.synth import make_synthetic_rec
     from vargface.train.config import generate_config, resolve_dataset
-    from vargface.train.distill import TEACHER_INPUT, make_plugin
+    from vargface.train.distill import make_plugin
     from vargface.train.losses import loss_head
     from vargface.train.teacher import Teacher
     from vargface.train.teacher_cache import build_cache, TeacherCache
@@ -56,22 +59,34 @@ def main():
         cache_path = build_cache(teacher, data, batch_size=batch, progress=False)
         cache_seconds = time.time() - tic
         config = resolve_dataset(generate_config(args.student, data, "arcface", val_targets=""))
-        live = make_plugin(config, teacher, "angular", 1.0, log=quiet)
-        cached = make_plugin(config, teacher, "angular", 1.0, teacher_cache=cache_path, log=quiet)
-        assert isinstance(cached.cache, TeacherCache)
-
         emb = embedding_symbol(config)
-        (kd, _), = live.extra_losses(emb, config)
-        module = mx.mod.Module(mx.sym.Group([loss_head(emb, config), kd]), data_names=["data", TEACHER_INPUT],
-                               label_names=["softmax_label"])
-        module.bind(data_shapes=[("data", (batch, 3, 112, 112))] + live.extra_inputs(batch),
-                    label_shapes=[("softmax_label", (batch,))])
-        module.init_params(make_initializer(config.net_init))
-        module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.001, "momentum": 0.9})
+
+        def training_module(plugin):
+            """The student's training graph under ``plugin``, bound and ready for SGD steps."""
+            losses = [loss for loss, _ in plugin.extra_losses(emb, config)]
+            module = mx.mod.Module(mx.sym.Group([loss_head(emb, config)] + losses),
+                                   data_names=["data"] + [n for n, _ in plugin.extra_inputs(batch)],
+                                   label_names=["softmax_label"])
+            module.bind(data_shapes=[("data", (batch, 3, 112, 112))] + plugin.extra_inputs(batch),
+                        label_shapes=[("softmax_label", (batch,))])
+            module.init_params(make_initializer(config.net_init))
+            module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.001, "momentum": 0.9})
+            return module
+
+        term_sets = {1: ["angular:embedding@7"], 2: ["angular:embedding@7", "angular:stride16@2"],
+                     4: ["angular:embedding@7", "angular:stride16@2", "angular:stride8@1", "angular:stride4@0.5"]}
+        live = make_plugin(config, teacher, term_sets[1], log=quiet)
+        cached = make_plugin(config, teacher, term_sets[1], teacher_cache=cache_path, log=quiet)
+        assert isinstance(cached.cache, TeacherCache)
+        module = training_module(live)
+        by_terms = {}
+        for count, terms in term_sets.items():
+            plugin = make_plugin(config, teacher, terms, log=quiet)  # a teacher with the taps the terms read
+            by_terms[count] = (plugin, training_module(plugin))
         it = FaceRecordIter(path_imgrec=data, batch_size=batch, data_shape=(3, 112, 112), shuffle=True,
                             rand_mirror=True)
 
-        def step(plugin):
+        def step(plugin, module=module):
             try:
                 b = it.next()
             except StopIteration:
@@ -91,11 +106,16 @@ def main():
             return time.time() - tic
 
         step(live), step(cached)  # bind, allocation, warm-up
+        for plugin, terms_module in by_terms.values():
+            step(plugin, terms_module)
         times = {"live teacher": [], "teacher cache": [], "(teacher forward)": []}
+        times.update({f"{count} term{'s' if count > 1 else ''}": [] for count in term_sets})
         for _ in range(args.steps):
             times["live teacher"].append(step(live))
             times["teacher cache"].append(step(cached))
             times["(teacher forward)"].append(teacher_only())
+            for count, (plugin, terms_module) in by_terms.items():
+                times[f"{count} term{'s' if count > 1 else ''}"].append(step(plugin, terms_module))
             print("  " + ", ".join(f"{mode} {values[-1]:.2f} s" for mode, values in times.items()), file=sys.stderr)
         it.close()
 
@@ -105,7 +125,14 @@ def main():
     print(f"one-off teacher cache: {4 * batch} images x 2 (plain + mirror) in {cache_seconds:.1f} s")
     print(f"{'mode':<18}{'samples/s':>10}{'s/step':>9}{'vs live':>9}")
     for mode, value in seconds.items():
-        print(f"{mode:<18}{batch / value:>10.2f}{value:>9.2f}{seconds['live teacher'] / value:>8.2f}x")
+        if "term" not in mode:
+            print(f"{mode:<18}{batch / value:>10.2f}{value:>9.2f}{seconds['live teacher'] / value:>8.2f}x")
+    print(f"\nterms (live teacher; 1: angular:embedding@7, 2: + angular:stride16@2, 4: + angular:stride8@1 and "
+          f"angular:stride4@0.5, each feature-map term with its adapter)")
+    print(f"{'terms':<18}{'samples/s':>10}{'s/step':>9}{'vs 1 term':>11}")
+    for mode, value in seconds.items():
+        if "term" in mode:
+            print(f"{mode:<18}{batch / value:>10.2f}{value:>9.2f}{value - seconds['1 term']:>+10.2f}s")
     ratio = seconds["live teacher"] / seconds["teacher cache"]
     print(f"cache vs live teacher: {ratio:.2f}x per step (target >= 3x: {'met' if ratio >= 3 else 'not met'}); "
           f"the cache removes the teacher forward, so the ceiling is 1 + teacher forward / student step = "

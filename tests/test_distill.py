@@ -122,7 +122,7 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     assert "gen" in table and f"{prefix}-gen2,1" in table and len(table.splitlines()) == 4
 
     # a finished chain is not silently overwritten, nor continued with other distillation settings
-    with pytest.raises(VargfaceError, match="--kd-weight 20.0, not 1.0"):
+    with pytest.raises(VargfaceError, match="--kd angular:embedding@20, not angular:embedding@1"):
         distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=3, log=lines.append)
     config.resume = False
     with pytest.raises(VargfaceError, match="lineage manifest .* exists"):
@@ -147,9 +147,9 @@ def test_cache_matches_live_teacher_and_is_used_for_mirror_only(tmp_path, data_d
 
     lines = []
     config = student_config(data_dir, tmp_path / "s")
-    assert make_plugin(config, teacher, "angular", 1.0, teacher_cache=path, log=lines.append).cache is not None
+    assert make_plugin(config, teacher, ["angular:embedding@1"], teacher_cache=path, log=lines.append).cache is not None
     config.data_color = 1
-    assert make_plugin(config, teacher, "angular", 1.0, teacher_cache=path, log=lines.append).cache is None
+    assert make_plugin(config, teacher, ["angular:embedding@1"], teacher_cache=path, log=lines.append).cache is None
     assert "live teacher runs instead" in lines[-2]
 
 
@@ -196,10 +196,11 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, caps
         distill(student_config(data_dir, tmp_path / "a"), str(tmp_path / "cls") + ",1")
 
     teacher = Teacher(teacher_model)
-    # embedding sizes differ: refused before any checkpoint is written
+    # feature maps of different sizes: refused before any checkpoint is written, naming both shapes
     prefix = tmp_path / "b" / "student"
-    with pytest.raises(VargfaceError, match=f"teacher's embedding has {EMB} dimensions but the student's has 48"):
-        distill(student_config(data_dir, prefix, emb_size=48), teacher)
+    with pytest.raises(VargfaceError, match=r"--kd angular:stride8=stride16@1: the student's stride8 is 32x4x4 per "
+                                            r"image but the teacher's stride16 \(.*\) is 64x2x2"):
+        distill(student_config(data_dir, prefix), teacher, kd=["angular:stride8=stride16"])
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
     with pytest.raises(VargfaceError, match="--kd-weight"):
         distill(student_config(data_dir, prefix), teacher, kd_weight=0)
@@ -237,3 +238,189 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, caps
     other_teacher = Teacher(save_tiny(str(tmp_path / "t2"), emb_size=EMB, input_size=32, seed=4)[0])
     with pytest.raises(VargfaceError, match="made by teacher"):
         TeacherCache(path, str(other), other_teacher)
+
+
+def test_feature_map_terms_with_adapters_train_and_stay_out_of_the_checkpoint(tmp_path, data_dir, teacher_model):
+    from vargface.symbols import get_symbol
+    from vargface.train import checkpoint as ckpt
+
+    # student: r18_tiny at twice the width (64 channels at stride 8, the teacher has 32) and a 16-d embedding
+    # (the teacher's is 32-d): both terms need an adapter
+    prefix = tmp_path / "maps" / "student"
+    config = student_config(data_dir, prefix, emb_size=16, net_multiplier=0.25, max_steps=10, verbose=10)
+    manifest = distill(config, teacher_model, kd=["angular:stride8@1", "mse:embedding@100"], log=lambda line: None)
+    assert manifest["terms"] == ["angular:stride8@1", "mse:embedding@100"]
+    log = [json.loads(line) for line in open(f"{prefix}-gen1-log.jsonl")]
+    train = [e for e in log if e["type"] == "train"]
+    for name in ("kd_angular_stride8", "kd_mse_embedding"):
+        values = [e[name] for e in train]
+        assert len(values) == 10 and np.mean(values[-3:]) < 0.9 * np.mean(values[:3]), (name, values)
+
+    # the adapters trained with the student (they are in the training state) ...
+    _, state_args, state_aux, _ = ckpt.load_state(f"{prefix}-gen1")
+    adapters = sorted(n for n in {**state_args, **state_aux} if n.startswith("kd_adapter"))
+    assert adapters == ["kd_adapter_angular_stride8_bn_beta", "kd_adapter_angular_stride8_bn_gamma",
+                        "kd_adapter_angular_stride8_bn_moving_mean", "kd_adapter_angular_stride8_bn_moving_var",
+                        "kd_adapter_angular_stride8_conv_weight", "kd_adapter_mse_embedding_bn_beta",
+                        "kd_adapter_mse_embedding_bn_gamma", "kd_adapter_mse_embedding_bn_moving_mean",
+                        "kd_adapter_mse_embedding_bn_moving_var", "kd_adapter_mse_embedding_conv_weight"]
+    assert state_args["kd_adapter_angular_stride8_conv_weight"].shape == (32, 64, 1, 1)
+    # ... but the checkpoint holds exactly the plain preset's arrays
+    sym = get_symbol("r18_tiny", emb_size=16, multiplier=0.25)
+    _, arg, aux = load_checkpoint(f"{prefix}-gen1", 1)
+    assert sorted(arg) == sorted(n for n in sym.list_arguments() if n != "data")
+    assert sorted(aux) == sorted(sym.list_auxiliary_states())
+
+
+def _final_weights(prefix):
+    _, arg, aux = load_checkpoint(f"{prefix}-gen1", 1)
+    return {k: v.asnumpy() for k, v in {**arg, **aux}.items()}
+
+
+def test_kd_only_leaves_the_embedding_to_the_distillation_terms(tmp_path, data_dir, teacher_model):
+    def run(name, kd_only, loss_s):
+        config = student_config(data_dir, tmp_path / name / "student", max_steps=3, verbose=3, loss_s=loss_s)
+        distill(config, teacher_model, kd_only=kd_only, log=lambda line: None)
+        return _final_weights(tmp_path / name / "student")
+
+    only_a, only_b, both = run("a", True, 32.0), run("b", True, 8.0), run("c", False, 8.0)
+    # with --kd-only the margin loss (here its scale) has no effect on the embedding; without it, it has
+    for name in only_a:
+        np.testing.assert_allclose(only_a[name], only_b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert any(not np.allclose(only_b[n], both[n], rtol=1e-3, atol=1e-5) for n in only_b)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """A teacher's training run kept as checkpoints 1..3 (different weights each)."""
+    prefix = str(tmp_path_factory.mktemp("teacher_run") / "model")
+    for epoch in (1, 2, 3):
+        save_tiny(prefix, emb_size=EMB, input_size=32, seed=10 + epoch, epoch=epoch)
+    return prefix
+
+
+def _spy_teacher(monkeypatch):
+    """A fingerprint of the weights the live teacher's executors hold, at every training batch (read once per
+    teacher object: reading them back from the devices is slow)."""
+    seen, known = [], {}
+    original = DistillPlugin.extra_data
+
+    def spying(self, batch):
+        out = original(self, batch)
+        if self.teacher not in known:
+            known[self.teacher] = _fingerprint(self.teacher.get_params()[0])
+        seen.append(known[self.teacher])
+        return out
+
+    monkeypatch.setattr(DistillPlugin, "extra_data", spying)
+    return seen
+
+
+def _fingerprint(arg):
+    return float(sum(np.abs(v.asnumpy()).sum() for k, v in sorted(arg.items())))
+
+
+def test_teacher_schedule_per_epoch_and_per_updates(tmp_path, data_dir, teacher_run, monkeypatch):
+    expected = {n: _fingerprint(load_checkpoint(teacher_run, n)[1]) for n in (1, 2, 3)}
+    assert len(set(expected.values())) == 3
+    seen = _spy_teacher(monkeypatch)
+
+    # per epoch: 48 images / batch 16 = 3 updates per epoch; epoch e trains under checkpoint e + 1
+    prefix = tmp_path / "epochs" / "student"
+    config = student_config(data_dir, prefix, per_batch_size=16, max_steps=0, end_epoch=2, verbose=6,
+                            val_targets="")
+    manifest = distill(config, teacher_schedule=teacher_run, kd=["mse:embedding@100"], log=lambda line: None)
+    spans = [{"teacher": f"{teacher_run},1", "epochs": [0, 0], "updates": [0, 2]},
+             {"teacher": f"{teacher_run},2", "epochs": [1, 1], "updates": [3, 5]}]
+    on_disk = json.load(open(manifest_path(str(prefix))))
+    assert on_disk["teacher_schedule"] == {"prefix": teacher_run, "every": 0}
+    assert [{k: s[k] for k in ("teacher", "epochs", "updates")} for s in on_disk["generations"][0]["teachers"]] == spans
+    assert on_disk["generations"][0]["terms"] == ["mse:embedding@100"] == manifest["terms"]
+    assert seen == [expected[1]] * 3 + [expected[2]] * 3
+
+    # every 2 updates, two recursive generations: each generation runs the schedule from its start
+    seen.clear()
+    prefix = tmp_path / "updates" / "student"
+    config = student_config(data_dir, prefix, max_steps=5, verbose=5, val_targets="")
+    manifest = distill(config, teacher_schedule=teacher_run, teacher_every=2, generations=2, log=lambda line: None)
+    for generation in manifest["generations"]:
+        assert [(s["teacher"], s["updates"]) for s in generation["teachers"]] == \
+            [(f"{teacher_run},1", [0, 1]), (f"{teacher_run},2", [2, 3]), (f"{teacher_run},3", [4, 4])]
+    assert seen == ([expected[1]] * 2 + [expected[2]] * 2 + [expected[3]]) * 2
+
+
+def test_missing_scheduled_checkpoint_and_cache_refusals_stop_before_training(tmp_path, data_dir, teacher_run,
+                                                                               teacher_model):
+    prefix = tmp_path / "missing" / "student"
+    with pytest.raises(VargfaceError, match=r"--teacher-schedule .*model-0004.params does not exist; the "
+                                            r"student's 4 epochs need the teacher checkpoints 1 to 4"):
+        distill(student_config(data_dir, prefix, max_steps=0, end_epoch=4), teacher_schedule=teacher_run)
+    with pytest.raises(VargfaceError, match=r"model-0004.params does not exist; the student's 13 updates, a "
+                                            r"teacher every 4"):
+        distill(student_config(data_dir, prefix, max_steps=13), teacher_schedule=teacher_run, teacher_every=4)
+    assert not prefix.parent.exists() or not os.listdir(prefix.parent)
+
+    teacher = Teacher(teacher_model)
+    path = build_cache(teacher, data_dir, path=str(tmp_path / "t.kdcache"), batch_size=48, progress=False)
+    with pytest.raises(VargfaceError, match="--teacher-cache .*one teacher checkpoint, but --teacher-schedule"):
+        distill(student_config(data_dir, prefix), teacher_schedule=teacher_run, teacher_cache=path)
+    with pytest.raises(VargfaceError, match="--teacher-cache .*only the teacher's embeddings, but --kd "
+                                            "angular:stride8@1 needs its stride8 feature map"):
+        distill(student_config(data_dir, prefix), teacher, kd=["angular:embedding@7", "angular:stride8@1"],
+                teacher_cache=path)
+    assert not prefix.parent.exists() or not os.listdir(prefix.parent)
+
+
+def _read_config_file(path):
+    """key -> value of a recipe file: every statement is ``key = literal``."""
+    import ast
+
+    values = {}
+    for node in ast.parse(open(path).read()).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, f"{path}: not a key = value line"
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    return values
+
+
+@pytest.mark.parametrize("name, terms, stage", [
+    ("vargfacenet_recursive", ["angular:embedding@7"], "generations"),
+    ("pocketnet_multistep", ["mse:embedding@100"], "teacher_schedule"),
+    ("shrinkteanet", ["angular:stride8@1", "angular:stride16@2", "angular:embedding@7"], "teacher")])
+def test_recipe_configs_hold_valid_keys(name, terms, stage):
+    from vargface.train.config import dataset, loss
+    from vargface.train.distill import resolve_terms
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    values = _read_config_file(os.path.join(root, f"{name}.py"))
+    assert values.pop("dataset") in dataset and values.pop("loss") in loss and values.pop("network")
+    # every other key is a training or distillation key of the right type
+    config = generate_config("r18_tiny", "emore", "arcface", with_distillation=True, **values)
+    assert [str(t) for t in resolve_terms(config.kd, config.kd_type, config.kd_weight)] == terms
+    assert config[stage] and (stage != "generations" or config.generations == 2)
+
+
+def test_distillation_options_are_config_keys_of_distill_only(capsys):
+    from vargface.cli import build_parser
+    from vargface.train.cli import config_from_args
+    from vargface.train.distill import resolve_terms
+
+    parser = build_parser()
+    args = parser.parse_args(["distill", "--teacher-schedule", "runs/t/model", "--teacher-every", "3", "--kd",
+                              "shrink:stride8@1", "--kd", "mse:embedding@100", "--kd-only", "--generations", "2",
+                              "--network", "r18_tiny", "--dataset", "emore"])
+    config = config_from_args(args)
+    assert config.kd == ["shrink:stride8@1", "mse:embedding@100"] and config.kd_only is True
+    assert (config.teacher_schedule, config.teacher_every, config.generations) == ("runs/t/model", 3, 2)
+    default = config_from_args(parser.parse_args(["distill", "--network", "r18_tiny", "--dataset", "emore"]))
+    assert default.kd == ["angular:embedding@7"] and default.kd_only is False and default.teacher_every == 0
+    # --kd-type / --kd-weight change the embedding term, or add one
+    assert [str(t) for t in resolve_terms(default.kd, None, 5)] == ["angular:embedding@5"]
+    assert [str(t) for t in resolve_terms(config.kd, "cosine", None)] == ["shrink:stride8@1", "cosine:embedding@100"]
+    assert [str(t) for t in resolve_terms(["shrink:stride8"], "cosine", None)] == ["shrink:stride8@1",
+                                                                                    "cosine:embedding@7"]
+    with pytest.raises(VargfaceError, match="given twice"):
+        resolve_terms(["angular:stride8@1", "angular:stride8@2"])
+    # `vargface train` does not take them
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--kd", "angular:embedding@7", "--network", "r18_tiny"])
+    assert "unknown option --kd" in capsys.readouterr().err

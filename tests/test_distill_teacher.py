@@ -8,7 +8,7 @@ from vargface.symbols import get_symbol
 from vargface.train.teacher import Teacher, checkpoint_checksum, file_checksum
 
 
-def save_tiny(prefix, emb_size=32, input_size=32, seed=0):
+def save_tiny(prefix, emb_size=32, input_size=32, seed=0, epoch=1):
     """A tiny VarGFaceNet checkpoint with trained-looking (non-default) BatchNorm statistics."""
     sym = get_symbol("vargfacenet", input_size=input_size, multiplier=0.25, emb_size=emb_size)
     mod = mx.mod.Module(sym, data_names=["data"], label_names=None)
@@ -19,8 +19,8 @@ def save_tiny(prefix, emb_size=32, input_size=32, seed=0):
     rng = np.random.RandomState(seed)
     for name, value in aux.items():
         value[:] = rng.uniform(0.5, 1.5, value.shape) if name.endswith("var") else rng.randn(*value.shape) * 0.1
-    mx.model.save_checkpoint(prefix, 1, sym, arg, aux)
-    return f"{prefix},1", sym, arg, aux
+    mx.model.save_checkpoint(prefix, epoch, sym, arg, aux)
+    return f"{prefix},{epoch}", sym, arg, aux
 
 
 def test_teacher_embeds_in_inference_mode_and_resizes(tmp_path):
@@ -79,3 +79,23 @@ def test_checksums_see_changes_anywhere(tmp_path):
     model, *_ = save_tiny(str(tmp_path / "a"), seed=0)
     save_tiny(str(tmp_path / "b"), seed=1)
     assert checkpoint_checksum(str(tmp_path / "a"), 1) != checkpoint_checksum(str(tmp_path / "b"), 1)
+
+
+def test_teacher_features_are_the_graphs_taps(tmp_path):
+    from vargface.symbols.taps import tap_symbol
+
+    model, sym, arg, aux = save_tiny(str(tmp_path / "t"))
+    teacher = Teacher(model, taps=("stride8", "embedding"))
+    images = mx.nd.array(np.random.RandomState(2).uniform(0, 255, (3, 3, 32, 32)))
+    features = teacher.features(images)
+    assert list(features) == ["stride8", "embedding"] and teacher.tap_shapes["stride8"] == (32, 4, 4)
+    assert features["stride8"].shape == (3, 32, 4, 4)
+    np.testing.assert_allclose(features["embedding"].asnumpy(), Teacher(model).embed(images).asnumpy(), rtol=1e-4,
+                               atol=1e-4)
+    internal = tap_symbol(sym, 32, "stride8")
+    ex = internal.bind(mx.cpu(), {"data": images, **{k: v for k, v in arg.items() if k in internal.list_arguments()}},
+                       aux_states={k: aux[k].copy() for k in internal.list_auxiliary_states()}, grad_req="null")
+    np.testing.assert_allclose(features["stride8"].asnumpy(), ex.forward(is_train=False)[0].asnumpy(), rtol=1e-4,
+                               atol=1e-4)
+    with pytest.raises(VargfaceError, match=r"--teacher .*has no tap 'stride32' \(it has embedding, stride2"):
+        Teacher(model, taps=("stride32",))

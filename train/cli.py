@@ -50,20 +50,28 @@ def add_train_options(parser):
     parser.add_argument("--dataset", help=f"dataset preset ({', '.join(dataset)}) or a directory made by "
                         f"`vargface data` (default: {PRESET_DEFAULTS['dataset']})")
     parser.add_argument("--loss", help=f"loss preset: {', '.join(loss)} (default: {PRESET_DEFAULTS['loss']})")
-    for key, value in default.items():
+    add_config_options(parser, default, HELP, suffix=", or the preset's")
+    _explain_unknown(parser)
+
+
+def add_config_options(parser, table, helps, suffix="", repeatable=()):
+    """One --KEY option (dashes or underscores) per key of the config ``table``; ``repeatable`` keys collect every
+    occurrence into a list."""
+    for key, value in table.items():
         if key in PRESET_DEFAULTS:
             continue
         flags = ["--" + key.replace("_", "-")] + (["--" + key] if "_" in key else [])
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        text = HELP.get(key, "")
-        kwargs = dict(dest=key, default=None, metavar="VALUE", help=f"{text} (default: {shown}, or the preset's)")
+        text = helps.get(key, "")
+        kwargs = dict(dest=key, default=None, metavar="VALUE", help=f"{text} (default: {shown}{suffix})")
         if isinstance(value, bool):
             kwargs.update(nargs="?", const="true")
         if isinstance(value, dict):  # net_opts: --net-opt NAME=VALUE, repeatable
             flags = ["--" + key[:-1].replace("_", "-")] + flags
             kwargs.update(action="append", metavar="NAME=VALUE")
+        if key in repeatable:
+            kwargs.update(action="append")
         parser.add_argument(*flags, **kwargs)
-    _explain_unknown(parser)
 
 
 def _explain_unknown(parser):
@@ -85,22 +93,25 @@ def _explain_unknown(parser):
 
 
 def config_from_args(args):
-    """The resolved easydict config of parsed `train`/`distill` arguments: defaults <- presets <- the --config
-    file <- the options given on the command line."""
+    """The resolved easydict config of parsed `train`/`distill` arguments: defaults (with `distill`'s own keys) <-
+    presets <- the --config file <- the options given on the command line."""
     from vargface.errors import VargfaceError
-    from vargface.train.config import check_key, default, generate_config, read_config_file
+    from vargface.train.config import check_key, default, distillation, generate_config, read_config_file
 
+    with_distillation = hasattr(args, "kd")  # `vargface distill`
+    table = {**default, **(distillation if with_distillation else {})}
     overrides = read_config_file(args.config) if args.config else {}
     for key in overrides:
         try:
-            check_key(default, key)
+            check_key(table, key)
         except VargfaceError as error:
             raise VargfaceError(f"--config {args.config}: {error}") from None
     presets = {k: getattr(args, k) or overrides.pop(k, None) or PRESET_DEFAULTS[k] for k in PRESET_DEFAULTS}
-    for key in default:
+    for key in table:
         if key not in PRESET_DEFAULTS and getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    return generate_config(presets["network"], presets["dataset"], presets["loss"], **overrides)
+    return generate_config(presets["network"], presets["dataset"], presets["loss"],
+                           with_distillation=with_distillation, **overrides)
 
 
 def register(subparsers):

@@ -39,6 +39,14 @@ default = edict(
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
 )
 
+# Distillation settings: `vargface distill` takes them beside `default`'s keys (`vargface train` does not).
+# kd: the terms FORM:TAP[@WEIGHT] (vargface.train.distill_loss); kd_type/kd_weight, when set, change the embedding
+# term; teacher_schedule/teacher_every: multi-step teachers (vargface.train.distill).
+distillation = edict(
+    teacher="", kd=["angular:embedding@7"], kd_type=None, kd_weight=None, kd_only=False, generations=1, init="",
+    teacher_cache="", teacher_schedule="", teacher_every=0,
+)
+
 dataset = edict(
     emore=edict(dataset_path="../datasets/faces_emore", num_classes=85742, image_size=[112, 112],
                 val_targets=["lfw", "cfp_fp", "agedb_30"]),
@@ -122,11 +130,13 @@ def parse_value(template, text, key):
         raise VargfaceError(f"config key {key!r}: cannot read {text!r} as {type(template).__name__}") from None
 
 
-def generate_config(network_name="vargfacenet", dataset_name="emore", loss_preset="arcface", /, **overrides):
-    """Merge default <- network <- dataset <- loss presets <- overrides; unknown presets or keys raise.
+def generate_config(network_name="vargfacenet", dataset_name="emore", loss_preset="arcface", /,
+                    with_distillation=False, **overrides):
+    """Merge default (+ the `distillation` keys when ``with_distillation``) <- network <- dataset <- loss presets
+    <- overrides; unknown presets or keys raise.
 
     ``dataset_name`` may also be a directory made by `vargface data` (the ``folder`` preset)."""
-    config = edict(json.loads(json.dumps(default)))
+    config = edict(json.loads(json.dumps({**default, **(distillation if with_distillation else {})})))
     if dataset_name not in dataset and os.path.isdir(str(dataset_name)):
         overrides.setdefault("dataset_path", dataset_name)
         dataset_name = "folder"

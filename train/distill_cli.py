@@ -1,37 +1,46 @@
-"""`vargface distill` subcommands: recursive distillation from a frozen teacher and the teacher-embedding cache."""
+"""`vargface distill` subcommands: distillation terms and stages from a frozen teacher, and the teacher-embedding
+cache. The distillation settings are the config keys of `vargface.train.config.distillation`."""
 import os
 
 
-def _add_teacher(parser):
-    parser.add_argument("--teacher", metavar="PREFIX,EPOCH",
-                        help="frozen teacher checkpoint (any MXNet embedding network with fc1_output)")
+HELP = {
+    "teacher": "PREFIX,EPOCH: the frozen teacher checkpoint (any MXNet embedding network with fc1_output)",
+    "kd": "a distillation term FORM:TAP[@WEIGHT] or FORM:STUDENT_TAP=TEACHER_TAP[@WEIGHT], repeatable (replaces "
+          "the default); forms angular (|s^-t^|^2 = 2-2cos, VarGFaceNet), shrink ((1-cos)^2, ShrinkTeaNet), cosine "
+          "(1-cos), l2 (|s-t|^2), mse (mean over dimensions of (s^-t^)^2, PocketNet); taps embedding, stride2, "
+          "stride4, stride8, stride16",
+    "kd_type": "form of the embedding term (changes the --kd embedding term, or adds one)",
+    "kd_weight": "weight of the embedding term (changes the --kd embedding term, or adds one)",
+    "kd_only": "train the student's embedding by the distillation terms alone (the classifier still trains, on a "
+               "gradient-blocked embedding, so its loss and accuracy are still reported)",
+    "generations": "number of recursive generations",
+    "init": "PREFIX,EPOCH: initial student weights of generation 1 (default: from scratch)",
+    "teacher_cache": "teacher-embedding cache from `vargface distill cache` ('auto': the default path beside "
+                     "train.rec); embedding terms under one fixed teacher, mirror-only augmentation",
+    "teacher_schedule": "PREFIX of the teacher's per-epoch checkpoints: student epoch e trains under PREFIX-(e+1) "
+                        "(multi-step distillation; instead of --teacher)",
+    "teacher_every": "with --teacher-schedule: student update u trains under PREFIX-(u // N + 1) (0: per epoch)",
+}
 
 
 def register(subparsers):
     """Add the `distill` command group to the `vargface` parser."""
-    from vargface.train.cli import add_train_options
-    from vargface.train.distill_loss import KD_TYPES
+    from vargface.train.cli import add_config_options, add_train_options
+    from vargface.train.config import distillation
 
     p = subparsers.add_parser(
         "distill", allow_abbrev=False, help="train a student under a frozen teacher, for one or more generations",
-        description="Train a student network under a frozen teacher (margin loss + kd-weight * distillation loss); "
-                    "with --generations G, generation k+1 restarts from generation k's final student with a fresh "
-                    "optimizer and schedule. Checkpoints go to PREFIX-gen1, PREFIX-gen2, ...; the lineage "
-                    "manifest to PREFIX-lineage.json; --resume continues an interrupted chain at the generation "
-                    "and batch where it stopped. Every `vargface train` option applies to the student. "
-                    "`vargface distill cache` precomputes the teacher's embeddings so that training does not run "
-                    "the teacher.")
-    _add_teacher(p)
-    p.add_argument("--kd-type", default="angular", choices=KD_TYPES,
-                   help="distillation loss: angular = |s/|s| - t/|t||^2 = 2-2cos (VarGFaceNet), cosine = 1-cos, "
-                        "l2 = |s-t|^2 (default: %(default)s)")
-    p.add_argument("--kd-weight", type=float, default=1.0, help="lambda in margin loss + lambda * kd loss "
-                   "(default: %(default)s)")
-    p.add_argument("--generations", type=int, default=1, help="number of recursive generations (default: 1)")
-    p.add_argument("--init", metavar="PREFIX,EPOCH", help="initial student weights of generation 1 "
-                   "(default: from scratch)")
-    p.add_argument("--teacher-cache", metavar="PATH", help="teacher-embedding cache from `vargface distill cache`"
-                   " ('auto': the default cache path beside train.rec); used only with mirror-only augmentation")
+        description="Train a student network under a frozen teacher: margin loss + the distillation terms (--kd, "
+                    "default angular:embedding@7, VarGFaceNet's objective), between named taps of the two networks "
+                    "(the embedding and the last feature map at stride 2, 4, 8, 16); a train-time adapter maps "
+                    "differing channel counts and is not saved. With --generations G, generation k+1 restarts from "
+                    "generation k's final student with a fresh optimizer and schedule; with --teacher-schedule, the "
+                    "teacher advances through its own training checkpoints. Checkpoints go to PREFIX-gen1, "
+                    "PREFIX-gen2, ...; the lineage manifest to PREFIX-lineage.json; --resume continues an "
+                    "interrupted chain at the generation and batch where it stopped. Every `vargface train` option "
+                    "applies to the student. `vargface distill cache` precomputes the teacher's embeddings so that "
+                    "training does not run the teacher.")
+    add_config_options(p, distillation, HELP, repeatable=("kd",))
     add_train_options(p)
     p.set_defaults(func=_distill)
 
@@ -41,7 +50,7 @@ def register(subparsers):
                                    "teacher, once, into a sidecar file bound to the data and the teacher by "
                                    "checksums. Training with --teacher-cache reads it instead of running the "
                                    "teacher.")
-    _add_teacher(c)
+    c.add_argument("--teacher", metavar="PREFIX,EPOCH", help=HELP["teacher"])
     c.add_argument("--data-dir", required=True, help="folder with train.rec, train.idx and property")
     c.add_argument("--image-size", type=int, help="side of the images training feeds (the --image-size of the "
                    "student; default: the size in DATA_DIR/property)")
@@ -56,20 +65,14 @@ def register(subparsers):
     c.set_defaults(func=_cache)
 
 
-def _need_teacher(args):
-    from vargface.errors import VargfaceError
-
-    if not args.teacher:
-        raise VargfaceError("--teacher PREFIX,EPOCH is required")
-
-
 def _cache(args):
     from vargface.context import parse_ctx
     from vargface.errors import VargfaceError
     from vargface.train.teacher import Teacher
     from vargface.train.teacher_cache import build_cache, default_cache_path
 
-    _need_teacher(args)
+    if not args.teacher:
+        raise VargfaceError("--teacher PREFIX,EPOCH is required")
     if args.batch_size < 1:
         raise VargfaceError(f"--batch-size: must be >= 1 (got {args.batch_size})")
     teacher = Teacher(args.teacher, ctx=parse_ctx(args.ctx))
@@ -85,8 +88,5 @@ def _distill(args):
     from vargface.train.cli import config_from_args
     from vargface.train.distill import distill
 
-    _need_teacher(args)
-    config = config_from_args(args)
-    manifest = distill(config, args.teacher, kd_type=args.kd_type, kd_weight=args.kd_weight,
-                       generations=args.generations, init=args.init, teacher_cache=args.teacher_cache)
+    manifest = distill(config_from_args(args))
     return 128 + int(manifest["interrupted"]) if manifest.get("interrupted") else 0  # the shell's code

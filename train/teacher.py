@@ -39,13 +39,16 @@ def checkpoint_checksum(prefix, epoch):
 class Teacher:
     """A frozen embedding network loaded from ``prefix,epoch``.
 
-    ``embed(data)`` takes the student's batch (N,3,H,W RGB 0..255, already mirrored as the student sees it) and
-    returns the teacher's raw ``fc1_output`` (N,D); inputs of another size are resized to the teacher's input."""
+    ``features(data)`` takes the student's batch (N,3,H,W RGB 0..255, already mirrored as the student sees it) and
+    returns {tap: NDArray} for the named ``taps`` (`vargface.symbols.taps`; ``embedding`` is the raw
+    ``fc1_output`` (N,D)), computed by one forward of the part of the graph they need; ``embed(data)`` is the
+    embedding alone. Inputs of another size are resized to the teacher's input."""
 
-    def __init__(self, model, ctx=None, option="--teacher"):
+    def __init__(self, model, ctx=None, option="--teacher", taps=("embedding",)):
         import mxnet as mx
 
         from vargface.symbols.checkpoint import input_size_of, load_checkpoint, parse_model_arg
+        from vargface.symbols.taps import tap_shapes
 
         self.prefix, self.epoch = parse_model_arg(model, option=option)
         self.model = f"{self.prefix},{self.epoch}"
@@ -55,6 +58,12 @@ class Teacher:
             raise VargfaceError(f"{option} {self.model}: cannot use it as the teacher: {error}") from None
         self.input_size = input_size_of(self.symbol)
         self.emb_size = int(self.symbol.infer_shape(data=(1, 3, self.input_size, self.input_size))[1][0][1])
+        self.tap_shapes = {tap: shape for tap, (_, shape) in tap_shapes(self.symbol, self.input_size).items()}
+        missing = [tap for tap in taps if tap not in self.tap_shapes]
+        if missing:
+            raise VargfaceError(f"{option} {self.model}: the teacher has no tap {missing[0]!r} (it has "
+                                f"{', '.join(self.tap_shapes)})")
+        self.taps = tuple(taps)
         self.arg_params, self.aux_params = arg_params, aux_params
         self.checksum = checkpoint_checksum(self.prefix, self.epoch)
         self.ctx = list(ctx) if ctx else [mx.cpu()]
@@ -66,7 +75,10 @@ class Teacher:
         shape = [("data", (batch_size, 3, self.input_size, self.input_size))]
         if self._module is None:
             # Module splits a batch across its devices: never more devices than images.
-            self._module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None,
+            from vargface.symbols.taps import tap_symbol
+
+            outputs = mx.sym.Group([tap_symbol(self.symbol, self.input_size, tap) for tap in self.taps])
+            self._module = mx.mod.Module(outputs, data_names=["data"], label_names=None,
                                          context=self.ctx[:batch_size])
             self._module.bind(data_shapes=shape, for_training=False, inputs_need_grad=False)
             self._module.set_params(self.arg_params, self.aux_params, allow_missing=False, allow_extra=True)
@@ -76,6 +88,10 @@ class Teacher:
 
     def embed(self, data):
         """Teacher embeddings (NDArray (N,D), float32, on cpu) of a batch of images (NDArray N,3,H,W)."""
+        return self.features(data)["embedding"]
+
+    def features(self, data):
+        """{tap: NDArray (N, ...) float32 on cpu} of a batch of images (NDArray N,3,H,W)."""
         import mxnet as mx
 
         if data.shape[2:] != (self.input_size, self.input_size):
@@ -83,7 +99,7 @@ class Teacher:
         if self._batch != data.shape[0]:
             self._bind(data.shape[0])
         self._module.forward(mx.io.DataBatch(data=[data]), is_train=False)
-        return self._module.get_outputs()[0].as_in_context(mx.cpu())
+        return {tap: out.as_in_context(mx.cpu()) for tap, out in zip(self.taps, self._module.get_outputs())}
 
     def get_params(self):
         """The teacher's weights as its executors hold them, read back from the devices, so a test can show that

@@ -40,6 +40,15 @@ class TrainerPlugin:
         """batch: DataBatch from FaceRecordIter (has .index, .mirrored) -> list of NDArray, one per extra input."""
         return []
 
+    def detach_margin_loss(self):
+        """True: the margin loss trains its classifier on a gradient-blocked embedding (its loss and accuracy are
+        still reported), so the embedding learns from the plugin's losses alone (distillation's --kd-only)."""
+        return False
+
+    def before_batch(self, epoch, num_update):
+        """Called before each training batch with the 0-based epoch and the updates done so far (e.g. to switch
+        to the teacher checkpoint of this epoch)."""
+
     def describe(self):
         """-> dict merged into the saved config."""
         return {}
@@ -191,7 +200,8 @@ class _Run:
         self.extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(self.batch_size)]
         extra_losses = plugin.extra_losses(self.emb_sym, config)
         self.extra_names = [name for _, name in extra_losses]
-        self.train_sym = mx.sym.Group([loss_head(self.emb_sym, config)] + [loss for loss, _ in extra_losses])
+        head_input = mx.sym.BlockGrad(self.emb_sym) if plugin.detach_margin_loss() else self.emb_sym
+        self.train_sym = mx.sym.Group([loss_head(head_input, config)] + [loss for loss, _ in extra_losses])
         self.data_shapes = [("data", (self.batch_size,) + self.data_shape)] + self.extra_inputs
         self.label_shapes = [("softmax_label", (self.batch_size,))]
 
@@ -431,6 +441,7 @@ def _train(run, pos, history, stop):
         for batch in run.train_iter:
             if max_steps and pos["num_update"] >= max_steps:
                 break
+            run.plugin.before_batch(pos["epoch"], pos["num_update"])
             extra = run.plugin.extra_data(batch)
             _seed_rngs(c.seed, pos["num_update"] + 1)
             module.forward_backward(mx.io.DataBatch(data=list(batch.data) + list(extra), label=batch.label))
