@@ -122,46 +122,28 @@ def test_interrupted_step_is_redone(quick_demo, tmp_path, capsys):
     assert "gen2" in log.split("$ vargface verify")[1].splitlines()[0]
 
 
-TINY = {  # the recipe's config files, shrunk to seconds on the demo's 32x32 synthetic set
-    "r100_retina.py": ["--network", "r50", "--net-num-layers", "18", "--net-multiplier", "0.125", "--lr-steps", "1"],
-    "vargfacenet_retina.py": ["--network", "vargfacenet", "--net-multiplier", "0.25", "--lr-schedule", "cosine",
-                              "--warmup-steps", "0", "--lr-total-steps", "2"],
-    "vargfacenet_recursive.py": ["--network", "vargfacenet", "--net-multiplier", "0.25", "--lr-schedule", "cosine",
-                                 "--warmup-steps", "0", "--lr-total-steps", "2", "--kd-type", "angular",
-                                 "--kd-weight", "7", "--generations", "2"],
+# The recipe's own config files, shrunk to seconds on the demo's 32x32 synthetic set by --set (flags override them).
+TINY = {
+    "teacher": ["network=r50", "net_num_layers=18", "net_multiplier=0.125", "lr_steps=1"],
+    "student": ["net_multiplier=0.25", "warmup_steps=0", "lr_total_steps=2", "emb_size=16", "image_size=32",
+                "per_batch_size=8", "max_steps=2", "val_targets=heldout", "verbose=2", "frequent=1"],
 }
 
 
-def test_recipe_runs_end_to_end_on_tiny_data(quick_demo, tmp_path, monkeypatch, capsys):
-    """`vargface recipe lfr-light` for real on the demo's synthetic set: every step, verification JSON, the FLOPs
-    gate on the trained graph, the feature file, then a rerun that skips everything. The `--config FILE` of each
-    training step is replaced by the options above (the same keys, tiny values)."""
-    import vargface.recipe as recipe
-
+def test_recipe_runs_end_to_end_on_tiny_data(quick_demo, tmp_path, capsys):
+    """`vargface recipe lfr-light` for real on the demo's synthetic set with the shipped config files: every step,
+    verification JSON, the FLOPs gate on the trained graph, the feature file, then a rerun that skips everything."""
     out, _ = quick_demo
     data = tmp_path / "data"
     shutil.copytree(out / "data", data, ignore=shutil.ignore_patterns("*.kdcache"))
     (tmp_path / "list.txt").write_text("a.jpg\nb.jpg\n")
     for name in ("a.jpg", "b.jpg"):
         shutil.copy(next((out / "heldout_faces").rglob("*.jpg")), tmp_path / name)
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    for name in TINY:
-        (configs / name).touch()
-    real = recipe.Recipe.training
-
-    def tiny(self, command, config, scope, prefix):
-        argv = real(self, command, config, scope, prefix)
-        at = argv.index("--config")
-        return argv[:at] + TINY[config] + ["--emb-size", "16", "--image-size", "32", "--per-batch-size", "8",
-                                           "--max-steps", "2", "--val-targets", "heldout", "--verbose", "2",
-                                           "--frequent", "1", "--ckpt", "3"] + argv[at + 2:]
-
-    monkeypatch.setattr(recipe.Recipe, "training", tiny)
+    overrides = [f"--set={key}" for key in TINY["student"]]  # no scope: teacher and students
+    overrides += [f"--set=teacher.{key}" for key in TINY["teacher"]]
     work = tmp_path / "work"
     argv = ["recipe", "lfr-light", "--data", str(data), "--work", str(work), "--ctx", "cpu", "--eval-ctx", "cpu",
-            "--targets", "heldout", "--configs", str(configs), "--lfr-list", str(tmp_path / "list.txt"),
-            "--lfr-root", str(tmp_path)]
+            "--targets", "heldout", "--lfr-list", str(tmp_path / "list.txt"), "--lfr-root", str(tmp_path)] + overrides
     code, log, err = run_cli(argv, capsys)
     assert code == 0, err[-3000:]
     assert "[12/12]" not in log and "[11/11] the LFR2019 image-track feature file" in log

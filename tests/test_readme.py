@@ -38,29 +38,18 @@ def readme_blocks():
     return found
 
 
-SHIPPED_CONFIGS = ("configs/r100_retina.py", "configs/vargfacenet_retina.py")
-
-
 def check_vargface(argv):
-    """Parse `vargface ARGV` with the real parser; train/distill options must also make a valid config.
-
-    A `--config FILE` pair (the recipes' experiment files) must name a config file; it is left out of the parse
-    because the `--config` option of train/distill is being added on another branch."""
+    """Parse `vargface ARGV` with the real parser; train/distill options (with their --config file) must also make
+    a valid config."""
     from vargface.cli import build_parser
     from vargface.train.cli import config_from_args
 
     argv = list(argv)
-    if "--config" in argv:
-        at = argv.index("--config")
-        config = argv[at + 1]
-        assert config.startswith("configs/") and config.endswith(".py"), config
-        assert config not in SHIPPED_CONFIGS or (ROOT / config).is_file(), config
-        del argv[at:at + 2]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:
         raise AssertionError(f"`vargface {shlex.join(argv)}` does not parse (exit {exit.code})") from None
-    if args.command in ("train", "distill") and getattr(args, "network", None):
+    if args.command in ("train", "distill"):
         config_from_args(args)
     return args
 

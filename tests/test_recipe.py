@@ -1,6 +1,5 @@
 """`vargface recipe lfr-light` / `recursive` as dry runs, their config files, the FLOPs gate, and the two scripts
 that wrap them. (The end-to-end run on tiny synthetic data is in tests/test_demo.py, beside the demo's data.)"""
-import ast
 import os
 import shlex
 import shutil
@@ -12,7 +11,7 @@ import pytest
 from test_readme import check_vargface
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_CONFIGS = ("r100_retina.py", "vargfacenet_retina.py")  # configs/vargfacenet_recursive.py: another branch
+SHIPPED_CONFIGS = ("r100_retina.py", "vargfacenet_retina.py", "vargfacenet_recursive.py")
 
 
 def run(argv, capsys):
@@ -78,14 +77,11 @@ def test_bad_overrides_are_refused(bad, tmp_path, capsys):
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_config_files_set_known_keys_to_literals(name):
     """Each line is `key = literal`, every key a config key, and the values make a valid config."""
-    from vargface.train.config import generate_config
+    from vargface.train.config import generate_config, read_config_file
 
-    tree = ast.parse((ROOT / "configs" / name).read_text())
-    values = {}
-    for node in tree.body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
-        values[node.targets[0].id] = ast.literal_eval(node.value)
-    config = generate_config(values.pop("network"), values.pop("dataset"), values.pop("loss"), **values)
+    values = read_config_file(ROOT / "configs" / name)
+    config = generate_config(values.pop("network"), values.pop("dataset"), values.pop("loss"),
+                             with_distillation="kd" in values, **values)
     assert config.max_steps == 180000 and config.per_batch_size == 64 and config.lr == 0.1
     if name == "r100_retina.py":
         assert config.network == "r100" and config.lr_schedule == "step" and config.lr_steps == [100000, 160000]
