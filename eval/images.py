@@ -7,15 +7,18 @@ import numpy as np
 from vargface.errors import VargfaceError
 
 
-def read_image(path, size):
-    """Read one aligned face as uint8 RGB (size, size, 3); a missing or undecodable file is an error naming it."""
-    from vargface.data.images import decode_rgb
+def read_image(path, size=None):
+    """Read one aligned face as uint8 RGB (size, size, 3), or at its own side when ``size`` is None (the inference
+    runner then resizes it by its one rule); a missing or undecodable file is an error naming it."""
+    from vargface.data.images import decode, decode_rgb
 
     try:
         with open(path, "rb") as handle:
             buf = handle.read()
     except OSError as error:
         raise VargfaceError(f"{path}: cannot read the image ({error.strerror})") from None
+    if size is None:
+        return np.ascontiguousarray(decode(buf, path)[..., ::-1])
     return decode_rgb(buf, (size, size), path)
 
 

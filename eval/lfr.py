@@ -75,7 +75,6 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True, 
     from tqdm import tqdm
 
     from vargface.atomic import atomic_path
-    from vargface.eval.images import read_image
 
     paths = read_list(list_file)
     out = os.fspath(out)
@@ -103,8 +102,7 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True, 
     start = done
     while done < rows:
         names = paths[done:done + chunk]
-        images = np.stack([read_image(os.path.join(root, name), embedder.input_size) for name in names])
-        matrix[done:done + len(names)] = embedder.embed(images, flip=True)
+        matrix[done:done + len(names)] = embedder.embed_files([os.path.join(root, name) for name in names])
         matrix.flush()
         done += len(names)
         with atomic_path(sidecar) as tmp, open(tmp, "w", encoding="utf-8") as handle:

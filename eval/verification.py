@@ -67,25 +67,6 @@ def evaluate(embeddings, issame_list, nrof_folds=10, thresholds=THRESHOLDS):
     }
 
 
-def module_forward(module):
-    """Wrap a bound, initialised mx.mod.Module (first output = embedding) as forward(batch NCHW) -> (n, D) numpy.
-
-    A short last batch is padded with zeros up to the bound batch size (inference mode, so padding cannot
-    change the real rows)."""
-    import mxnet as mx
-
-    bound = module.data_shapes[0].shape[0]
-
-    def forward(batch):
-        count = len(batch)
-        if count < bound:
-            batch = np.concatenate([batch, np.zeros((bound - count,) + batch.shape[1:], batch.dtype)])
-        module.forward(mx.io.DataBatch(data=[mx.nd.array(batch)]), is_train=False)
-        return module.get_outputs()[0].asnumpy()[:count]
-
-    return forward
-
-
 def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32, progress=False, desc="embed"):
     """Embeddings of float32 NCHW ``images``: (embedding(x) + embedding(flip(x))) L2-normalised when ``flip``,
     else embedding(x) L2-normalised. ``forward`` maps a batch of at most ``batch_size`` to (n, D) numpy."""
@@ -134,7 +115,6 @@ def verify_model(prefix, epoch, targets, ctx=None, batch_size=64, nrof_folds=10,
             raise VargfaceError(f"{path}: {len(issame)} pairs cannot be split into {nrof_folds} folds (--nfolds)")
         name = os.path.splitext(os.path.basename(path))[0]
         name = path if name in results else name  # two packs with one file name: keep both
-        embeddings = flip_sum_embeddings(images, embedder.forward, embedder.batch_size, dtype=np.float64,
-                                         progress=progress, desc=name)
+        embeddings = embedder.embed_prepared(images, dtype=np.float64, progress=progress, desc=name)
         results[name] = evaluate(embeddings, issame, nrof_folds=nrof_folds)
     return results
