@@ -21,9 +21,12 @@ class FaceEmbedder(InferenceRunner):
     """
 
     def __init__(self, prefix, epoch, ctx=None, batch_size=32):
+        from vargface.train.teacher import checkpoint_checksum
+
         sym, arg_params, aux_params, _ = load_embedding_model(prefix, epoch)
         super().__init__(sym, arg_params, aux_params, ctx=ctx, batch_size=batch_size,
                          source=f"model {prefix},{epoch}")
+        self.checksum = checkpoint_checksum(prefix, epoch)  # of the files just loaded and checked
 
     def embed_files(self, paths, flip=True, progress=False):
         """Embed image files (aligned faces, any side); a file that does not decode is a VargfaceError naming it.

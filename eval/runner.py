@@ -23,16 +23,17 @@ from vargface.symbols.checkpoint import OUTPUT
 @contextlib.contextmanager
 def _without_subgraph_fusion():
     """Executors bound inside this block skip MXNet's graph fusion (MXNet reads the variable at bind time)."""
-    key = "MXNET_SUBGRAPH_BACKEND"
-    old = os.environ.get(key)
-    os.environ[key] = "NONE"
+    settings = {"MXNET_SUBGRAPH_BACKEND": "NONE", "MXNET_SUBGRAPH_VERBOSE": "0"}  # no log line per bind
+    old = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ[key]
-        else:
-            os.environ[key] = old
+        for key, value in old.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
 
 
 def cut_at(symbol, output, source="model"):

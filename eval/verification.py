@@ -102,17 +102,24 @@ def load_pairs(path, image_size):
 
 
 def verify_model(prefix, epoch, targets, ctx=None, batch_size=64, nrof_folds=10, progress=True):
-    """Load a checkpoint and evaluate it on each .bin in ``targets`` -> {set name: evaluate() dict}."""
+    """Load a checkpoint and evaluate it on each .bin in ``targets`` -> {set name: evaluate() dict}.
+
+    Every pack's pair count is checked against ``nrof_folds`` before any embedding work."""
     import os
 
+    from vargface.data.verification import load_bin
     from vargface.eval.embedder import FaceEmbedder
 
+    if nrof_folds < 1:
+        raise VargfaceError(f"--nfolds {nrof_folds}: expected a positive number of folds")
+    for path in targets:
+        pairs = len(load_bin(path)[1])
+        if pairs < nrof_folds:
+            raise VargfaceError(f"{path}: {pairs} pairs cannot be split into {nrof_folds} folds (--nfolds)")
     embedder = FaceEmbedder(prefix, epoch, ctx=ctx, batch_size=batch_size)
     results = {}
     for path in targets:
         images, issame = load_pairs(path, embedder.input_size)
-        if len(issame) < max(nrof_folds, 1):  # before the embedding work, not after it
-            raise VargfaceError(f"{path}: {len(issame)} pairs cannot be split into {nrof_folds} folds (--nfolds)")
         name = os.path.splitext(os.path.basename(path))[0]
         name = path if name in results else name  # two packs with one file name: keep both
         embeddings = embedder.embed_prepared(images, dtype=np.float64, progress=progress, desc=name)

@@ -236,8 +236,10 @@ def test_far_errors_and_decades():
     assert decade_fars(5) == []
     rng = np.random.default_rng(0)
     features, labels = rng.normal(size=(20, 4)), np.repeat(np.arange(5), 4)  # 160 impostor pairs
-    with pytest.raises(VargfaceError, match=r"below 1/\(number of impostor pairs\) = 1/160"):
+    with pytest.raises(VargfaceError, match="FAR 0.001 needs at least 1000 impostor pairs; this set has 160"):
         tar_at_far(features, labels, [1e-3], progress=False)
+    partly = tar_at_far(features, labels, [1e-3, 0.1], progress=False)
+    assert [r["far"] for r in partly["results"]] == [0.1] and [s["far"] for s in partly["skipped"]] == [1e-3]
     with pytest.raises(VargfaceError, match="labels have 19"):
         tar_at_far(features, labels[:-1], [0.1], progress=False)
     with pytest.raises(VargfaceError, match="no genuine pairs"):
@@ -261,7 +263,13 @@ def test_tar_at_far_cli(tmp_path, run_cli):
     bad = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "short.npy")
     assert bad.returncode == 1 and "has 120 rows but --labels" in bad.stderr and "118" in bad.stderr
     low = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy", "--far", "1e-6")
-    assert low.returncode == 1 and "below 1/(number of impostor pairs)" in low.stderr
+    assert low.returncode == 1 and "FAR 1e-06 needs at least 1000000 impostor pairs" in low.stderr
+    default = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy")
+    impostors = json.loads(done.stdout)["n_impostors"]
+    assert default.returncode == 0, default.stderr
+    assert f"skipped FAR 1e-08 needs at least 100000000 impostor pairs; this set has {impostors}" in default.stdout
+    assert "TAR@FAR=1e-01" in default.stdout and "TAR@FAR=1e-03" in default.stdout  # the decades 6406 pairs resolve
+    assert "TAR@FAR=1e-04" not in default.stdout
 
 
 def test_verify_cli_json_and_roc(tiny_model, pack, tmp_path, run_cli):
@@ -293,8 +301,11 @@ def test_verify_cli_bad_inputs(tiny_model, pack, tmp_path, run_cli):
     assert done.returncode == 1 and "3 images for 1 pairs" in done.stderr
     undecodable = tmp_path / "undecodable.bin"
     undecodable.write_bytes(pickle.dumps(([b"not an image", b"x"], [True])))
-    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", undecodable)
+    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", undecodable, "--nfolds", 1)
     assert done.returncode == 1 and "undecodable.bin" in done.stderr and "image 0" in done.stderr
+    for folds in (0, -3):
+        done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", pack, "--nfolds", folds)
+        assert done.returncode == 1 and f"--nfolds {folds}: expected a positive number" in done.stderr
     done = run_cli("verify", "--model", f"{prefix},{epoch + 7}", "--target", pack)
     assert done.returncode == 1 and f"tiny-{epoch + 7:04d}.params does not exist" in done.stderr
     done = run_cli("verify", "--model", str(tmp_path / "nowhere") + ",1", "--target", pack)
@@ -358,7 +369,7 @@ def test_lfr_features_round_trip_and_resume(tiny_model, face_files, tmp_path, ru
     listing = tmp_path / "filelist.txt"
     listing.write_text("\n".join(names) + "\n")
     embedder = FaceEmbedder(prefix, epoch, batch_size=4)
-    expected = embedder.embed(np.stack([read_image(root / n, SIZE) for n in names]))
+    expected = embedder.embed([read_image(root / n) for n in names])  # at their own side: the runner resizes
 
     out = tmp_path / "features.bin"
     done = run_cli("lfr", "features", "--model", f"{prefix},{epoch}", "--list", listing, "--root", root,
