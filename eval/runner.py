@@ -23,7 +23,7 @@ from vargface.symbols.checkpoint import OUTPUT
 @contextlib.contextmanager
 def _without_subgraph_fusion():
     """Executors bound inside this block skip MXNet's graph fusion (MXNet reads the variable at bind time)."""
-    settings = {"MXNET_SUBGRAPH_BACKEND": "NONE", "MXNET_SUBGRAPH_VERBOSE": "0"}  # no log line per bind
+    settings = {"MXNET_SUBGRAPH_BACKEND": "NONE"}
     old = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
     try:
