@@ -12,29 +12,6 @@ from vargface.errors import VargfaceError
 SIZE = 56  # the tiny model's input side; the .bin images are 112 so the resize path runs
 
 
-class Done:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def run_cli(capsys):
-    """Run `vargface ARGS...` in this process (no MXNet start-up per call) -> returncode, stdout, stderr."""
-    from vargface.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        out, err = capsys.readouterr()
-        return Done(code, out, err)
-
-    return run
-
-
 def decode_nchw(bins, size):
     """Independent decoding for the re-derivation: cv2 BGR -> RGB, bilinear/area resize, NCHW float32."""
     import cv2
