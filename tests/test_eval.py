@@ -405,3 +405,52 @@ def test_export_cli_tiny(tiny_model, tmp_path, run_cli):
                      "--tolerance", "0")
     assert failed.returncode == 1 and "parity failed" in failed.stderr
     assert not (tmp_path / "strict.onnx").exists()
+
+
+def test_lfr_features_refuse_to_append_after_the_weights_or_root_change(tiny_model, face_files, tmp_path):
+    import shutil
+
+    import mxnet as mx
+
+    from vargface.eval.embedder import FaceEmbedder
+    from vargface.eval.lfr import extract_features, read_features
+    from vargface.symbols.checkpoint import checkpoint_files
+
+    source, epoch = tiny_model
+    prefix = str(tmp_path / "model")
+    for path, suffix in zip(checkpoint_files(source, epoch), ("-symbol.json", f"-{epoch:04d}.params")):
+        shutil.copy(path, prefix + suffix)
+    root, names = face_files
+    listing = tmp_path / "filelist.txt"
+    listing.write_text("\n".join(names) + "\n")
+    out = tmp_path / "features.bin"
+    victim = root / names[6]
+    good = victim.read_bytes()
+    victim.write_bytes(b"garbage")
+    try:  # the first run stops after 4 rows: a partial file to continue
+        with pytest.raises(VargfaceError, match=names[6]):
+            extract_features(FaceEmbedder(prefix, epoch, batch_size=4), str(listing), str(root), out, chunk=4,
+                             progress=False)
+    finally:
+        victim.write_bytes(good)
+
+    params = f"{prefix}-{epoch:04d}.params"
+    original = open(params, "rb").read()
+    arrays = mx.nd.load(params)
+    mx.nd.save(params, {k: v * 1.01 if k.startswith("arg:") else v for k, v in arrays.items()})  # same names
+    with pytest.raises(VargfaceError, match=r"features.bin.partial was started with other inputs \(the model's "
+                                            r"weights or graph changed\)"):
+        extract_features(FaceEmbedder(prefix, epoch, batch_size=4), str(listing), str(root), out, progress=False)
+    open(params, "wb").write(original)
+
+    other_root = tmp_path / "copy"
+    shutil.copytree(root, other_root)
+    with pytest.raises(VargfaceError, match=r"\(the --root changed\).*remove"):
+        extract_features(FaceEmbedder(prefix, epoch, batch_size=4), str(listing), str(other_root), out,
+                         progress=False)
+    assert not out.exists() and json.loads((tmp_path / "features.bin.partial.json").read_text())["done"] == 4
+
+    embedder = FaceEmbedder(prefix, epoch, batch_size=4)  # the same inputs again: it continues
+    assert extract_features(embedder, str(listing), str(root), out, chunk=4, progress=False) == len(names) - 4
+    np.testing.assert_allclose(read_features(out), embedder.embed_files([str(root / n) for n in names]),
+                               atol=1e-6)
