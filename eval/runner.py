@@ -138,22 +138,10 @@ class InferenceRunner:
 
     def prepare(self, images):
         """uint8/float RGB images (an (N, H, W, 3) array or a list of (H, W, 3), any side) -> float32 NCHW at the
-        input side. The one resize rule: `vargface.data.images.resize` on float32 pixels."""
-        from vargface.data.images import resize
-        from vargface.eval.images import to_nchw
+        input side, by the one resize rule (`vargface.eval.images.to_input`)."""
+        from vargface.eval.images import to_input
 
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            images = images[None]
-        side = (self.input_size, self.input_size)
-        ready = []
-        for image in images:
-            image = np.asarray(image, dtype=np.float32)
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise VargfaceError(f"images: expected (H, W, 3) RGB images, got one of shape {image.shape}")
-            ready.append(resize(image, side))
-        if not ready:
-            return np.zeros((0, 3) + side, np.float32)
-        return to_nchw(np.stack(ready))
+        return to_input(images, self.input_size)
 
     def embed(self, images, flip=True, dtype=np.float32, progress=False, desc="embed"):
         """L2-normalised embeddings of RGB images (see `prepare`)."""

@@ -89,16 +89,22 @@ def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32
 
 
 def load_pairs(path, image_size):
-    """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array)."""
-    from vargface.data.verification import decode_bin, load_bin
-    from vargface.eval.images import to_nchw
+    """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array).
+
+    Images of another side are resized by the inference rule (`vargface.eval.images.to_input`), as every other
+    image the networks are evaluated on."""
+    from vargface.data.images import decode_rgb
+    from vargface.data.parallel import imap_ordered
+    from vargface.data.verification import load_bin
+    from vargface.eval.images import to_input
 
     bins, issame = load_bin(path)
-    try:
-        images = decode_bin(bins, (image_size, image_size))
-    except VargfaceError as error:
-        raise VargfaceError(f"{path}: {error}") from None
-    return to_nchw(images), np.asarray(issame, dtype=bool)
+    images = np.empty((len(bins), 3, image_size, image_size), np.float32)
+    decoded = imap_ordered(lambda item: to_input(decode_rgb(item[1], None, f"{path}: image {item[0]}"), image_size),
+                           enumerate(bins))
+    for i, image in enumerate(decoded):
+        images[i] = image[0]
+    return images, np.asarray(issame, dtype=bool)
 
 
 def verify_model(prefix, epoch, targets, ctx=None, batch_size=64, nrof_folds=10, progress=True):

@@ -13,12 +13,12 @@ SIZE = 56  # the tiny model's input side; the .bin images are 112 so the resize 
 
 
 def decode_nchw(bins, size):
-    """Independent decoding for the re-derivation: cv2 BGR -> RGB, bilinear/area resize, NCHW float32."""
+    """Independent decoding for the re-derivation: cv2 BGR -> RGB, float32, area/bilinear resize, NCHW."""
     import cv2
 
     out = []
     for buf in bins:
-        image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float32)
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if image.shape[0] > size
                            else cv2.INTER_LINEAR)
         out.append(image.transpose(2, 0, 1))
