@@ -58,7 +58,7 @@ def train_recording(config, monkeypatch):
 def test_in_training_verification_equals_the_commands_on_the_saved_checkpoint(
         preset, ctx, data_dir, pack_files, tmp_path, monkeypatch, run_cli):
     config = generate_config(preset, data_dir, "arcface", ctx=ctx, per_batch_size=2, max_steps=1, verbose=1,
-                             lr_schedule="step", lr=0.1, prefix=str(tmp_path / "m"))
+                             lr_schedule="step", lr=0.001, prefix=str(tmp_path / "m"))
     result, rounds = train_recording(config, monkeypatch)
     verify = [e for e in result["history"] if e["type"] == "verify"]
     assert [e["step"] for e in verify] == [0, 1] and len(rounds) == 2
