@@ -7,10 +7,10 @@ It binds its own executors, pads the last batch to the bound size, resizes every
 Why the executors are bound without MXNet's subgraph pass: MXNet 1.9.1 on CPU fuses the inference graph by
 default (subgraph backend "MKLDNN": Conv+BN+ReLU folded into one oneDNN op). The fused ops keep weights they
 derived at the first forward pass, so weights copied into the executor later are not fully seen (its embeddings
-then differ from a fresh bind of the same weights: stale in-training verification), and for MobileFaceNet (y1, y2) the fused op's output keeps the oneDNN layout,
-so reading it after the second forward pass fails with "We can't generate TBlob for MKLDNN data".
-``MXNET_SUBGRAPH_BACKEND=NONE`` while binding turns that pass off for these executors only; the unfused oneDNN
-kernels still run, and training modules keep the default."""
+then differ from a fresh bind of the same weights: stale in-training verification), and for MobileFaceNet
+(y1, y2) the fused op's output keeps the oneDNN layout, so reading it after the second forward pass fails with
+"We can't generate TBlob for MKLDNN data". ``MXNET_SUBGRAPH_BACKEND=NONE`` while binding turns that pass off for
+these executors only; the unfused oneDNN kernels still run, and training modules keep the default."""
 import contextlib
 import os
 
