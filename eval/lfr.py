@@ -2,7 +2,8 @@
 little-endian float32; row i is the L2-normalised sum of the embeddings of image i of the test list and its flip.
 
 Extraction is resumable: rows go into a preallocated ``OUT.partial`` with a JSON sidecar recording how many rows
-are done and for which weights, list and root; a rerun with the same ones continues there (with others it refuses), and the finished file is renamed into place."""
+are done and for which weights (checksum), list and root; a rerun with the same ones continues there, with others
+it refuses to append; the finished file is renamed into place."""
 import hashlib
 import json
 import os
