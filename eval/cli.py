@@ -36,7 +36,7 @@ def register(subparsers):
         "features", help="write the LFR2019 image-track feature file",
         description="Embed every image of the test list (image + flip, summed, L2-normalised) into the LFR2019 "
                     "binary (int32 rows, cols, cols*4, 5; then float32 rows in list order). Interrupted runs "
-                    "resume from OUT.partial when rerun with the same list and model.")
+                    "resume from OUT.partial when rerun with the same weights, list and root (other ones are refused).")
     _model(f)
     f.add_argument("--list", required=True, help="test file list, one image path per line")
     f.add_argument("--root", default=".", help="folder the listed paths are relative to (default: .)")
