@@ -18,15 +18,11 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 def save_random(preset, prefix):
     """A randomly initialised `preset` checkpoint (a teacher's speed does not depend on its weights)."""
-    import mxnet as mx
-
     from vargface.symbols import get_symbol
+    from vargface.train.checkpoint import random_params, save_embedding
 
     sym = get_symbol(preset)
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[("data", (1, 3, 112, 112))], for_training=False)
-    mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
-    mx.model.save_checkpoint(prefix, 1, sym, *mod.get_params())
+    save_embedding(prefix, 1, sym, *random_params(sym, 112))
     return f"{prefix},1"
 
 

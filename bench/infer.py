@@ -14,19 +14,19 @@ os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # its log line would split
 import mxnet as mx  # noqa: E402  (after the thread settings)
 import numpy as np  # noqa: E402
 
+from vargface.eval.runner import InferenceRunner  # noqa: E402
 from vargface.symbols import get_symbol  # noqa: E402
 from vargface.symbols.flops import count  # noqa: E402
+from vargface.train.checkpoint import random_params  # noqa: E402
 
 
 def images_per_second(sym, batch, size, seconds):
-    mod = mx.mod.Module(sym, label_names=None, context=mx.cpu())
-    mod.bind([("data", (batch, 3, size, size))], for_training=False)
-    mod.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
-    data = mx.io.DataBatch([mx.nd.array(np.random.RandomState(0).uniform(0, 255, (batch, 3, size, size)))])
+    """Forward speed through the project's inference runner (what verify/embed/the teacher run)."""
+    runner = InferenceRunner(sym, *random_params(sym, size), batch_size=batch, input_size=size)
+    data = np.random.RandomState(0).uniform(0, 255, (batch, 3, size, size)).astype(np.float32)
 
     def once():
-        mod.forward(data, is_train=False)
-        mod.get_outputs()[0].wait_to_read()
+        runner.forward(data)
 
     once()  # warm-up: memory planning and MKLDNN primitive creation
     passes, start = 0, time.perf_counter()

@@ -32,8 +32,9 @@ def resize(image, size):
 
 
 def decode_rgb(buf, size, what):
-    """Encoded bytes -> ``size`` HWC uint8 RGB."""
-    return np.ascontiguousarray(resize(decode(buf, what), size)[..., ::-1])
+    """Encoded bytes -> HWC uint8 RGB at ``size`` (h, w), or at the image's own size when ``size`` is None."""
+    image = decode(buf, what)
+    return np.ascontiguousarray((image if size is None else resize(image, size))[..., ::-1])
 
 
 def encode_jpeg(image, quality=95):

@@ -106,20 +106,6 @@ def write_bin(path, bins, issame_list):
             pickle.dump((bins, issame), f, protocol=PICKLE_PROTOCOL)
 
 
-def decode_bin(bins, image_size=(112, 112), workers=None):
-    """Decode pack images to an ``(N, H, W, 3)`` uint8 **RGB** array, resized to ``image_size`` when needed
-    (the input ``FaceEmbedder.embed`` takes)."""
-    from vargface.data.images import decode_rgb
-    from vargface.data.parallel import imap_ordered
-
-    height, width = image_size
-    out = np.empty((len(bins), height, width, 3), np.uint8)
-    for i, image in enumerate(imap_ordered(lambda item: decode_rgb(item[1], (height, width), f"image {item[0]}"),
-                                           enumerate(bins), workers)):
-        out[i] = image
-    return out
-
-
 def make_pairs(groups, pairs, seed=0):
     """A balanced list of ``(a, b, issame)``: ``pairs // 2`` distinct same-identity pairs (from groups with at
     least 2 items) and the rest different-identity pairs, shuffled by ``seed``. ``groups`` is a list of item

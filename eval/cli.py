@@ -36,7 +36,7 @@ def register(subparsers):
         "features", help="write the LFR2019 image-track feature file",
         description="Embed every image of the test list (image + flip, summed, L2-normalised) into the LFR2019 "
                     "binary (int32 rows, cols, cols*4, 5; then float32 rows in list order). Interrupted runs "
-                    "resume from OUT.partial when rerun with the same list and model.")
+                    "resume from OUT.partial when rerun with the same weights, list and root (other ones are refused).")
     _model(f)
     f.add_argument("--list", required=True, help="test file list, one image path per line")
     f.add_argument("--root", default=".", help="folder the listed paths are relative to (default: .)")
@@ -51,7 +51,8 @@ def register(subparsers):
                     "(k+1)-th highest impostor score, k = floor(FAR * impostor pairs).")
     p.add_argument("--features", required=True, help="(N, D) features: .npy, or an LFR2019 feature file")
     p.add_argument("--labels", required=True, help="(N,) identity labels: .npy, or a text file one per line")
-    p.add_argument("--far", default="1e-8,1e-6,1e-4", help="comma-separated FARs (default: %(default)s)")
+    p.add_argument("--far", help="comma-separated FARs (default: 1e-8,1e-6,1e-4, each if the set has enough "
+                                 "impostor pairs for it; with none of them, every decade it has)")
     p.add_argument("--tile", type=int, default=2048, help="rows/columns per matrix block (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_tar_at_far)
@@ -102,23 +103,26 @@ def _verify(args):
     targets = [t for t in args.target.split(",") if t]
     if not targets:
         raise VargfaceError("--target: expected one or more .bin files, e.g. lfw.bin,cfp_fp.bin")
+    if args.nfolds < 1:
+        raise VargfaceError(f"--nfolds {args.nfolds}: expected a positive number of folds (10 as reported)")
     prefix, epoch = parse_model_arg(args.model)
     results = verify_model(prefix, epoch, targets, ctx=args.ctx, batch_size=args.batch_size,
                            nrof_folds=args.nfolds, progress=not args.json)
-    if args.roc:
-        _plot_roc(results, args.roc)
     summary = {name: {"accuracy": r["accuracy"], "std": r["std"], "best_threshold": r["best_threshold"],
                       "pairs": r["pairs"], "fold_accuracy": r["fold_accuracy"],
                       "fold_thresholds": r["fold_thresholds"], "tar_at_far": r["tar_at_far"]}
                for name, r in results.items()}
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
-    for name, r in summary.items():
-        tars = ", ".join(f"{t['far']:.0e}: {t['tar']:.5f}" for t in r["tar_at_far"])
-        print(f"[{name}] Accuracy-Flip: {r['accuracy']:.5f}+-{r['std']:.5f}  best threshold "
-              f"{r['best_threshold']:.2f}  ({r['pairs']} pairs)")
-        print(f"[{name}] TAR@FAR: {tars or 'no impostor pairs'}")
+    else:
+        for name, r in summary.items():
+            tars = ", ".join(f"{t['far']:.0e}: {t['tar']:.5f}" for t in r["tar_at_far"])
+            print(f"[{name}] Accuracy-Flip: {r['accuracy']:.5f}+-{r['std']:.5f}  best threshold "
+                  f"{r['best_threshold']:.2f}  ({r['pairs']} pairs)")
+            print(f"[{name}] TAR@FAR: {tars or 'no impostor pairs'}")
+    sys.stdout.flush()
+    if args.roc:  # after the results, so a plot that cannot be written does not lose them
+        _plot_roc(results, args.roc)
     return 0
 
 
@@ -131,6 +135,7 @@ def _plot_roc(results, path):
     from sklearn.metrics import roc_curve
 
     from vargface.atomic import atomic_path
+    from vargface.errors import VargfaceError
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, r in results.items():
@@ -144,16 +149,21 @@ def _plot_roc(results, path):
     ax.legend(loc="lower right")
     ax.set_title("ROC, image + flip embeddings")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    except OSError as error:
+        raise VargfaceError(f"--roc {path}: cannot write the plot ({error.strerror or error}); the results "
+                            f"above are complete") from None
+    finally:
+        plt.close(fig)
 
 
 def _lfr_features(args):
     from vargface.eval.lfr import extract_features
 
     embedder = _embedder(args)
-    computed = extract_features(embedder, args.list, args.root, args.out, model_name=args.model)
+    computed = extract_features(embedder, args.list, args.root, args.out)
     print(f"wrote {args.out} ({computed} rows computed in this run, {embedder.embedding_size}-d)")
     return 0
 
@@ -183,7 +193,7 @@ def _tar_at_far(args):
     from vargface.errors import VargfaceError
     from vargface.eval.tar_at_far import parse_fars, tar_at_far
 
-    fars = parse_fars(args.far)
+    fars = None if args.far is None else parse_fars(args.far)
     features = _load_array(args.features, "--features")
     labels = _load_array(args.labels, "--labels")
     if args.tile < 1:
@@ -200,6 +210,8 @@ def _tar_at_far(args):
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['n_images']} images, {result['n_genuine']} genuine pairs, {result['n_impostors']} impostor pairs")
+    for skipped in result["skipped"]:
+        print(f"skipped {skipped['reason']}")
     for r in result["results"]:
         print(f"TAR@FAR={r['far']:.0e}: {r['tar']:.5f}  (threshold {r['threshold']:.5f}, "
               f"{r['false_accepts']} false accepts)")

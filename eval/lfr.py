@@ -2,7 +2,8 @@
 little-endian float32; row i is the L2-normalised sum of the embeddings of image i of the test list and its flip.
 
 Extraction is resumable: rows go into a preallocated ``OUT.partial`` with a JSON sidecar recording how many rows
-are done and for which list and model; a rerun continues there, and the finished file is renamed into place."""
+are done and for which weights (checksum), list and root; a rerun with the same ones continues there, with others
+it refuses to append; the finished file is renamed into place."""
 import hashlib
 import json
 import os
@@ -68,43 +69,58 @@ def _digest(paths):
     return hashlib.sha1("\n".join(paths).encode("utf-8")).hexdigest()
 
 
-def extract_features(embedder, list_file, root, out, chunk=None, progress=True, model_name=""):
+def _resume_point(partial, sidecar, identity, size):
+    """Rows already in ``partial`` when its sidecar records this very identity; anything else refuses to append."""
+    if not (os.path.exists(partial) and os.path.exists(sidecar)):
+        return 0
+    try:
+        with open(sidecar, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        state = {}
+    state = state if isinstance(state, dict) else {}
+    changed = [what for key, what in (("weights", "the model's weights or graph"), ("list", "the --list"),
+                                      ("root", "the --root"), ("rows", "the number of images"),
+                                      ("cols", "the embedding size")) if state.get(key) != identity[key]]
+    if not changed and os.path.getsize(partial) != size:
+        changed = [f"the size of {partial}"]
+    if changed:
+        raise VargfaceError(f"{partial} was started with other inputs ({', '.join(changed)} changed), so its rows "
+                            f"cannot be continued with these; remove {partial} and {sidecar} to start over, or "
+                            f"write to another --out")
+    return int(state.get("done", 0))
+
+
+def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     """Embed every image of ``list_file`` (paths relative to ``root``) into the LFR2019 file ``out``, resumably.
 
-    Returns the number of rows computed in this run."""
+    ``embedder`` is a `FaceEmbedder`; the partial file is keyed on its checkpoint's checksum, the list and the
+    root, so a rerun with other weights or images refuses to append. Returns the number of rows computed in this
+    run."""
     from tqdm import tqdm
 
     from vargface.atomic import atomic_path
-    from vargface.eval.images import read_image
 
     paths = read_list(list_file)
     out = os.fspath(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     rows, cols = len(paths), embedder.embedding_size
     partial, sidecar = out + ".partial", out + ".partial.json"
-    identity = {"rows": rows, "cols": cols, "list": _digest(paths), "model": model_name}
-    done = 0
-    if os.path.exists(partial) and os.path.exists(sidecar):
-        try:
-            with open(sidecar, encoding="utf-8") as handle:
-                state = json.load(handle)
-        except (OSError, ValueError):
-            state = {}
-        if {k: state.get(k) for k in identity} == identity and \
-                os.path.getsize(partial) == HEADER_BYTES + rows * cols * ROW.itemsize:
-            done = int(state.get("done", 0))
+    identity = {"rows": rows, "cols": cols, "list": _digest(paths), "weights": embedder.checksum,
+                "root": os.path.abspath(os.fspath(root))}
+    size = HEADER_BYTES + rows * cols * ROW.itemsize
+    done = _resume_point(partial, sidecar, identity, size)
     if done == 0:
         with open(partial, "wb") as handle:  # preallocate: header, then a sparse body
             write_header(handle, rows, cols)
-            handle.truncate(HEADER_BYTES + rows * cols * ROW.itemsize)
+            handle.truncate(size)
     matrix = np.memmap(partial, dtype=ROW, mode="r+", offset=HEADER_BYTES, shape=(rows, cols))
     chunk = chunk or embedder.batch_size * 8
     bar = tqdm(total=rows, initial=done, unit="img", desc="lfr features", disable=not progress)
     start = done
     while done < rows:
         names = paths[done:done + chunk]
-        images = np.stack([read_image(os.path.join(root, name), embedder.input_size) for name in names])
-        matrix[done:done + len(names)] = embedder.embed(images, flip=True)
+        matrix[done:done + len(names)] = embedder.embed_files([os.path.join(root, name) for name in names])
         matrix.flush()
         done += len(names)
         with atomic_path(sidecar) as tmp, open(tmp, "w", encoding="utf-8") as handle:

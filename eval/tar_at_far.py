@@ -16,6 +16,9 @@ import numpy as np
 from vargface.errors import VargfaceError
 
 
+DEFAULT_FARS = (1e-8, 1e-6, 1e-4)  # the LFR2019 image track's
+
+
 def parse_fars(text, option="--far"):
     """'1e-8,1e-6' -> [1e-08, 1e-06]; each must be a number in (0, 1]."""
     fars = []
@@ -44,6 +47,18 @@ def allowed_false_accepts(far, n_impostors):
         raise VargfaceError(f"FAR {far:g} is below 1/(number of impostor pairs) = 1/{n_impostors} = "
                             f"{1.0 / n_impostors:.3g}; it cannot be measured on this data")
     return min(k, n_impostors)
+
+
+def split_measurable(fars, n_impostors):
+    """(FARs this many impostor pairs can resolve, [{far, reason}] for the others): FAR f needs at least 1/f."""
+    measurable, skipped = [], []
+    for far in fars:
+        if _floor_accepts(far, n_impostors) >= 1:
+            measurable.append(far)
+        else:
+            skipped.append({"far": far, "reason": f"FAR {far:g} needs at least {math.ceil(1 / far - 1e-6)} impostor "
+                                                  f"pairs; this set has {n_impostors}"})
+    return measurable, skipped
 
 
 def decade_fars(n_impostors, highest=1e-1):
@@ -124,10 +139,12 @@ class _TopBuffer:
         return self.parts[0]
 
 
-def tar_at_far(features, labels, fars, tile=2048, progress=True):
+def tar_at_far(features, labels, fars=None, tile=2048, progress=True):
     """Exact TAR at each FAR over all N(N-1)/2 pairs of ``features`` (cosine similarity) with identity ``labels``.
 
-    Returns a dict with n_images, n_genuine, n_impostors and ``results`` (see tar_from_scores)."""
+    ``fars`` None: 1e-8, 1e-6, 1e-4 as far as this set resolves them, else every decade it resolves.
+    Returns a dict with n_images, n_genuine, n_impostors, ``results`` (see tar_from_scores) and ``skipped``: the
+    FARs below 1/(impostor pairs), which this set cannot resolve, each with the reason."""
     features = np.asarray(features)
     labels = np.asarray(labels).reshape(-1)
     if features.ndim != 2:
@@ -146,6 +163,12 @@ def tar_at_far(features, labels, fars, tile=2048, progress=True):
         raise VargfaceError("labels: all images share one identity, so there are no impostor pairs")
     if n_genuine == 0:
         raise VargfaceError("labels: every identity has a single image, so there are no genuine pairs")
+    fars, skipped = split_measurable(DEFAULT_FARS if fars is None else fars, n_impostors)
+    if not fars and len(skipped) == len(DEFAULT_FARS) and all(s["far"] in DEFAULT_FARS for s in skipped):
+        fars = decade_fars(n_impostors)  # a small set: the decades it can resolve
+    if not fars:
+        raise VargfaceError("--far: no requested FAR can be measured on this set: "
+                            + "; ".join(s["reason"] for s in skipped))
     keep = min(max(allowed_false_accepts(f, n_impostors) for f in fars) + 1, n_impostors)
 
     genuine, top = [], _TopBuffer(keep)
@@ -175,4 +198,5 @@ def tar_at_far(features, labels, fars, tile=2048, progress=True):
     bar.close()
     genuine = np.concatenate(genuine) if genuine else np.zeros(0, np.float32)
     results = tar_from_scores(genuine, top.values(), n_impostors, fars)
-    return {"n_images": n, "n_genuine": n_genuine, "n_impostors": n_impostors, "results": results}
+    return {"n_images": n, "n_genuine": n_genuine, "n_impostors": n_impostors, "results": results,
+            "skipped": skipped}

@@ -67,25 +67,6 @@ def evaluate(embeddings, issame_list, nrof_folds=10, thresholds=THRESHOLDS):
     }
 
 
-def module_forward(module):
-    """Wrap a bound, initialised mx.mod.Module (first output = embedding) as forward(batch NCHW) -> (n, D) numpy.
-
-    A short last batch is padded with zeros up to the bound batch size (inference mode, so padding cannot
-    change the real rows)."""
-    import mxnet as mx
-
-    bound = module.data_shapes[0].shape[0]
-
-    def forward(batch):
-        count = len(batch)
-        if count < bound:
-            batch = np.concatenate([batch, np.zeros((bound - count,) + batch.shape[1:], batch.dtype)])
-        module.forward(mx.io.DataBatch(data=[mx.nd.array(batch)]), is_train=False)
-        return module.get_outputs()[0].asnumpy()[:count]
-
-    return forward
-
-
 def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32, progress=False, desc="embed"):
     """Embeddings of float32 NCHW ``images``: (embedding(x) + embedding(flip(x))) L2-normalised when ``flip``,
     else embedding(x) L2-normalised. ``forward`` maps a batch of at most ``batch_size`` to (n, D) numpy."""
@@ -108,33 +89,45 @@ def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32
 
 
 def load_pairs(path, image_size):
-    """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array)."""
-    from vargface.data.verification import decode_bin, load_bin
-    from vargface.eval.images import to_nchw
+    """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array).
+
+    Images of another side are resized by the inference rule (`vargface.eval.images.to_input`), as every other
+    image the networks are evaluated on."""
+    from vargface.data.images import decode_rgb
+    from vargface.data.parallel import imap_ordered
+    from vargface.data.verification import load_bin
+    from vargface.eval.images import to_input
 
     bins, issame = load_bin(path)
-    try:
-        images = decode_bin(bins, (image_size, image_size))
-    except VargfaceError as error:
-        raise VargfaceError(f"{path}: {error}") from None
-    return to_nchw(images), np.asarray(issame, dtype=bool)
+    images = np.empty((len(bins), 3, image_size, image_size), np.float32)
+    decoded = imap_ordered(lambda item: to_input(decode_rgb(item[1], None, f"{path}: image {item[0]}"), image_size),
+                           enumerate(bins))
+    for i, image in enumerate(decoded):
+        images[i] = image[0]
+    return images, np.asarray(issame, dtype=bool)
 
 
 def verify_model(prefix, epoch, targets, ctx=None, batch_size=64, nrof_folds=10, progress=True):
-    """Load a checkpoint and evaluate it on each .bin in ``targets`` -> {set name: evaluate() dict}."""
+    """Load a checkpoint and evaluate it on each .bin in ``targets`` -> {set name: evaluate() dict}.
+
+    Every pack's pair count is checked against ``nrof_folds`` before any embedding work."""
     import os
 
+    from vargface.data.verification import load_bin
     from vargface.eval.embedder import FaceEmbedder
 
+    if nrof_folds < 1:
+        raise VargfaceError(f"--nfolds {nrof_folds}: expected a positive number of folds")
+    for path in targets:
+        pairs = len(load_bin(path)[1])
+        if pairs < nrof_folds:
+            raise VargfaceError(f"{path}: {pairs} pairs cannot be split into {nrof_folds} folds (--nfolds)")
     embedder = FaceEmbedder(prefix, epoch, ctx=ctx, batch_size=batch_size)
     results = {}
     for path in targets:
         images, issame = load_pairs(path, embedder.input_size)
-        if len(issame) < max(nrof_folds, 1):  # before the embedding work, not after it
-            raise VargfaceError(f"{path}: {len(issame)} pairs cannot be split into {nrof_folds} folds (--nfolds)")
         name = os.path.splitext(os.path.basename(path))[0]
         name = path if name in results else name  # two packs with one file name: keep both
-        embeddings = flip_sum_embeddings(images, embedder.forward, embedder.batch_size, dtype=np.float64,
-                                         progress=progress, desc=name)
+        embeddings = embedder.embed_prepared(images, dtype=np.float64, progress=progress, desc=name)
         results[name] = evaluate(embeddings, issame, nrof_folds=nrof_folds)
     return results

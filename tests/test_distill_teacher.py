@@ -99,3 +99,21 @@ def test_teacher_features_are_the_graphs_taps(tmp_path):
                                atol=1e-4)
     with pytest.raises(VargfaceError, match=r"--teacher .*has no tap 'stride32' \(it has embedding, stride2"):
         Teacher(model, taps=("stride32",))
+
+
+def test_teacher_and_evaluator_see_the_same_pixels_at_another_input_size(tmp_path):
+    """A 112x112 face file fed to a 32x32 teacher (the student's batch) and to `vargface embed`: one resize rule."""
+    from vargface.data.images import encode_jpeg
+    from vargface.eval.embedder import FaceEmbedder
+    from vargface.eval.images import read_image
+
+    model, *_ = save_tiny(str(tmp_path / "t"))
+    path = tmp_path / "face.jpg"
+    path.write_bytes(encode_jpeg(np.random.RandomState(2).randint(0, 256, (112, 112, 3)).astype(np.uint8)))
+    student_batch = mx.nd.array(read_image(path)[None].transpose(0, 3, 1, 2).astype(np.float32))
+    assert student_batch.shape == (1, 3, 112, 112)
+    taught = Teacher(model).embed(student_batch).asnumpy()
+    embedder = FaceEmbedder(str(tmp_path / "t"), 1, batch_size=1)
+    np.testing.assert_array_equal(taught, embedder.forward(embedder.prepare([read_image(path)])))
+    taught = taught.astype(np.float64) / np.linalg.norm(taught.astype(np.float64), axis=1, keepdims=True)
+    np.testing.assert_array_equal(taught.astype(np.float32), embedder.embed_files([str(path)], flip=False))

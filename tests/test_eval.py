@@ -12,36 +12,13 @@ from vargface.errors import VargfaceError
 SIZE = 56  # the tiny model's input side; the .bin images are 112 so the resize path runs
 
 
-class Done:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def run_cli(capsys):
-    """Run `vargface ARGS...` in this process (no MXNet start-up per call) -> returncode, stdout, stderr."""
-    from vargface.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        out, err = capsys.readouterr()
-        return Done(code, out, err)
-
-    return run
-
-
 def decode_nchw(bins, size):
-    """Independent decoding for the re-derivation: cv2 BGR -> RGB, bilinear/area resize, NCHW float32."""
+    """Independent decoding for the re-derivation: cv2 BGR -> RGB, float32, area/bilinear resize, NCHW."""
     import cv2
 
     out = []
     for buf in bins:
-        image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+        image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.float32)
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if image.shape[0] > size
                            else cv2.INTER_LINEAR)
         out.append(image.transpose(2, 0, 1))
@@ -237,8 +214,10 @@ def test_far_errors_and_decades():
     assert decade_fars(5) == []
     rng = np.random.default_rng(0)
     features, labels = rng.normal(size=(20, 4)), np.repeat(np.arange(5), 4)  # 160 impostor pairs
-    with pytest.raises(VargfaceError, match=r"below 1/\(number of impostor pairs\) = 1/160"):
+    with pytest.raises(VargfaceError, match="FAR 0.001 needs at least 1000 impostor pairs; this set has 160"):
         tar_at_far(features, labels, [1e-3], progress=False)
+    partly = tar_at_far(features, labels, [1e-3, 0.1], progress=False)
+    assert [r["far"] for r in partly["results"]] == [0.1] and [s["far"] for s in partly["skipped"]] == [1e-3]
     with pytest.raises(VargfaceError, match="labels have 19"):
         tar_at_far(features, labels[:-1], [0.1], progress=False)
     with pytest.raises(VargfaceError, match="no genuine pairs"):
@@ -262,7 +241,13 @@ def test_tar_at_far_cli(tmp_path, run_cli):
     bad = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "short.npy")
     assert bad.returncode == 1 and "has 120 rows but --labels" in bad.stderr and "118" in bad.stderr
     low = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy", "--far", "1e-6")
-    assert low.returncode == 1 and "below 1/(number of impostor pairs)" in low.stderr
+    assert low.returncode == 1 and "FAR 1e-06 needs at least 1000000 impostor pairs" in low.stderr
+    default = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy")
+    impostors = json.loads(done.stdout)["n_impostors"]
+    assert default.returncode == 0, default.stderr
+    assert f"skipped FAR 1e-08 needs at least 100000000 impostor pairs; this set has {impostors}" in default.stdout
+    assert "TAR@FAR=1e-01" in default.stdout and "TAR@FAR=1e-03" in default.stdout  # the decades 6406 pairs resolve
+    assert "TAR@FAR=1e-04" not in default.stdout
 
 
 def test_verify_cli_json_and_roc(tiny_model, pack, tmp_path, run_cli):
@@ -294,8 +279,11 @@ def test_verify_cli_bad_inputs(tiny_model, pack, tmp_path, run_cli):
     assert done.returncode == 1 and "3 images for 1 pairs" in done.stderr
     undecodable = tmp_path / "undecodable.bin"
     undecodable.write_bytes(pickle.dumps(([b"not an image", b"x"], [True])))
-    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", undecodable)
+    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", undecodable, "--nfolds", 1)
     assert done.returncode == 1 and "undecodable.bin" in done.stderr and "image 0" in done.stderr
+    for folds in (0, -3):
+        done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", pack, "--nfolds", folds)
+        assert done.returncode == 1 and f"--nfolds {folds}: expected a positive number" in done.stderr
     done = run_cli("verify", "--model", f"{prefix},{epoch + 7}", "--target", pack)
     assert done.returncode == 1 and f"tiny-{epoch + 7:04d}.params does not exist" in done.stderr
     done = run_cli("verify", "--model", str(tmp_path / "nowhere") + ",1", "--target", pack)
@@ -359,7 +347,7 @@ def test_lfr_features_round_trip_and_resume(tiny_model, face_files, tmp_path, ru
     listing = tmp_path / "filelist.txt"
     listing.write_text("\n".join(names) + "\n")
     embedder = FaceEmbedder(prefix, epoch, batch_size=4)
-    expected = embedder.embed(np.stack([read_image(root / n, SIZE) for n in names]))
+    expected = embedder.embed([read_image(root / n) for n in names])  # at their own side: the runner resizes
 
     out = tmp_path / "features.bin"
     done = run_cli("lfr", "features", "--model", f"{prefix},{epoch}", "--list", listing, "--root", root,
@@ -418,3 +406,52 @@ def test_export_cli_tiny(tiny_model, tmp_path, run_cli):
                      "--tolerance", "0")
     assert failed.returncode == 1 and "parity failed" in failed.stderr
     assert not (tmp_path / "strict.onnx").exists()
+
+
+def test_lfr_features_refuse_to_append_after_the_weights_or_root_change(tiny_model, face_files, tmp_path):
+    import shutil
+
+    import mxnet as mx
+
+    from vargface.eval.embedder import FaceEmbedder
+    from vargface.eval.lfr import extract_features, read_features
+    from vargface.symbols.checkpoint import checkpoint_files
+
+    source, epoch = tiny_model
+    prefix = str(tmp_path / "model")
+    for path, suffix in zip(checkpoint_files(source, epoch), ("-symbol.json", f"-{epoch:04d}.params")):
+        shutil.copy(path, prefix + suffix)
+    root, names = face_files
+    listing = tmp_path / "filelist.txt"
+    listing.write_text("\n".join(names) + "\n")
+    out = tmp_path / "features.bin"
+    victim = root / names[6]
+    good = victim.read_bytes()
+    victim.write_bytes(b"garbage")
+    try:  # the first run stops after 4 rows: a partial file to continue
+        with pytest.raises(VargfaceError, match=names[6]):
+            extract_features(FaceEmbedder(prefix, epoch, batch_size=4), str(listing), str(root), out, chunk=4,
+                             progress=False)
+    finally:
+        victim.write_bytes(good)
+
+    params = f"{prefix}-{epoch:04d}.params"
+    original = open(params, "rb").read()
+    arrays = mx.nd.load(params)
+    mx.nd.save(params, {k: v * 1.01 if k.startswith("arg:") else v for k, v in arrays.items()})  # same names
+    with pytest.raises(VargfaceError, match=r"features.bin.partial was started with other inputs \(the model's "
+                                            r"weights or graph changed\)"):
+        extract_features(FaceEmbedder(prefix, epoch, batch_size=4), str(listing), str(root), out, progress=False)
+    open(params, "wb").write(original)
+
+    other_root = tmp_path / "copy"
+    shutil.copytree(root, other_root)
+    with pytest.raises(VargfaceError, match=r"\(the --root changed\).*remove"):
+        extract_features(FaceEmbedder(prefix, epoch, batch_size=4), str(listing), str(other_root), out,
+                         progress=False)
+    assert not out.exists() and json.loads((tmp_path / "features.bin.partial.json").read_text())["done"] == 4
+
+    embedder = FaceEmbedder(prefix, epoch, batch_size=4)  # the same inputs again: it continues
+    assert extract_features(embedder, str(listing), str(root), out, chunk=4, progress=False) == len(names) - 4
+    np.testing.assert_allclose(read_features(out), embedder.embed_files([str(root / n) for n in names]),
+                               atol=1e-6)

@@ -51,6 +51,25 @@ def save_embedding(prefix, number, emb_sym, arg_params, aux_params):
                  {k: v for k, v in aux_params.items() if k in auxs})
 
 
+def random_params(emb_sym, input_size, initializer=None, seed=0):
+    """(arg_params, aux_params) of ``emb_sym`` at random (Xavier gaussian/out/2 by default; BatchNorm statistics
+    0 and 1): weights for a speed benchmark or a test checkpoint of a preset, where their values do not matter."""
+    import mxnet as mx
+
+    mx.random.seed(seed)
+    initializer = initializer or mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2)
+    arg_shapes, _, aux_shapes = emb_sym.infer_shape(data=(1, 3, input_size, input_size))
+    attrs, arrays = emb_sym.attr_dict(), ({}, {})
+    for params, names, shapes in ((arrays[0], emb_sym.list_arguments(), arg_shapes),
+                                  (arrays[1], emb_sym.list_auxiliary_states(), aux_shapes)):
+        for name, shape in zip(names, shapes):
+            if name == "data":
+                continue
+            params[name] = mx.nd.zeros(shape)
+            initializer(mx.init.InitDesc(name, attrs.get(name)), params[name])
+    return arrays
+
+
 def state_path(prefix):
     return f"{prefix}-state.json"
 

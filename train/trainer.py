@@ -299,22 +299,21 @@ class _Run:
 
     # ---- verification ------------------------------------------------------------------------------------------
     def verify(self):
-        """Accuracy-Flip (docs/metric.md) on each target, embedding with the current weights: an inference Module
-        bound on the training Module's arrays (no copy)."""
-        import mxnet as mx
+        """Accuracy-Flip (docs/metric.md) on each target with the current weights: an `InferenceRunner` on its own executors
+        gets a copy of the training module's weights every round (cheap next to the forward passes), so it computes
+        exactly what `vargface verify` computes on the checkpoint saved from the same weights."""
+        from vargface.eval.runner import InferenceRunner
+        from vargface.eval.verification import evaluate
 
-        from vargface.eval.verification import evaluate, flip_sum_embeddings, module_forward
-
+        arg, aux = self.module.get_params()
         if self.infer is None:
-            self.infer = mx.mod.Module(self.emb_sym, data_names=["data"], label_names=None, context=self.contexts)
-            # The training batch size: the shared executors' buffers already fit it.
-            self.infer.bind(data_shapes=[("data", (self.batch_size,) + self.data_shape)], for_training=False,
-                            shared_module=self.module)
-        forward = module_forward(self.infer)
-        bound = self.infer.data_shapes[0].shape[0]
+            self.infer = InferenceRunner(self.emb_sym, arg, aux, ctx=self.contexts, batch_size=self.batch_size,
+                                         input_size=self.data_shape[1], source="the training network")
+        else:
+            self.infer.set_params(arg, aux)
         results = {}
         for name, images, issame in self.val_sets:
-            emb = flip_sum_embeddings(images, forward, bound, dtype=np.float64)
+            emb = self.infer.embed_prepared(images, dtype=np.float64)
             result = evaluate(emb, issame, nrof_folds=min(10, len(issame)))
             results[name] = {"accuracy": result["accuracy"], "std": result["std"]}
         return results

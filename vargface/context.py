@@ -7,9 +7,18 @@ _ITEM = re.compile(r"^(?:(cpu|gpu):)?(\d+)$|^(cpu|gpu)$")
 
 
 def parse_ctx(text, option="--ctx"):
-    """Parse a context list; a GPU that does not exist is an error that says how many there are."""
+    """Parse a context list; a GPU that does not exist is an error that says how many there are.
+
+    The one device parser: None means ``cpu``, and an ``mx.Context`` or a list of them is checked the same way."""
     import mxnet as mx
 
+    if text is None:
+        text = "cpu"
+    if isinstance(text, mx.Context) or isinstance(text, (list, tuple)):
+        contexts = [text] if isinstance(text, mx.Context) else list(text)
+        if not contexts or not all(isinstance(c, mx.Context) for c in contexts):
+            raise VargfaceError(f"{option}: expected a device list such as 'cpu:0,cpu:1', got {text!r}")
+        text = ",".join(f"{c.device_type}:{c.device_id}" for c in contexts)
     contexts, kind = [], None
     for item in str(text).replace(" ", "").split(","):
         match = _ITEM.match(item)

@@ -1,0 +1,170 @@
+"""InferenceRunner: the one way this project runs a network for inference (evaluation, embedding, the frozen
+distillation teacher, the trainer's verification rounds).
+
+It binds its own executors, pads the last batch to the bound size, resizes every image with one rule
+(`vargface.data.images.resize`, in float32) and always computes with the weights it was last given.
+
+Why the executors are bound without MXNet's subgraph pass: MXNet 1.9.1 on CPU fuses the inference graph by
+default (subgraph backend "MKLDNN": Conv+BN+ReLU folded into one oneDNN op). The fused ops keep weights they
+derived at the first forward pass, so weights copied into the executor later are not fully seen (its embeddings
+then differ from a fresh bind of the same weights: stale in-training verification), and for MobileFaceNet
+(y1, y2) the fused op's output keeps the oneDNN layout, so reading it after the second forward pass fails with
+"We can't generate TBlob for MKLDNN data". ``MXNET_SUBGRAPH_BACKEND=NONE`` while binding turns that pass off for
+these executors only; the unfused oneDNN kernels still run, and training modules keep the default."""
+import contextlib
+import os
+
+import numpy as np
+
+from vargface.errors import VargfaceError
+from vargface.symbols.checkpoint import OUTPUT
+
+
+@contextlib.contextmanager
+def _without_subgraph_fusion():
+    """Executors bound inside this block skip MXNet's graph fusion (MXNet reads the variable at bind time)."""
+    settings = {"MXNET_SUBGRAPH_BACKEND": "NONE"}
+    old = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
+
+
+def cut_at(symbol, output, source="model"):
+    """The part of ``symbol`` that ends at the internal output ``output`` (e.g. 'stage3_unit2_relu_output'), or
+    at each of a list of outputs (a Group, computed by one forward pass)."""
+    import mxnet as mx
+
+    outputs = [output] if isinstance(output, str) else list(output)
+    if symbol.list_outputs() == outputs:
+        return symbol
+    internals = symbol.get_internals()
+    names = internals.list_outputs()
+    for name in outputs:
+        if name not in names:
+            close = [n for n in names if n.endswith("_output")][-5:]
+            raise VargfaceError(f"{source} has no output named {name!r}; expected '{OUTPUT}' or an internal output "
+                                f"such as {', '.join(close)}")
+    return internals[outputs[0]] if len(outputs) == 1 else mx.sym.Group([internals[name] for name in outputs])
+
+
+class InferenceRunner:
+    """A network cut at ``output`` (a name, or a list of names computed together), bound for inference on ``ctx``
+    (a '--ctx' string or mx.Context list).
+
+    ``batch_size`` is the bound batch (rounded up to a multiple of the devices); None binds at the size of the first
+    batch, which suits a teacher fed the student's fixed batch. ``forward`` takes any number of images."""
+
+    def __init__(self, symbol, arg_params, aux_params, ctx=None, batch_size=32, output=OUTPUT, input_size=None,
+                 source="model"):
+        from vargface.context import parse_ctx
+        from vargface.symbols.checkpoint import input_size_of
+
+        self.contexts = parse_ctx(ctx)
+        if batch_size is not None and int(batch_size) < 1:
+            raise VargfaceError(f"--batch-size: expected a positive number, got {batch_size}")
+        self.symbol = cut_at(symbol, output, source)
+        self.output = output
+        self.input_size = int(input_size or input_size_of(symbol))
+        used_args, used_aux = set(self.symbol.list_arguments()), set(self.symbol.list_auxiliary_states())
+        self._used = (used_args, used_aux)
+        shapes = self.symbol.infer_shape(data=(1, 3, self.input_size, self.input_size))[1]
+        self.output_shapes = [tuple(shape[1:]) for shape in shapes]
+        self.output_shape = self.output_shapes[0]
+        self.module, self.batch_size = None, None
+        self._params = self._select(arg_params, aux_params)
+        if batch_size is not None:
+            self._bind(int(batch_size))
+
+    @classmethod
+    def from_checkpoint(cls, prefix, epoch, ctx=None, batch_size=32, output=OUTPUT):
+        """Load ``prefix-symbol.json`` + ``prefix-EPOCH.params`` (every array checked) and bind it."""
+        from vargface.symbols.checkpoint import load_checkpoint
+
+        symbol, arg_params, aux_params = load_checkpoint(prefix, epoch)
+        return cls(symbol, arg_params, aux_params, ctx=ctx, batch_size=batch_size, output=output,
+                   source=f"model {prefix},{epoch}")
+
+    @property
+    def embedding_size(self):
+        return int(np.prod(self.output_shape))
+
+    def _select(self, arg_params, aux_params):
+        used_args, used_aux = self._used
+        return ({k: v for k, v in arg_params.items() if k in used_args},
+                {k: v for k, v in aux_params.items() if k in used_aux})
+
+    def _bind(self, batch_size):
+        import mxnet as mx
+
+        devices = len(self.contexts)
+        self.batch_size = -(-batch_size // devices) * devices  # Module splits a batch evenly across its devices
+        self.module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None, context=self.contexts)
+        with _without_subgraph_fusion():
+            self.module.bind(data_shapes=[("data", (self.batch_size, 3, self.input_size, self.input_size))],
+                             for_training=False)
+        self.module.set_params(*self._params, allow_missing=False, allow_extra=True)
+
+    def set_params(self, arg_params, aux_params):
+        """Copy new weights into the executors (e.g. the training module's current ones); extra arrays are
+        ignored, so a training module's full parameter set can be passed."""
+        self._params = self._select(arg_params, aux_params)
+        if self.module is not None:
+            self.module.set_params(*self._params, allow_missing=False, allow_extra=True, force_init=True)
+
+    def get_params(self):
+        """The weights as the executors hold them, read back from the devices."""
+        if self.module is None:
+            return self._params
+        self.module._sync_params_from_devices()
+        return self.module.get_params()
+
+    def forward(self, batch):
+        """Raw outputs (n, *output_shape) float32 numpy of float32 NCHW images at the input side, any n."""
+        return self.forward_outputs(batch)[0]
+
+    def forward_outputs(self, batch):
+        """Every output of the cut (a list of (n, *shape) float32 numpy) for float32 NCHW images, any n."""
+        import mxnet as mx
+
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, self.input_size, self.input_size):
+            raise VargfaceError(f"{self.output}: expected images (N, 3, {self.input_size}, {self.input_size}), "
+                                f"got shape {batch.shape}")
+        if self.module is None:
+            self._bind(max(len(batch), 1))
+        outs = [np.zeros((len(batch),) + shape, np.float32) for shape in self.output_shapes]
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start:start + self.batch_size]
+            count = len(chunk)
+            if count < self.batch_size:  # inference mode: the zero rows cannot change the real ones
+                chunk = np.concatenate([chunk, np.zeros((self.batch_size - count,) + chunk.shape[1:], np.float32)])
+            self.module.forward(mx.io.DataBatch(data=[mx.nd.array(chunk)]), is_train=False)
+            for out, value in zip(outs, self.module.get_outputs()):
+                out[start:start + count] = value.asnumpy()[:count]
+        return outs
+
+    def prepare(self, images):
+        """uint8/float RGB images (an (N, H, W, 3) array or a list of (H, W, 3), any side) -> float32 NCHW at the
+        input side, by the one resize rule (`vargface.eval.images.to_input`)."""
+        from vargface.eval.images import to_input
+
+        return to_input(images, self.input_size)
+
+    def embed(self, images, flip=True, dtype=np.float32, progress=False, desc="embed"):
+        """L2-normalised embeddings of RGB images (see `prepare`)."""
+        return self.embed_prepared(self.prepare(images), flip=flip, dtype=dtype, progress=progress, desc=desc)
+
+    def embed_prepared(self, images, flip=True, dtype=np.float32, progress=False, desc="embed"):
+        """L2-normalised embeddings of float32 NCHW images at the input side; with ``flip`` each row is the
+        image's plus its mirror's, as the verification protocol sums them."""
+        from vargface.eval.verification import flip_sum_embeddings
+
+        return flip_sum_embeddings(images, self.forward, self.batch_size or max(len(images), 1), flip=flip,
+                                   dtype=dtype, progress=progress, desc=desc)
