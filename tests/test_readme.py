@@ -7,6 +7,7 @@ for train/distill, resolve to a valid config; `make` targets must exist in the M
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,9 +106,11 @@ def dry_run_recipe(tmp_path, env):
 
 
 def test_run_blocks_on_synthetic_data(tmp_path, monkeypatch, capsys):
-    """The short blocks, line by line through the `vargface` entry point, in an empty folder."""
+    """The short blocks, line by line through the `vargface` entry point, in a folder holding only the shipped
+    config files (the README's commands name them as `configs/NAME.py`, from the repository's top)."""
     from vargface.cli import main
 
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     ran = 0
     for mark, _, commands in readme_blocks():
