@@ -9,6 +9,7 @@ import sys
 
 COMMAND_MODULES = [
     "vargface.symbols.cli", "vargface.data.cli", "vargface.train.cli", "vargface.eval.cli", "vargface.demo",
+    "vargface.experiment",
     "vargface.recipe",
 ]
 
