@@ -24,6 +24,8 @@ HELP = {
     "prefix": "checkpoint prefix (default MODELS_ROOT/NETWORK-LOSS-DATASET/model)",
     "pretrained": "PREFIX,EPOCH: start the embedding from this checkpoint (fresh classifier and optimizer)",
     "resume": "continue the interrupted run at --prefix exactly where it stopped",
+    "train_graph": "auto (fast on CPU, faithful on GPU) | fast (the same function in ops with fast CPU kernels) | "
+                   "faithful (the network's own ops); checkpoints always hold the faithful graph",
     "on_nan": "stop | rollback (to the last state, learning rate x nan_lr_factor)",
     "data_cutoff": "side of a grey square pasted at random on half the images (0: off)",
     "data_color": "1: colour jitter, 2: also JPEG re-compression",

@@ -31,6 +31,8 @@ default = edict(
     # bookkeeping (InsightFace meanings: frequent = log every N batches, verbose = verify + checkpoint every N)
     models_root="./models", prefix="", pretrained="", resume=False, ckpt=3, frequent=20, verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
+    # speed: which graph the optimizer trains (checkpoints always hold the faithful graph)
+    train_graph="auto",
 )
 
 network = edict(

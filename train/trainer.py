@@ -85,6 +85,20 @@ def embedding_symbol(config):
     return get_symbol(config.net_name, **options)
 
 
+TRAIN_GRAPHS = ("auto", "fast", "faithful")
+
+
+def training_embedding(emb_sym, train_graph, contexts):
+    """The embedding graph the optimizer trains: the faithful one, or its fast rewrite (same arrays, same function,
+    CPU-friendly ops). ``auto`` picks the rewrite when every context is a CPU, where it pays off."""
+    use_fast = train_graph == "fast" or (train_graph == "auto" and all(c.device_type == "cpu" for c in contexts))
+    if not use_fast:
+        return emb_sym
+    from vargface.symbols.fast import fast_graph
+
+    return fast_graph(emb_sym)
+
+
 def _seed_rngs(seed, step):
     import mxnet as mx
 
@@ -127,6 +141,8 @@ class _Run:
         self.config, self.plugin, self.contexts, self.log = config, plugin, contexts, log
         if config.kvstore not in KVSTORES:
             raise VargfaceError(f"--kvstore {config.kvstore!r}: expected one of {', '.join(KVSTORES)}")
+        if config.train_graph not in TRAIN_GRAPHS:
+            raise VargfaceError(f"--train-graph {config.train_graph!r}: expected one of {', '.join(TRAIN_GRAPHS)}")
         if config.on_nan not in ("stop", "rollback"):
             raise VargfaceError(f"--on-nan {config.on_nan!r}: expected 'stop' or 'rollback'")
         for key in ("per_batch_size", "frequent", "verbose"):
@@ -147,9 +163,10 @@ class _Run:
         self.batch_size = int(config.per_batch_size) * len(contexts)
         self.emb_sym = embedding_symbol(config)
         self.extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(self.batch_size)]
-        extra_losses = plugin.extra_losses(self.emb_sym, config)
+        train_emb = training_embedding(self.emb_sym, config.train_graph, contexts)
+        extra_losses = plugin.extra_losses(train_emb, config)
         self.extra_names = [name for _, name in extra_losses]
-        self.train_sym = mx.sym.Group([loss_head(self.emb_sym, config)] + [loss for loss, _ in extra_losses])
+        self.train_sym = mx.sym.Group([loss_head(train_emb, config)] + [loss for loss, _ in extra_losses])
         self.data_shapes = [("data", (self.batch_size,) + self.data_shape)] + self.extra_inputs
         self.label_shapes = [("softmax_label", (self.batch_size,))]
 
