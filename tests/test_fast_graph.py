@@ -124,3 +124,44 @@ def test_fast_graph_same_gradients(preset):
     # so single small arrays are no measure.
     assert _relative(np.concatenate([got[1][n].ravel() for n in names]),
                      np.concatenate([expected[1][n].ravel() for n in names])) < 1e-5
+
+
+def test_model_trained_on_fast_graph_loads_and_verifies_as_faithful(tmp_path, capsys):
+    """`vargface train` on CPU trains the fast graph by default; its checkpoint is the faithful graph, which
+    `vargface verify` loads and evaluates."""
+    from vargface.cli import main
+    from vargface.data.synth import make_synthetic_rec
+    from vargface.data.verification import make_synthetic_bin
+    from vargface.symbols.checkpoint import load_checkpoint
+    from vargface.train.config import generate_config
+    from vargface.train.trainer import fit
+
+    data = str(tmp_path / "data")
+    make_synthetic_rec(data, 6, 4, size=56, seed=1, progress=False)
+    pack = tmp_path / "val.bin"
+    make_synthetic_bin(pack, identities=6, pairs=20, size=56, seed=3, per_identity=3, workers=1)
+    config = generate_config("vargfacenet_tiny", data, "arcface", prefix=str(tmp_path / "m"), max_steps=2,
+                             per_batch_size=4, val_targets="", ctx="cpu")
+    assert config.train_graph == "auto"
+    result = fit(config, log=lambda line: None)
+    sym, arg, aux = load_checkpoint(result["prefix"], result["epoch"])
+    faithful = get_symbol("vargfacenet", input_size=56, multiplier=0.25, emb_size=64)
+    def ops(graph):
+        return [(node["op"], node.get("attrs")) for node in json.loads(graph.tojson())["nodes"]]
+
+    assert ops(sym) == ops(faithful) and sym.list_arguments() == faithful.list_arguments()
+    assert set(arg) | set(aux) == set(faithful.list_arguments()[1:]) | set(faithful.list_auxiliary_states())
+    with pytest.raises(SystemExit) as code:
+        main(["verify", "--model", f"{result['prefix']},{result['epoch']}", "--target", str(pack)])
+    assert code.value.code == 0
+    assert "val" in capsys.readouterr().out
+
+
+def test_train_graph_option_is_checked(tmp_path):
+    from vargface.errors import VargfaceError
+    from vargface.train.config import generate_config
+    from vargface.train.trainer import fit
+
+    config = generate_config("vargfacenet_tiny", str(tmp_path), "arcface", train_graph="quick", ctx="cpu")
+    with pytest.raises(VargfaceError, match="--train-graph 'quick': expected one of auto, fast, faithful"):
+        fit(config, log=lambda line: None)
