@@ -49,7 +49,8 @@ def fast_graph(sym, data_shape=None):
             negative = add("elemwise_sub", name + "_negative", [x, positive])
             slope = add("Reshape", name + "_slope", [gamma], {"shape": (1, -1) + (1,) * (ndim - 2)})
             scaled = add("broadcast_mul", name + "_scaled", [negative, slope])
-            remap[old_id] = add("elemwise_add", name, [positive, scaled])
+            # broadcast_add, not elemwise_add: oneDNN's sum of a blocked and a plain input is a reference kernel
+            remap[old_id] = add("broadcast_add", name, [positive, scaled])
         elif op == "Pooling" and attrs.get("global_pool") == "True" and attrs.get("pool_type") == "avg" and ndim == 4:
             remap[old_id] = add("mean", name, inputs, {"axis": (2, 3), "keepdims": True})
         else:
