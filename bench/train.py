@@ -1,53 +1,85 @@
-"""Training throughput of `vargface train` on CPU: samples/s (total and per device) for the full-size VarGFaceNet
-and a tiny preset, on one and two contexts (cpu:0 and cpu:0,cpu:1 stand in for GPUs), kvstore device.
+"""Training speed on CPU of the faithful graph and of the fast training graph (vargface.symbols.fast), in one run.
 
-Each run trains on a synthetic .rec for two speedometer windows; the second window's speed is reported (the
-first includes graph set-up). Run: OMP_NUM_THREADS=2 .venv/bin/python bench/train.py"""
+For each network: images/s of a training step (forward, backward, SGD update; embedding + a 1000-class softmax
+head) on the faithful and the fast graph, their ratio, and the achieved GFLOP/s (3x the LFR2019 forward FLOPs per
+image: forward plus the two backward products) against a large float32 GEMM (mx.nd.dot) measured in the same run.
+Run: OMP_NUM_THREADS=2 .venv/bin/python bench/train.py"""
 import argparse
 import os
-import tempfile
+import time
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-CASES = [  # network preset, per-device batch, updates per window
-    ("vargfacenet", 4, 3),
-    ("vargfacenet_tiny", 16, 10),
-    ("r18_tiny", 16, 10),
+CASES = [  # label, preset, options, batch, timed steps
+    ("vargfacenet", "vargfacenet", {}, 16, 3),
+    ("vargfacenet_tiny", "vargfacenet", dict(multiplier=0.25, emb_size=64, input_size=56), 16, 10),
+    ("pocketnet_s128", "pocketnet_s128", {}, 16, 3),
 ]
 
 
-def measure(network, data_dir, ctx, per_batch, window, out):
-    from vargface.train.config import generate_config
-    from vargface.train.trainer import fit
+def gemm_gflops(n=2048, repeats=5):
+    import mxnet as mx
 
-    config = generate_config(network, data_dir, "arcface", ctx=ctx, kvstore="device", per_batch_size=per_batch,
-                             val_targets="", frequent=window, verbose=10 ** 6, max_steps=2 * window, end_epoch=100,
-                             lr=0.01, lr_schedule="step", warmup_steps=0, ckpt=0, prefix=os.path.join(out, "m"))
-    result = fit(config, log=lambda line: None)
-    return [e for e in result["history"] if e["type"] == "train"][-1]["speed"]
+    a, b = mx.nd.random.uniform(shape=(n, n)), mx.nd.random.uniform(shape=(n, n))
+    mx.nd.dot(a, b).wait_to_read()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        mx.nd.dot(a, b).wait_to_read()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def images_per_second(embedding, batch, steps):
+    import mxnet as mx
+    import numpy as np
+
+    side = int(embedding.attr_dict()["data"]["vargface_input_size"])
+    head = mx.sym.FullyConnected(embedding, num_hidden=1000, name="fc7")
+    net = mx.sym.SoftmaxOutput(head, mx.sym.Variable("softmax_label"), name="softmax")
+    module = mx.mod.Module(net, context=mx.cpu())
+    module.bind([("data", (batch, 3, side, side))], [("softmax_label", (batch,))])
+    mx.random.seed(0)
+    module.init_params(mx.init.Xavier())
+    module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.01, "momentum": 0.9})
+    data = mx.io.DataBatch([mx.nd.random.uniform(0, 255, (batch, 3, side, side))],
+                           [mx.nd.array(np.arange(batch) % 1000)])
+    for step in range(steps + 1):  # the first step sets up kernels and is not timed
+        if step == 1:
+            start = time.perf_counter()
+        module.forward_backward(data)
+        module.update()
+        mx.nd.waitall()
+    return batch * steps / (time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--networks", default=",".join(c[0] for c in CASES), help="presets to measure")
+    parser.add_argument("--networks", default=",".join(c[0] for c in CASES), help="cases to measure")
     args = parser.parse_args()
-    from vargface.data.synth import make_synthetic_rec
+    from vargface.symbols import PRESETS, get_symbol
+    from vargface.symbols.fast import fast_graph
+    from vargface.symbols.flops import count
 
-    chosen = args.networks.split(",")
+    peak = gemm_gflops()
+    print(f"float32 GEMM (mx.nd.dot 2048x2048): {peak:.1f} GFLOP/s", flush=True)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "data")
-        make_synthetic_rec(data, 16, 16, size=112, seed=0, progress=False)
-        for network, per_batch, window in (c for c in CASES if c[0] in chosen):
-            for ctx in ("cpu:0", "cpu:0,cpu:1"):
-                devices = len(ctx.split(","))
-                speed = measure(network, data, ctx, per_batch, window, os.path.join(tmp, f"{network}-{devices}"))
-                rows.append((network, ctx, per_batch, speed, speed / devices))
-                print(f"  {network} on {ctx}: {speed:.2f} samples/s", flush=True)
-    print(f"\ntraining throughput (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores)")
-    print(f"{'network':<18} {'contexts':<12} {'batch/dev':>9} {'samples/s':>10} {'per device':>11}")
-    for network, ctx, per_batch, speed, per_device in rows:
-        print(f"{network:<18} {ctx:<12} {per_batch:>9} {speed:>10.2f} {per_device:>11.2f}")
+    for label, preset, options, batch, steps in (c for c in CASES if c[0] in args.networks.split(",")):
+        if preset not in PRESETS:
+            print(f"  {label}: skipped, {preset!r} is not a known preset here", flush=True)
+            continue
+        faithful = get_symbol(preset, **options)
+        side = int(faithful.attr_dict()["data"]["vargface_input_size"])
+        flops = count(faithful, (1, 3, side, side))["flops"]
+        speeds = {}
+        for name, graph in (("faithful", faithful), ("fast", fast_graph(faithful))):
+            speeds[name] = images_per_second(graph, batch, steps)
+            print(f"  {label} {name}: {speeds[name]:.2f} images/s", flush=True)
+        gflops = 3 * flops * speeds["fast"] / 1e9
+        rows.append((label, batch, speeds["faithful"], speeds["fast"], gflops))
+    print(f"\ntraining speed on CPU (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores)")
+    print(f"{'network':<18} {'batch':>5} {'faithful':>9} {'fast':>9} {'ratio':>6} {'fast GFLOP/s':>13} {'of GEMM':>8}")
+    for label, batch, slow, fast, gflops in rows:
+        print(f"{label:<18} {batch:>5} {slow:>9.2f} {fast:>9.2f} {fast / slow:>6.2f} {gflops:>13.1f} "
+              f"{gflops / peak:>8.1%}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,19 @@ def clip_global_norm(module, names, max_norm, rescale):
     return norm
 
 
+TRAIN_GRAPHS = ("faithful", "fast")
+
+
+def training_embedding(emb_sym, train_graph):
+    """The embedding graph the optimizer trains: the faithful one, or its CPU rewrite (`vargface.symbols.fast`:
+    same arrays and function, ops with fast CPU kernels; opt-in, see its docstring for what is and is not known)."""
+    if train_graph != "fast":
+        return emb_sym
+    from vargface.symbols.fast import fast_graph
+
+    return fast_graph(emb_sym)
+
+
 def _seed_rngs(seed, step):
     import mxnet as mx
 
@@ -158,6 +171,8 @@ class _Run:
         self.config, self.plugin, self.contexts, self.log = config, plugin, contexts, log
         if config.kvstore not in KVSTORES:
             raise VargfaceError(f"--kvstore {config.kvstore!r}: expected one of {', '.join(KVSTORES)}")
+        if config.train_graph not in TRAIN_GRAPHS:
+            raise VargfaceError(f"--train-graph {config.train_graph!r}: expected one of {', '.join(TRAIN_GRAPHS)}")
         if config.on_nan not in ("stop", "rollback"):
             raise VargfaceError(f"--on-nan {config.on_nan!r}: expected 'stop' or 'rollback'")
         check_ranges(config)
@@ -198,10 +213,12 @@ class _Run:
         # The release clips the embedding network's gradients only, not the classifier's.
         self.clip_names = set(self.emb_sym.list_arguments()) - {"data"}
         self.extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(self.batch_size)]
-        extra_losses = plugin.extra_losses(self.emb_sym, config)
+        train_emb = training_embedding(self.emb_sym, config.train_graph)
+        extra_losses = plugin.extra_losses(train_emb, config)
         self.extra_names = [name for _, name in extra_losses]
         head_input = mx.sym.BlockGrad(self.emb_sym) if plugin.detach_margin_loss() else self.emb_sym
         self.train_sym = mx.sym.Group([loss_head(head_input, config)] + [loss for loss, _ in extra_losses])
+        self.train_sym = mx.sym.Group([loss_head(train_emb, config)] + [loss for loss, _ in extra_losses])
         self.data_shapes = [("data", (self.batch_size,) + self.data_shape)] + self.extra_inputs
         self.label_shapes = [("softmax_label", (self.batch_size,))]
 

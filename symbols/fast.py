@@ -1,0 +1,73 @@
+"""A faster training graph for CPU: the same function, arrays and names as any faithful graph, in other ops.
+
+On CPU with oneDNN, two things made training slow (seen with ``DNNL_VERBOSE=1``):
+
+* ``LeakyReLU(act_type='prelu')`` has a slow CPU backward. Here it becomes ``relu(x) + gamma * (x - relu(x))``
+  with the same ``<name>_gamma`` array broadcast over channels: elementwise ops with fast kernels, exactly PReLU
+  on both sides of zero (the gradient at 0 is gamma, as in MXNet's PReLU).
+* BatchNorm and pooling backward fall to oneDNN's reference kernels (~100x slower) when their data and incoming
+  gradient arrive in different blocked layouts, as after the 8-channel grouped convolutions. The plain-layout
+  elementwise ops above hand BatchNorm a plain gradient, which it reorders to its data's layout; global average
+  pooling becomes ``mean`` over the spatial axes, which has no layout of its own.
+
+The rewrite works on the Symbol's JSON graph, so it serves every network without per-network code. Checkpoints
+keep the faithful graph; the rewrite only changes how the optimizer's forward and backward passes are computed."""
+import json
+
+import mxnet as mx
+
+from vargface.symbols.common import DEFAULT_INPUT_SIZE, INPUT_SIZE_ATTR
+
+
+def fast_graph(sym, data_shape=None):
+    """The fast training form of ``sym`` (a Symbol with input ``data``): same arguments, auxiliary states and
+    outputs, same function. ``data_shape`` (default: one RGB image at the side the network was built for) only
+    serves shape inference, to broadcast each PReLU slope over its input's axes."""
+    graph = json.loads(sym.tojson())
+    out_shapes, arg_shapes = _shapes(sym, data_shape)
+    nodes, remap = [], {}
+
+    def add(op, name, inputs, attrs=None):
+        node = {"op": op, "name": name, "inputs": [list(i) for i in inputs]}
+        if attrs:
+            node["attrs"] = {key: str(value) for key, value in attrs.items()}
+        nodes.append(node)
+        return [len(nodes) - 1, 0, 0]
+
+    for old_id, node in enumerate(graph["nodes"]):
+        inputs = [[remap[i][0], remap[i][1] + index, version] for i, index, version in node["inputs"]]
+        name, op, attrs = node["name"], node["op"], node.get("attrs", {})
+        ndim = len(out_shapes.get(name + "_output") or ())
+        if op == "LeakyReLU" and attrs.get("act_type") == "prelu" and ndim >= 2:
+            x, gamma = inputs
+            gamma_node = nodes[gamma[0]]
+            if gamma_node["op"] == "null" and arg_shapes.get(gamma_node["name"]):
+                # Reshape hides gamma's shape from shape inference; state it on the variable.
+                gamma_node.setdefault("attrs", {})["__shape__"] = str(tuple(arg_shapes[gamma_node["name"]]))
+            # relu's gradient at 0 is 0, so the gradient there is gamma, as in MXNet's PReLU
+            positive = add("Activation", name + "_positive", [x], {"act_type": "relu"})
+            negative = add("elemwise_sub", name + "_negative", [x, positive])
+            slope = add("Reshape", name + "_slope", [gamma], {"shape": (1, -1) + (1,) * (ndim - 2)})
+            scaled = add("broadcast_mul", name + "_scaled", [negative, slope])
+            # broadcast_add, not elemwise_add: oneDNN's sum of a blocked and a plain input is a reference kernel
+            remap[old_id] = add("broadcast_add", name, [positive, scaled])
+        elif op == "Pooling" and attrs.get("global_pool") == "True" and attrs.get("pool_type") == "avg" and ndim == 4:
+            remap[old_id] = add("mean", name, inputs, {"axis": (2, 3), "keepdims": True})
+        else:
+            nodes.append(dict(node, inputs=inputs))
+            remap[old_id] = [len(nodes) - 1, 0, 0]
+    heads = [[remap[i][0], remap[i][1] + index, version] for i, index, version in graph["heads"]]
+    arg_nodes = [i for i, node in enumerate(nodes) if node["op"] == "null"]
+    return mx.sym.load_json(json.dumps({"nodes": nodes, "arg_nodes": arg_nodes, "heads": heads,
+                                        "attrs": graph["attrs"]}))
+
+
+def _shapes(sym, data_shape):
+    """Output shapes of every node and argument shapes (unknown ones empty)."""
+    if data_shape is None:
+        size = int(sym.attr_dict().get("data", {}).get(INPUT_SIZE_ATTR, DEFAULT_INPUT_SIZE))
+        data_shape = (1, 3, size, size)
+    internals = sym.get_internals()
+    _, outputs, _ = internals.infer_shape_partial(data=tuple(data_shape))
+    arguments, _, _ = sym.infer_shape_partial(data=tuple(data_shape))
+    return dict(zip(internals.list_outputs(), outputs)), dict(zip(sym.list_arguments(), arguments))
