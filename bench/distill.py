@@ -40,10 +40,9 @@ def main():
     from vargface.data.synth import make_synthetic_rec
     from vargface.train.config import generate_config, resolve_dataset
     from vargface.train.distill import make_plugin
-    from vargface.train.losses import loss_head
     from vargface.train.teacher import Teacher
     from vargface.train.teacher_cache import build_cache, TeacherCache
-    from vargface.train.trainer import embedding_symbol, make_initializer
+    from vargface.train.trainer import build_training_module
 
     quiet = lambda line: None  # noqa: E731
     batch = args.batch_size
@@ -54,18 +53,11 @@ def main():
         tic = time.time()
         cache_path = build_cache(teacher, data, batch_size=batch, progress=False)
         cache_seconds = time.time() - tic
-        config = resolve_dataset(generate_config(args.student, data, "arcface", val_targets=""))
-        emb = embedding_symbol(config)
+        config = resolve_dataset(generate_config(args.student, data, "arcface", val_targets="", per_batch_size=batch))
 
         def training_module(plugin):
-            """The student's training graph under ``plugin``, bound and ready for SGD steps."""
-            losses = [loss for loss, _ in plugin.extra_losses(emb, config)]
-            module = mx.mod.Module(mx.sym.Group([loss_head(emb, config)] + losses),
-                                   data_names=["data"] + [n for n, _ in plugin.extra_inputs(batch)],
-                                   label_names=["softmax_label"])
-            module.bind(data_shapes=[("data", (batch, 3, 112, 112))] + plugin.extra_inputs(batch),
-                        label_shapes=[("softmax_label", (batch,))])
-            module.init_params(make_initializer(config.net_init))
+            """The student's training graph under ``plugin`` (the trainer's own), bound and ready for SGD steps."""
+            module = build_training_module(config, plugin, [mx.cpu()])[1]
             module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.001, "momentum": 0.9})
             return module
 

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -52,6 +53,24 @@ class TrainerPlugin:
     def describe(self):
         """-> dict merged into the saved config."""
         return {}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a saved training state records and --resume restores."""
+
+    epoch: int = 0
+    batch: int = 0
+    num_update: int = 0
+    msave: int = 0  # checkpoint rounds so far
+    lr_scale: float = 1.0  # learning-rate factor left by NaN rollbacks
+    best: dict = None  # {'score', 'step', 'results'} of the best verification round
+    best_checkpoint: str = None
+    last_checkpoint: int = None
+
+    @classmethod
+    def from_info(cls, info):
+        return cls(**{f.name: info.get(f.name, f.default) for f in fields(cls)})
 
 
 class NanLoss(Exception):
@@ -115,6 +134,58 @@ def clip_global_norm(module, names, max_norm, rescale):
             for grad in grads:
                 grad *= scale
     return norm
+
+
+@dataclass
+class TrainingGraph:
+    """The graph fit() trains: the faithful embedding (what checkpoints hold), the training Symbol (margin head on
+    the embedding or its fast rewrite, plus the plugin's losses) and the shapes of one global batch."""
+
+    emb_sym: object
+    train_sym: object
+    data_shapes: list
+    label_shapes: list
+    extra_names: list
+
+    def bind(self, contexts):
+        """A Module of the training Symbol bound for training on ``contexts`` (the batch split across them)."""
+        import mxnet as mx
+
+        module = mx.mod.Module(self.train_sym, data_names=[n for n, _ in self.data_shapes],
+                               label_names=[n for n, _ in self.label_shapes], context=contexts,
+                               logger=logging.getLogger("vargface"))
+        module.bind(data_shapes=self.data_shapes, label_shapes=self.label_shapes)
+        return module
+
+
+def training_graph(config, plugin, batch_size):
+    """`TrainingGraph` of ``config`` with ``plugin``'s inputs and losses, for a global batch of ``batch_size``."""
+    import mxnet as mx
+
+    from vargface.train.losses import loss_head
+
+    side = int(config.image_size[0])
+    emb_sym = embedding_symbol(config)
+    train_emb = training_embedding(emb_sym, config.train_graph)
+    extra_losses = plugin.extra_losses(train_emb, config)
+    head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
+    train_sym = mx.sym.Group([loss_head(head_input, config)] + [loss for loss, _ in extra_losses])
+    extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(batch_size)]
+    return TrainingGraph(emb_sym, train_sym, [("data", (batch_size, 3, side, side))] + extra_inputs,
+                         [("softmax_label", (batch_size,))], [name for _, name in extra_losses])
+
+
+def build_training_module(config, plugin=None, contexts=None):
+    """(TrainingGraph, Module bound for training and initialised by ``config.net_init``) of ``config`` on
+    ``contexts`` (default: ``config.ctx``), with ``config.per_batch_size`` images per device: the graph fit()
+    trains, ready for the benchmarks' SGD steps."""
+    from vargface.context import parse_ctx
+
+    contexts = contexts or parse_ctx(config.ctx, option="--ctx")
+    graph = training_graph(config, plugin or TrainerPlugin(), int(config.per_batch_size) * len(contexts))
+    module = graph.bind(contexts)
+    module.init_params(make_initializer(config.net_init))
+    return graph, module
 
 
 TRAIN_GRAPHS = ("faithful", "fast")
@@ -198,10 +269,7 @@ class _Run:
             raise
 
     def _build(self):
-        import mxnet as mx
-
         from vargface.train.config import save_config
-        from vargface.train.losses import loss_head
 
         config, plugin, contexts, log = self.config, self.plugin, self.contexts, self.log
         size = int(config.image_size[0])
@@ -209,27 +277,21 @@ class _Run:
         self.batch_size = int(config.per_batch_size) * len(contexts)
         # The kvstore sums the devices' (and workers') gradients; the optimizer scales the sum back to a mean.
         self.rescale_grad = 1.0 / (len(contexts) * self.workers)
-        self.emb_sym = embedding_symbol(config)
+        self.graph = training_graph(config, plugin, self.batch_size)
+        self.emb_sym, self.train_sym = self.graph.emb_sym, self.graph.train_sym
+        self.data_shapes, self.label_shapes = self.graph.data_shapes, self.graph.label_shapes
+        self.extra_names = self.graph.extra_names
         # The release clips the embedding network's gradients only, not the classifier's.
         self.clip_names = set(self.emb_sym.list_arguments()) - {"data"}
-        self.extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(self.batch_size)]
-        train_emb = training_embedding(self.emb_sym, config.train_graph)
-        extra_losses = plugin.extra_losses(train_emb, config)
-        self.extra_names = [name for _, name in extra_losses]
-        head_input = mx.sym.BlockGrad(self.emb_sym) if plugin.detach_margin_loss() else self.emb_sym
-        self.train_sym = mx.sym.Group([loss_head(head_input, config)] + [loss for loss, _ in extra_losses])
-        self.train_sym = mx.sym.Group([loss_head(train_emb, config)] + [loss for loss, _ in extra_losses])
-        self.data_shapes = [("data", (self.batch_size,) + self.data_shape)] + self.extra_inputs
-        self.label_shapes = [("softmax_label", (self.batch_size,))]
 
         # Everything a resume or --pretrained needs is checked before any training work.
-        self.state = None
+        self.resume_from = None
         if config.resume:
             info, arg, aux, states = ckpt.load_state(self.prefix, trust_states=bool(config.trust_states))
             ckpt.check_compatible(info, arg, aux, self.train_sym, self.data_shapes + self.label_shapes, config,
                                   ckpt.state_path(self.prefix))
             ckpt.check_same_settings(f"{self.prefix}-config.py", config, self.described())
-            self.state = (info, arg, aux, states)
+            self.resume_from = (info, arg, aux, states)
         self.pretrained = ({}, {})
         if config.pretrained and not config.resume:
             self.pretrained = ckpt.load_pretrained(config.pretrained, self.emb_sym, (1,) + self.data_shape)
@@ -237,9 +299,7 @@ class _Run:
         self.train_iter = self._make_iter()
         self.iters_per_epoch = self.train_iter.num_batches
         self.val_sets = self._load_val_sets()
-        self.module = mx.mod.Module(self.train_sym, data_names=[n for n, _ in self.data_shapes],
-                                    label_names=["softmax_label"], context=contexts, logger=logging.getLogger("vargface"))
-        self.module.bind(data_shapes=self.data_shapes, label_shapes=self.label_shapes)
+        self.module = self.graph.bind(contexts)
         self.infer = None
 
         self.config_path = f"{self.prefix}-config.py"
@@ -282,30 +342,28 @@ class _Run:
                                 aux_params=aux or None, allow_missing=True, force_init=True)
         if arg:
             self.log(f"vargface train: embedding initialised from --pretrained {self.config.pretrained}")
-        return {"epoch": 0, "batch": 0, "num_update": 0, "msave": 0, "lr_scale": 1.0, "best": None,
-                "best_checkpoint": None, "last_checkpoint": None}
+        return TrainState()
 
     def restore(self, info, arg, aux, states):
         self.module.set_params(arg, aux, allow_missing=False, force_init=True, allow_extra=True)
-        keys = ("epoch", "batch", "num_update", "msave", "lr_scale", "best", "best_checkpoint", "last_checkpoint")
-        return {k: info.get(k) for k in keys}, states
+        return TrainState.from_info(info), states
 
-    def init_optimizer(self, pos, states=None):
+    def init_optimizer(self, state, states=None):
         from vargface.train.lr_scheduler import build
 
         c = self.config
-        schedule = build(c, self.iters_per_epoch, scale=pos["lr_scale"])
+        schedule = build(c, self.iters_per_epoch, scale=state.lr_scale)
         params = {"learning_rate": float(c.lr), "momentum": float(c.mom), "wd": float(c.wd),
                   "rescale_grad": self.rescale_grad, "lr_scheduler": schedule,
-                  "begin_num_update": int(pos["num_update"])}
+                  "begin_num_update": int(state.num_update)}
         self.module.init_optimizer(kvstore=self.kv if self.dist else c.kvstore, optimizer="sgd",
                                    optimizer_params=params, force_init=True)
         ckpt.restore_optimizer(self.module, states)
         self.schedule = schedule
 
-    def save_state(self, pos):
+    def save_state(self, state):
         arg, aux = self.module.get_params()
-        info = dict(pos, network=self.config.network, seed=int(self.config.seed),
+        info = dict(asdict(state), network=self.config.network, seed=int(self.config.seed),
                     num_classes=int(self.config.num_classes), saved=time.strftime("%Y-%m-%d %H:%M:%S"))
         ckpt.save_state(self.prefix, info, arg, aux, self.module)
 
@@ -362,22 +420,22 @@ def fit(config, plugin=None, ctx=None, log=print):
 
 
 def _fit(run, config, log):
-    if run.state is not None:
-        pos, states = run.restore(*run.state)
-        log(f"vargface train: resuming {run.prefix} at epoch {pos['epoch']} batch {pos['batch']} "
-            f"(update {pos['num_update']})")
+    if run.resume_from is not None:
+        state, states = run.restore(*run.resume_from)
+        log(f"vargface train: resuming {run.prefix} at epoch {state.epoch} batch {state.batch} "
+            f"(update {state.num_update})")
     else:
-        pos, states = run.fresh_state(), None
-    run.init_optimizer(pos, states)
-    if run.state is None:
-        run.save_state(pos)  # the rollback target before the first checkpoint
+        state, states = run.fresh_state(), None
+    run.init_optimizer(state, states)
+    if run.resume_from is None:
+        run.save_state(state)  # the rollback target before the first checkpoint
     history, rollbacks = [], 0
-    if run.state is None and run.val_sets:
-        _verify_round(run, pos, history)  # the untrained network's accuracy: the baseline of the curves
+    if run.resume_from is None and run.val_sets:
+        _verify_round(run, state, history)  # the untrained network's accuracy: the baseline of the curves
     with _StopFlag() as stop:
         while True:
             try:
-                pos, interrupted = _train(run, pos, history, stop)
+                state, interrupted = _train(run, state, history, stop)
                 break
             except NanLoss as nan:
                 if config.on_nan == "stop":
@@ -390,76 +448,76 @@ def _fit(run, config, log):
                                         f"(--nan-max-rollbacks {config.nan_max_rollbacks})") from None
                 # Lower the scale the run had reached, not the saved state's: a NaN before the next save (whose
                 # state still holds the old scale) lowers it again.
-                lr_scale = float(pos["lr_scale"]) * float(config.nan_lr_factor)
+                lr_scale = float(state.lr_scale) * float(config.nan_lr_factor)
                 info, arg, aux, states = ckpt.load_state(run.prefix)
-                pos, states = run.restore(info, arg, aux, states)
-                pos["lr_scale"] = lr_scale
-                run.init_optimizer(pos, states)
-                log(f"vargface train: {nan}; rolled back to update {pos['num_update']} with the learning rate "
-                    f"x{pos['lr_scale']:g}")
-                run.record({"type": "rollback", "step": pos["num_update"], "at": nan.step + 1,
-                            "lr_scale": pos["lr_scale"], "metric": nan.metric}, history)
-    return {"prefix": run.prefix, "epoch": pos["last_checkpoint"], "best": (pos["best"] or {}).get("results", {}),
-            "best_checkpoint": pos["best_checkpoint"], "history": history, "num_update": pos["num_update"],
+                state, states = run.restore(info, arg, aux, states)
+                state.lr_scale = lr_scale
+                run.init_optimizer(state, states)
+                log(f"vargface train: {nan}; rolled back to update {state.num_update} with the learning rate "
+                    f"x{state.lr_scale:g}")
+                run.record({"type": "rollback", "step": state.num_update, "at": nan.step + 1,
+                            "lr_scale": state.lr_scale, "metric": nan.metric}, history)
+    return {"prefix": run.prefix, "epoch": state.last_checkpoint, "best": (state.best or {}).get("results", {}),
+            "best_checkpoint": state.best_checkpoint, "history": history, "num_update": state.num_update,
             "interrupted": interrupted}
 
 
-def _verify_round(run, pos, history):
+def _verify_round(run, state, history):
     """Verify on every target, log it; returns the mean accuracy (the score the best checkpoint is chosen by)."""
     results = run.last_results = run.verify()
     score = float(np.mean([r["accuracy"] for r in results.values()]))
-    run.record({"type": "verify", "step": pos["num_update"], "epoch": pos["epoch"], "score": score,
+    run.record({"type": "verify", "step": state.num_update, "epoch": state.epoch, "score": score,
                 **{f"{k}_acc": v["accuracy"] for k, v in results.items()}}, history)
-    best = pos["best"]["score"] if pos["best"] else score
-    run.log(f"[{pos['num_update']}] verification: " + "  ".join(
+    best = state.best["score"] if state.best else score
+    run.log(f"[{state.num_update}] verification: " + "  ".join(
         f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items()) + f"  (best {max(score, best):.5f})")
     return score
 
 
-def _checkpoint(run, pos, history, final=False):
+def _checkpoint(run, state, history, final=False):
     """Verification round + checkpoint by InsightFace's --ckpt rule (0 none, 1 when verification improves,
     2 every round, 3 the latest as number 1); the best round is also kept as PREFIX_best."""
     c = run.config
-    pos["msave"] += 1
-    number = 1 if int(c.ckpt) == 3 else pos["msave"]
+    state.msave += 1
+    number = 1 if int(c.ckpt) == 3 else state.msave
     improved = False
     if run.val_sets:
-        score = _verify_round(run, pos, history)
-        improved = pos["best"] is None or score >= pos["best"]["score"]
+        score = _verify_round(run, state, history)
+        improved = state.best is None or score >= state.best["score"]
         if improved:
-            pos["best"] = {"score": score, "step": pos["num_update"], "results": run.last_results}
+            state.best = {"score": score, "step": state.num_update, "results": run.last_results}
     save = {0: False, 1: improved or not run.val_sets, 2: True, 3: True}.get(int(c.ckpt), True) or \
         (final and int(c.ckpt) != 0)
     if save:
-        pos["last_checkpoint"] = number
+        state.last_checkpoint = number
         run.save_embedding(number)
     if improved:  # keep only the best round's files under PREFIX_best
         best_prefix = run.prefix + "_best"
         arg, aux = run.module.get_params()
-        ckpt.save_embedding(best_prefix, pos["msave"], run.emb_sym, arg, aux)
-        if pos["best_checkpoint"]:
-            old = int(pos["best_checkpoint"].rpartition(",")[2])
-            if old != pos["msave"] and os.path.exists(f"{best_prefix}-{old:04d}.params"):
+        ckpt.save_embedding(best_prefix, state.msave, run.emb_sym, arg, aux)
+        if state.best_checkpoint:
+            old = int(state.best_checkpoint.rpartition(",")[2])
+            if old != state.msave and os.path.exists(f"{best_prefix}-{old:04d}.params"):
                 os.remove(f"{best_prefix}-{old:04d}.params")
-        pos["best_checkpoint"] = f"{best_prefix},{pos['msave']}"
-    run.save_state(pos)
+        state.best_checkpoint = f"{best_prefix},{state.msave}"
+    run.save_state(state)
 
 
-def _train(run, pos, history, stop):
-    """The batch loop from ``pos``; returns (pos, interrupted: False or the signal number). Raises NanLoss before
+def _train(run, state, history, stop):
+    """The batch loop from ``state``; returns (state, interrupted: False or the signal number). Raises NanLoss before
     applying a bad update."""
     import mxnet as mx
 
     c, module = run.config, run.module
     window, tic, max_steps = Window(), time.time(), int(c.max_steps)
-    while pos["epoch"] < int(c.end_epoch) and not (max_steps and pos["num_update"] >= max_steps):
-        run.train_iter.set_epoch(pos["epoch"], start_batch=min(pos["batch"], run.train_iter.num_batches))
+    while state.epoch < int(c.end_epoch) and not (max_steps and state.num_update >= max_steps):
+        run.train_iter.set_epoch(state.epoch, start_batch=min(state.batch, run.train_iter.num_batches))
         for batch in run.train_iter:
-            if max_steps and pos["num_update"] >= max_steps:
+            if max_steps and state.num_update >= max_steps:
                 break
-            run.plugin.before_batch(pos["epoch"], pos["num_update"])
+            run.plugin.before_batch(state.epoch, state.num_update)
             extra = run.plugin.extra_data(batch)
-            _seed_rngs(c.seed, pos["num_update"] + 1)
+            _seed_rngs(c.seed, state.num_update + 1)
             module.forward_backward(mx.io.DataBatch(data=list(batch.data) + list(extra), label=batch.label))
             values = batch_metrics(module.get_outputs(), batch.label[0], run.extra_names)
             if float(c.clip_grad_norm) > 0:
@@ -467,38 +525,38 @@ def _train(run, pos, history, stop):
                                                        run.rescale_grad)
             bad = first_nonfinite(values)
             if bad:
-                raise NanLoss(bad, values[bad], pos["epoch"], pos["batch"], pos["num_update"])
+                raise NanLoss(bad, values[bad], state.epoch, state.batch, state.num_update)
             module.update()
-            pos["num_update"] += 1
-            pos["batch"] += 1
+            state.num_update += 1
+            state.batch += 1
             window.add(values)
-            if pos["num_update"] % int(c.frequent) == 0:
-                _speedometer(run, pos, window, tic, history)
+            if state.num_update % int(c.frequent) == 0:
+                _speedometer(run, state, window, tic, history)
                 window.reset()
                 tic = time.time()
-            if pos["num_update"] % int(c.verbose) == 0:
-                _checkpoint(run, pos, history)
+            if state.num_update % int(c.verbose) == 0:
+                _checkpoint(run, state, history)
             if stop.signal is not None:
-                run.log(f"vargface train: stopping on signal {stop.signal} at update {pos['num_update']}; "
+                run.log(f"vargface train: stopping on signal {stop.signal} at update {state.num_update}; "
                         f"continue with --resume")
-                run.save_state(pos)
-                return pos, int(stop.signal)
+                run.save_state(state)
+                return state, int(stop.signal)
         else:
-            pos["epoch"], pos["batch"] = pos["epoch"] + 1, 0
-    if pos["last_checkpoint"] is None or pos["num_update"] % int(c.verbose) != 0:
-        _checkpoint(run, pos, history, final=True)
-    return pos, False
+            state.epoch, state.batch = state.epoch + 1, 0
+    if state.last_checkpoint is None or state.num_update % int(c.verbose) != 0:
+        _checkpoint(run, state, history, final=True)
+    return state, False
 
 
-def _speedometer(run, pos, window, tic, history):
+def _speedometer(run, state, window, tic, history):
     """InsightFace-style progress line plus the same numbers as a JSON line."""
     speed = window.count * run.batch_size / max(time.time() - tic, 1e-9)
-    lr = run.schedule(pos["num_update"])
+    lr = run.schedule(state.num_update)
     averages = window.averages()
-    run.log(f"Epoch[{pos['epoch']}] Batch[{pos['batch']}] Update[{pos['num_update']}] Speed: {speed:.2f} samples/sec"
+    run.log(f"Epoch[{state.epoch}] Batch[{state.batch}] Update[{state.num_update}] Speed: {speed:.2f} samples/sec"
             f" ({speed / len(run.contexts):.2f}/device) " + " ".join(f"{k}={v:.6f}" for k, v in averages.items())
             + f" lr={lr:.6g}")
-    run.record({"type": "train", "epoch": pos["epoch"], "batch": pos["batch"], "step": pos["num_update"],
+    run.record({"type": "train", "epoch": state.epoch, "batch": state.batch, "step": state.num_update,
                 "speed": speed, "lr": lr, "time": time.time(), **averages}, history)
 
 
