@@ -28,35 +28,59 @@ def margin_target(cos_t, m1, m2, m3):
     return target - m3
 
 
-def logits(embedding, label, config, num_classes=None):
-    """The (B, C) logits fed to the softmax cross-entropy for ``config.loss_name`` and its margins."""
-    num_classes = num_classes or config.num_classes
-    s, m1, m2, m3 = float(config.loss_s), float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)
-    lr_mult, wd_mult = float(config.get("fc7_lr_mult", 1.0)), float(config.get("fc7_wd_mult", 1.0))
-    sigma = float(config.get("fc7_init_sigma", 0.01))
-    if config.loss_name == "softmax":
-        weight = mx.sym.Variable("fc7_weight", lr_mult=lr_mult, wd_mult=wd_mult, init=mx.init.Normal(sigma))
-        if config.get("fc7_no_bias", False):
-            return mx.sym.FullyConnected(embedding, weight, no_bias=True, num_hidden=num_classes, name="fc7")
-        bias = mx.sym.Variable("fc7_bias", lr_mult=2.0, wd_mult=0.0)
-        return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
-    if config.loss_name not in ("margin_softmax", "arcneg"):
-        raise VargfaceError(f"--loss-name {config.loss_name!r}: expected softmax, margin_softmax or arcneg")
-    cos_all = cosine_logits(embedding, num_classes, int(config.emb_size), lr_mult, wd_mult, sigma)
-    one_hot = mx.sym.one_hot(label, depth=num_classes)
+def _fc7_options(config):
+    return dict(lr_mult=float(config.get("fc7_lr_mult", 1.0)), wd_mult=float(config.get("fc7_wd_mult", 1.0)),
+                sigma=float(config.get("fc7_init_sigma", 0.01)))
+
+
+def softmax_logits(embedding, label, config, num_classes):
+    """Plain FullyConnected `fc7` (with a bias unless ``fc7_no_bias``)."""
+    o = _fc7_options(config)
+    weight = mx.sym.Variable("fc7_weight", lr_mult=o["lr_mult"], wd_mult=o["wd_mult"], init=mx.init.Normal(o["sigma"]))
+    if config.get("fc7_no_bias", False):
+        return mx.sym.FullyConnected(embedding, weight, no_bias=True, num_hidden=num_classes, name="fc7")
+    bias = mx.sym.Variable("fc7_bias", lr_mult=2.0, wd_mult=0.0)
+    return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
+
+
+def _margin_parts(embedding, label, config, num_classes):
+    """(all cosines (B, C), one-hot labels, the true class's margin target (B,), its cosine (B,))."""
+    cos_all = cosine_logits(embedding, num_classes, int(config.emb_size), **_fc7_options(config))
     cos_t = mx.sym.pick(cos_all, label, axis=1)
-    target = margin_target(cos_t, m1, m2, m3)
-    if config.loss_name == "margin_softmax":
-        if m1 == 1.0 and m2 == 0.0 and m3 == 0.0:
-            return cos_all * s
-        # Only the true class changes: add (target − cos θ_y) at the label position.
-        return (cos_all + mx.sym.broadcast_mul(one_hot, mx.sym.expand_dims(target - cos_t, 1))) * s
-    # ArcNegFace: negatives re-weighted by t_j = α·exp(−(cos θ_j − cos(θ_y + m))² / σ), t_j not back-propagated.
+    target = margin_target(cos_t, float(config.loss_m1), float(config.loss_m2), float(config.loss_m3))
+    return cos_all, mx.sym.one_hot(label, depth=num_classes), target, cos_t
+
+
+def margin_softmax_logits(embedding, label, config, num_classes):
+    """s·(cos(m1·θ + m2) − m3) for the true class, s·cos θ for the others (nsoftmax, ArcFace, CosFace, combined)."""
+    s = float(config.loss_s)
+    if (float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)) == (1.0, 0.0, 0.0):
+        return cosine_logits(embedding, num_classes, int(config.emb_size), **_fc7_options(config)) * s
+    cos_all, one_hot, target, cos_t = _margin_parts(embedding, label, config, num_classes)
+    # Only the true class changes: add (target − cos θ_y) at the label position.
+    return (cos_all + mx.sym.broadcast_mul(one_hot, mx.sym.expand_dims(target - cos_t, 1))) * s
+
+
+def arcneg_logits(embedding, label, config, num_classes):
+    """ArcNegFace: the margin target for the true class, negatives re-weighted by
+    t_j = α·exp(−(cos θ_j − cos(θ_y + m))² / σ), t_j not back-propagated."""
+    cos_all, one_hot, target, _ = _margin_parts(embedding, label, config, num_classes)
     near = mx.sym.broadcast_sub(cos_all, mx.sym.expand_dims(target, 1))
     t = mx.sym.BlockGrad(float(config.loss_alpha) * mx.sym.exp(-mx.sym.square(near) / float(config.loss_sigma)))
     negative = t * cos_all + t - 1.0
     positive = mx.sym.broadcast_mul(one_hot, mx.sym.expand_dims(target, 1))
-    return (positive + (1.0 - one_hot) * negative) * s
+    return (positive + (1.0 - one_hot) * negative) * float(config.loss_s)
+
+
+# config.loss_name -> its logits; a new loss is one function here plus a preset in train/config.py's `loss` table.
+LOGITS = {"softmax": softmax_logits, "margin_softmax": margin_softmax_logits, "arcneg": arcneg_logits}
+
+
+def logits(embedding, label, config, num_classes=None):
+    """The (B, C) logits fed to the softmax cross-entropy for ``config.loss_name`` and its margins."""
+    if config.loss_name not in LOGITS:
+        raise VargfaceError(f"--loss-name {config.loss_name!r}: expected one of {', '.join(LOGITS)}")
+    return LOGITS[config.loss_name](embedding, label, config, num_classes or config.num_classes)
 
 
 def cosine_logits(embedding, num_classes, emb_size, lr_mult=1.0, wd_mult=1.0, sigma=0.01):
