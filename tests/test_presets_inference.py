@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vargface.eval.runner import InferenceRunner
-from vargface.symbols import PRESETS
+from test_symbols import FAITHFUL_PRESETS
 from vargface.train.config import generate_config
 from vargface.train.trainer import fit
 
@@ -54,7 +54,7 @@ def train_recording(config, monkeypatch):
     return result, rounds
 
 
-@pytest.mark.parametrize("preset,ctx", [(p, "cpu") for p in PRESETS] + [("y1", "cpu:0,cpu:1")])
+@pytest.mark.parametrize("preset,ctx", [(p, "cpu") for p in FAITHFUL_PRESETS] + [("y1", "cpu:0,cpu:1")])
 def test_in_training_verification_equals_the_commands_on_the_saved_checkpoint(
         preset, ctx, data_dir, pack_files, tmp_path, monkeypatch, run_cli):
     config = generate_config(preset, data_dir, "arcface", ctx=ctx, per_batch_size=2, max_steps=1, verbose=1,
