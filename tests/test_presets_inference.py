@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from vargface.eval.runner import InferenceRunner
 from test_symbols import FAITHFUL_PRESETS
+from vargface.eval.runner import InferenceRunner
 from vargface.train.config import generate_config
 from vargface.train.trainer import fit
 
