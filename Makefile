@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CORES := $(shell nproc 2>/dev/null || echo 2)
 export OMP_NUM_THREADS ?= $(CORES)
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo experiment bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ test: install
 demo: install
 	$(VENV)/bin/vargface demo --out demo_out
 
+# what distillation does: three seeds, equal budgets, the ablations, paired 95% intervals (about an hour on 2 cores)
+experiment: install
+	$(VENV)/bin/vargface experiment distill --variants all --out experiment_out
+
 bench: install
 	$(PY) bench/infer.py
 	$(PY) bench/loader.py
@@ -30,4 +34,4 @@ bench: install
 	$(PY) bench/tar_at_far.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache demo_out bench_out
+	rm -rf $(VENV) *.egg-info .pytest_cache demo_out experiment_out bench_out
