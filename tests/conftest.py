@@ -8,8 +8,13 @@ import pytest  # noqa: E402
 
 
 class Done:
+    """A finished command like subprocess's result; unpacks as (returncode, stdout, stderr)."""
+
     def __init__(self, returncode, stdout, stderr):
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+    def __iter__(self):
+        return iter((self.returncode, self.stdout, self.stderr))
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import json
 import mxnet as mx
 import pytest
 
-from vargface.cli import main
 from vargface.errors import VargfaceError
 from vargface.symbols import get_preset, get_symbol, presets
 from vargface.symbols.flops import count
@@ -15,20 +14,13 @@ from vargface.train.config import generate_config, network_options
 from vargface.train.trainer import embedding_symbol
 
 
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    out = capsys.readouterr()
-    return stop.value.code, out.out, out.err
-
-
 def small(name):
     """Options that keep a preset cheap to build and infer at test time."""
     return {"input_size": 56} if get_preset(name).resolved_options()["input_size"] > 56 else {}
 
 
 @pytest.mark.parametrize("name", list(presets()))
-def test_every_preset_trains_and_counts(name, capsys):
+def test_every_preset_trains_and_counts(name, run_cli):
     """A name `train` accepts, `flops` accepts, and both build the same graph from the same options."""
     config = generate_config(name, "emore", "arcface")
     side = config.image_size[0]  # the dataset's image size: emore's 112
@@ -36,13 +28,13 @@ def test_every_preset_trains_and_counts(name, capsys):
     expected = count(get_symbol(name, input_size=side), shape)["params"]
     assert count(embedding_symbol(config), shape)["params"] == expected
     assert config.emb_size == get_preset(name).resolved_options()["emb_size"]
-    code, out, _ = run_cli(["flops", name, "--input-size", str(side), "--json"], capsys)
+    code, out, _ = run_cli("flops", name, "--input-size", str(side), "--json")
     assert code == 0
     assert json.loads(out)["params"] == expected
 
 
-def test_flops_takes_network_options_like_train(capsys):
-    code, out, _ = run_cli(["flops", "vargfacenet", "--net-opt", "use_se=False", "--json"], capsys)
+def test_flops_takes_network_options_like_train(run_cli):
+    code, out, _ = run_cli("flops", "vargfacenet", "--net-opt", "use_se=False", "--json")
     assert code == 0
     without_se = count(get_symbol("vargfacenet", use_se=False))
     assert json.loads(out)["params"] == without_se["params"] < count(get_symbol("vargfacenet"))["params"]
@@ -58,19 +50,19 @@ def test_flops_takes_network_options_like_train(capsys):
                                                                          multiplier=0.5))["params"]
 
 
-def test_unknown_preset_and_option_are_named(capsys):
+def test_unknown_preset_and_option_are_named(run_cli):
     with pytest.raises(VargfaceError, match="unknown network preset 'r5'.*did you mean r50"):
         get_symbol("r5")
-    code, _, err = run_cli(["flops", "r50", "--net-opt", "use_se=False"], capsys)
+    code, _, err = run_cli("flops", "r50", "--net-opt", "use_se=False")
     assert code == 1 and "unknown option use_se" in err
-    code, _, err = run_cli(["flops", "r50", "--net-opt", "use_se"], capsys)
+    code, _, err = run_cli("flops", "r50", "--net-opt", "use_se")
     assert code == 1 and "expected NAME=VALUE" in err
 
 
-def test_flops_lists_presets_and_taps(capsys):
-    code, out, _ = run_cli(["flops", "--list"], capsys)
+def test_flops_lists_presets_and_taps(run_cli):
+    code, out, _ = run_cli("flops", "--list")
     assert code == 0 and all(name in out for name in presets())
-    code, out, _ = run_cli(["flops", "r50", "--taps"], capsys)
+    code, out, _ = run_cli("flops", "r50", "--taps")
     assert code == 0
     shapes = {line.split()[1]: line.split()[2] for line in out.splitlines() if line.startswith("tap ")}
     assert shapes == {"embedding": "512", "stride2": "64x56x56", "stride4": "128x28x28", "stride8": "256x14x14",
@@ -119,7 +111,7 @@ def test_taps_of_an_unmarked_graph_by_shape():
                                     "stride8": "relu2_output", "stride16": "relu3_output"}
 
 
-def test_config_file_then_flags_and_the_saved_config_reruns_the_run(tmp_path, capsys):
+def test_config_file_then_flags_and_the_saved_config_reruns_the_run(tmp_path, run_cli):
     """`--config FILE` sets keys over the presets, flags override the file, and the run's saved PREFIX-config.py
     given back to --config resolves to the same config."""
     from pathlib import Path
@@ -133,34 +125,34 @@ def test_config_file_then_flags_and_the_saved_config_reruns_the_run(tmp_path, ca
     prefix = tmp_path / "run" / "model"
     argv = ["train", "--config", str(config), "--dataset", str(data), "--max-steps", "2", "--prefix", str(prefix),
             "--net-opt", "dropout=0.1"]
-    code, out, err = run_cli(argv, capsys)
+    code, out, err = run_cli(*argv)
     assert code == 0, err
     saved = read_config_file(f"{prefix}-config.py")
     assert (saved["network"], saved["max_steps"], saved["per_batch_size"], saved["lr"]) == ("r18_tiny", 2, 8, 0.1)
     assert saved["net_opts"] == {"dropout": 0.1} and saved["dataset_path"] == str(data)
     assert run_facts(f"{prefix}-config.py")["contexts"] == ["cpu(0)"]
     again = tmp_path / "again" / "model"
-    code, _, err = run_cli(["train", "--config", f"{prefix}-config.py", "--prefix", str(again)], capsys)
+    code, _, err = run_cli("train", "--config", f"{prefix}-config.py", "--prefix", str(again))
     assert code == 0, err
     rerun = read_config_file(f"{again}-config.py")
     assert {k: v for k, v in rerun.items() if k != "prefix"} == {k: v for k, v in saved.items() if k != "prefix"}
 
 
-def test_config_files_are_parsed_not_run(tmp_path, capsys):
+def test_config_files_are_parsed_not_run(tmp_path, run_cli):
     marker = tmp_path / "ran"
     hostile = tmp_path / "hostile.py"
     hostile.write_text(f"import os\nlr = 0.1\nos.system('touch {marker}')\n")
-    code, _, err = run_cli(["train", "--config", str(hostile)], capsys)
+    code, _, err = run_cli("train", "--config", str(hostile))
     assert code == 1 and "hostile.py:3: expected `key = value` lines only" in err and not marker.exists()
     computed = tmp_path / "computed.py"
     computed.write_text("lr = __import__('os').getpid()\n")
-    code, _, err = run_cli(["train", "--config", str(computed)], capsys)
+    code, _, err = run_cli("train", "--config", str(computed))
     assert code == 1 and "must be a literal" in err
     typo = tmp_path / "typo.py"
     typo.write_text("from easydict import EasyDict as edict\nconfig = edict()\nconfig.per_batch_sise = 8\n")
-    code, _, err = run_cli(["train", "--config", str(typo)], capsys)
+    code, _, err = run_cli("train", "--config", str(typo))
     assert code == 1 and "unknown config key 'per_batch_sise'; did you mean per_batch_size" in err
     wrong = tmp_path / "wrong.py"
     wrong.write_text("per_batch_size = 'eight'\n")
-    code, _, err = run_cli(["train", "--config", str(wrong), "--dataset", str(tmp_path)], capsys)
+    code, _, err = run_cli("train", "--config", str(wrong), "--dataset", str(tmp_path))
     assert code == 1 and "per_batch_size" in err
