@@ -98,25 +98,27 @@ def input_size_of(sym):
     return DEFAULT_INPUT_SIZE
 
 
-def check_params(sym, arg_params, aux_params, data_shape, source="checkpoint"):
-    """Check that every array ``sym`` needs at ``data_shape`` is present with the right shape.
-
-    All problems are listed at once, each by name with the expected and found shapes."""
+def check_params(sym, arg_params, aux_params, inputs, source="checkpoint", unexpected=False,
+                 verdict="does not fit the network"):
+    """The one check of a set of arrays against a graph (loading a checkpoint, --pretrained, --resume): every
+    array ``sym`` needs at ``inputs`` (the data shape, or {input name: shape}) is present with the right shape and,
+    with ``unexpected``, no other array is there. All problems are listed at once, each by name."""
+    inputs = dict(inputs) if isinstance(inputs, (dict, list)) else {"data": tuple(inputs)}
     try:
-        arg_shapes, _, aux_shapes = sym.infer_shape(data=tuple(data_shape))
+        arg_shapes, _, aux_shapes = sym.infer_shape(**inputs)
     except Exception as error:
-        raise VargfaceError(f"{source}: the graph cannot take input {tuple(data_shape)}: {last_line(error)}") \
-            from None
+        raise VargfaceError(f"{source}: the graph cannot take inputs {inputs}: {last_line(error)}") from None
     problems = []
-    expected = list(zip(sym.list_arguments(), arg_shapes, ["arg"] * len(arg_shapes)))
-    expected += list(zip(sym.list_auxiliary_states(), aux_shapes, ["aux"] * len(aux_shapes)))
-    for name, shape, kind in expected:
-        if kind == "arg" and (name == "data" or name.endswith("label")):
-            continue
-        found = (arg_params if kind == "arg" else aux_params).get(name)
-        if found is None:
-            problems.append(f"missing array '{name}' (expected shape {tuple(shape)})")
-        elif tuple(found.shape) != tuple(shape):
-            problems.append(f"array '{name}' has shape {tuple(found.shape)}, expected {tuple(shape)}")
+    for kind, names, shapes, given in (("arg", sym.list_arguments(), arg_shapes, arg_params),
+                                       ("aux", sym.list_auxiliary_states(), aux_shapes, aux_params)):
+        wanted = {n: tuple(s) for n, s in zip(names, shapes) if n not in inputs and not n.endswith("label")}
+        for name, shape in wanted.items():
+            found = given.get(name)
+            if found is None:
+                problems.append(f"missing array '{name}' (expected shape {shape})")
+            elif tuple(found.shape) != shape:
+                problems.append(f"array '{name}' has shape {tuple(found.shape)}, expected {shape}")
+        if unexpected:
+            problems += [f"unexpected array '{name}'" for name in sorted(set(given) - set(wanted))]
     if problems:
-        raise VargfaceError(f"{source} does not fit the network: {summarize(problems)}")
+        raise VargfaceError(f"{source} {verdict}: {summarize(problems)}")

@@ -84,6 +84,11 @@ def test_check_params_accepts_complete_set(tiny_checkpoint):
     # At 112 the fixed 4x4 embedding kernel leaves a 4x4 map, so pre_fc1 would need 512*16 inputs.
     with pytest.raises(VargfaceError, match=r"'pre_fc1_weight' has shape \(64, 512\), expected \(64, 8192\)"):
         check_params(sym, args, aux, (1, 3, 112, 112))
+    # A loaded checkpoint may carry more (an InsightFace training checkpoint keeps fc7); a training state may not.
+    extra = dict(args, fc7_weight=mx.nd.zeros((3, 64)))
+    check_params(sym, extra, aux, {"data": (1, 3, 56, 56)})
+    with pytest.raises(VargfaceError, match=r"state does not belong: unexpected array 'fc7_weight'$"):
+        check_params(sym, extra, aux, {"data": (1, 3, 56, 56)}, "state", unexpected=True, verdict="does not belong")
 
 
 def test_missing_files_and_foreign_graphs(tiny_checkpoint, tmp_path):

@@ -212,27 +212,10 @@ def check_compatible(info, arg_params, aux_params, train_sym, data_shapes, confi
     if info.get("network") not in (None, config.network):
         raise VargfaceError(f"{source} was trained with network {info.get('network')!r}, but this run uses "
                             f"{config.network!r}; resume with the same --network or start a new run")
-    try:
-        arg_shapes, _, aux_shapes = train_sym.infer_shape(**dict(data_shapes))
-    except Exception as error:
-        raise VargfaceError(f"{source}: cannot infer the training graph's shapes: {last_line(error)}") from None
-    problems = []
-    known = dict(data_shapes)
-    for name, shape in zip(train_sym.list_arguments(), arg_shapes):
-        if name in known:
-            continue
-        found = arg_params.get(name)
-        if found is None:
-            problems.append(f"missing '{name}'")
-        elif tuple(found.shape) != tuple(shape):
-            problems.append(f"'{name}' has shape {tuple(found.shape)}, this network needs {tuple(shape)}")
-    for name, shape in zip(train_sym.list_auxiliary_states(), aux_shapes):
-        found = aux_params.get(name)
-        if found is None or tuple(found.shape) != tuple(shape):
-            problems.append(f"aux '{name}' {'missing' if found is None else 'has shape ' + str(tuple(found.shape))}")
-    if problems:
-        raise VargfaceError(f"{source} does not belong to this network ({config.network}, {config.num_classes} "
-                            f"classes): {summarize(problems)}")
+    from vargface.symbols.checkpoint import check_params
+
+    check_params(train_sym, arg_params, aux_params, data_shapes, source, unexpected=True,
+                 verdict=f"does not belong to this network ({config.network}, {config.num_classes} classes)")
 
 
 def load_pretrained(spec, emb_sym, data_shape):
