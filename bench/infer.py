@@ -20,6 +20,10 @@ from vargface.symbols.flops import count  # noqa: E402
 from vargface.train.checkpoint import random_params  # noqa: E402
 
 
+FAITHFUL = ("vargfacenet", "vargfacenet_insightface", "r50", "r100", "y1", "y2", "pocketnet_s128", "pocketnet_s256",
+            "pocketnet_m128", "pocketnet_m256")
+
+
 def images_per_second(sym, batch, size, seconds):
     """Forward speed through the project's inference runner (what verify/embed/the teacher run)."""
     runner = InferenceRunner(sym, *random_params(sym, size), batch_size=batch, input_size=size)
@@ -38,7 +42,8 @@ def images_per_second(sym, batch, size, seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", default="vargfacenet,vargfacenet_insightface,r50,r100,y1,y2,pocketnet_s128,pocketnet_s256,pocketnet_m128,pocketnet_m256", help="comma-separated presets (default: all)")
+    parser.add_argument("--presets", default=",".join(FAITHFUL), help="comma-separated presets (default: every "
+                        "network mirroring an original graph)")
     parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default: 1,32)")
     parser.add_argument("--input-size", type=int, default=112)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case (default: 3)")

@@ -38,7 +38,8 @@ def images_per_second(preset, options, batch, steps, train_graph):
     from vargface.train.trainer import build_training_module
 
     sizes = {key: options[key] for key in ("emb_size", "input_size") if key in options}
-    config = generate_config(preset, "emore", "arcface", num_classes=1000, per_batch_size=batch, train_graph=train_graph,
+    config = generate_config(preset, "emore", "arcface", num_classes=1000, per_batch_size=batch,
+                             train_graph=train_graph,
                              net_opts={k: v for k, v in options.items() if k not in sizes},
                              emb_size=sizes.get("emb_size", 512), image_size=sizes.get("input_size", 112))
     side = int(config.image_size[0])

@@ -52,7 +52,8 @@ def _margin_parts(embedding, label, config, num_classes):
 
 
 def margin_softmax_logits(embedding, label, config, num_classes):
-    """s·(cos(m1·θ + m2) − m3) for the true class, s·cos θ for the others (nsoftmax, ArcFace, CosFace, combined)."""
+    """s·(cos(m1·θ + m2) − m3) for the true class, s·cos θ for the others (nsoftmax, ArcFace, CosFace,
+    combined)."""
     s = float(config.loss_s)
     if (float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)) == (1.0, 0.0, 0.0):
         return cosine_logits(embedding, num_classes, int(config.emb_size), **_fc7_options(config)) * s

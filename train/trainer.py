@@ -374,9 +374,9 @@ class _Run:
 
     # ---- verification ------------------------------------------------------------------------------------------
     def verify(self):
-        """Accuracy-Flip (docs/metric.md) on each target with the current weights: an `InferenceRunner` on its own executors
-        gets a copy of the training module's weights every round (cheap next to the forward passes), so it computes
-        exactly what `vargface verify` computes on the checkpoint saved from the same weights."""
+        """Accuracy-Flip (docs/metric.md) on each target with the current weights: an `InferenceRunner` on its own
+        executors gets a copy of the training module's weights every round (cheap next to the forward passes), so
+        it computes exactly what `vargface verify` computes on the checkpoint saved from the same weights."""
         from vargface.eval.runner import InferenceRunner
         from vargface.eval.verification import evaluate
 

@@ -210,8 +210,8 @@ class Experiment:
                    "--per-identity", str(s["heldout_per_identity"]), "--size", size, "--first-identity",
                    str(HELDOUT_FIRST_IDENTITY)] + common], outputs=[self.path("heldout_faces")]),
             Step("pairs", "make the held-out pair set (half same, half different identity)",
-                 [["data", "pairs", self.path("heldout_faces"), self.path("data", "heldout.bin"), "--pairs", str(s["pairs"]),
-                   "--seed", "0", "--size", size]], outputs=[self.path("data", "heldout.bin")]),
+                 [["data", "pairs", self.path("heldout_faces"), self.path("data", "heldout.bin"), "--pairs",
+                   str(s["pairs"]), "--seed", "0", "--size", size]], outputs=[self.path("data", "heldout.bin")]),
         ]
 
     def train_options(self, seed, steps, teacher=False):
