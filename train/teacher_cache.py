@@ -37,7 +37,7 @@ def data_checksum(data_dir):
     rec, idx = data_files(data_dir)
     for path in (rec, idx):
         if not os.path.isfile(path):
-            raise VargfaceError(f"--data-dir {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
+            raise VargfaceError(f"--dataset {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
     return {"rec": file_checksum(rec), "idx": file_checksum(idx, whole=True)}
 
 
@@ -156,7 +156,7 @@ class TeacherCache:
 
     def __init__(self, path, data_dir, teacher, image_shape=None):
         header, length = read_header(path)
-        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --data-dir {data_dir}`")
+        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --dataset {data_dir}`")
         current = data_checksum(data_dir)
         for key in ("rec", "idx"):
             if header["data"][key] != current[key]:
