@@ -27,10 +27,12 @@ def save_random(preset, prefix):
 
 
 def main():
+    from vargface import options
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default="r50", help="teacher preset (default: %(default)s; r100 as in the paper)")
     parser.add_argument("--student", default="vargfacenet", help="student network preset (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=4, help="per-step batch (default: %(default)s)")
+    options.add_per_batch_size(parser, 4)  # one CPU device: the per-step batch
     parser.add_argument("--steps", type=int, default=4, help="training steps per mode (default: %(default)s)")
     args = parser.parse_args()
 
@@ -45,7 +47,7 @@ def main():
     from vargface.train.trainer import build_training_module
 
     quiet = lambda line: None  # noqa: E731
-    batch = args.batch_size
+    batch = args.per_batch_size
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
         data = os.path.join(tmp, "data")
         make_synthetic_rec(data, identities=4, per_identity=batch, size=112, seed=0, progress=False)

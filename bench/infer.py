@@ -44,11 +44,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default=",".join(FAITHFUL), help="comma-separated presets (default: every "
                         "network mirroring an original graph)")
-    parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default: 1,32)")
+    parser.add_argument("--per-batch-sizes", default="1,32", help="comma-separated batches per device, one CPU device "
+                        "(default: 1,32)")
     parser.add_argument("--input-size", type=int, default=112)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per case (default: 3)")
     args = parser.parse_args(argv)
-    batches = [int(b) for b in args.batch_sizes.split(",")]
+    batches = [int(b) for b in args.per_batch_sizes.split(",")]
 
     print(f"forward images/s on CPU, {os.environ['OMP_NUM_THREADS']} OMP threads, MXNet {mx.__version__}, "
           f"input {args.input_size}x{args.input_size}")

@@ -3,6 +3,8 @@ import argparse
 import contextlib
 import sys
 
+from vargface import options
+
 
 def _int_in(low, high, what):
     """An argparse type: an integer in [low, high] (argparse names the option in its error)."""
@@ -30,39 +32,40 @@ def register(subparsers):
 
     def common(p, workers=True, overwrite=True, strict=False):
         if workers:
-            p.add_argument("--workers", type=int, default=None, help="parallel workers (default: all cores)")
+            options.add_workers(p)
         if overwrite:
-            p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+            options.add_overwrite(p)
         if strict:
             p.add_argument("--strict", action="store_true",
                            help="reject non-image files, empty identity folders and unreadable images "
                                 "instead of skipping them with a warning")
+        options.add_json(p)
 
     p = sub.add_parser("synth", help="synthetic face-like identities, one folder per identity (or a .rec)")
-    p.add_argument("out_dir")
+    options.add_out(p, "output folder (image folders, or train.rec/train.idx/property with --rec)")
     p.add_argument("--identities", type=int, required=True)
     p.add_argument("--per-identity", type=int, required=True)
     p.add_argument("--size", type=image_side, default=112, help="image side in pixels (default 112)")
-    p.add_argument("--seed", type=int, default=0)
+    options.add_seed(p)
     p.add_argument("--difficulty", type=float, default=1.0,
                    help="scale of per-image variation: pose, lighting, blur, noise, occlusion (default 1.0)")
     p.add_argument("--first-identity", type=int, default=0,
                    help="number of the first identity; disjoint ranges give disjoint identities")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality")
     p.add_argument("--rec", action="store_true", help="write train.rec/train.idx/property instead of folders")
     common(p)
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("lst", help="an InsightFace .lst from an image root (one folder per identity)")
-    p.add_argument("image_root")
-    p.add_argument("out_lst")
+    p.add_argument("image_root", metavar="IMAGE_ROOT")
+    options.add_out(p, "output .lst file")
     common(p, workers=False, strict=True)
     p.set_defaults(func=_lst)
 
     p = sub.add_parser("rec", help="train.rec/train.idx/property from an image root or a .lst "
                                    "(5-point landmarks in the .lst align to the ArcFace template)")
-    p.add_argument("source", help="image root (one folder per identity) or .lst file")
-    p.add_argument("out_dir")
+    p.add_argument("source", metavar="SOURCE", help="image root (one folder per identity) or .lst file")
+    options.add_out(p, "output data folder (train.rec, train.idx, property)")
     p.add_argument("--size", type=image_side, default=112, help="output image side (default 112)")
     p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality of re-encoded images")
     p.add_argument("--image-root", default=None, help="base of relative paths in a .lst (default: its folder)")
@@ -70,22 +73,22 @@ def register(subparsers):
     p.set_defaults(func=_rec)
 
     p = sub.add_parser("unpack", help="a .rec set back to one folder per identity (stored bytes unchanged)")
-    p.add_argument("data_dir")
-    p.add_argument("out_dir")
+    options.add_dataset(p)
+    options.add_out(p, "output image root, one folder per identity")
     common(p, workers=False)
     p.set_defaults(func=_unpack)
 
     p = sub.add_parser("check", help="verify a .rec set; exit 1 listing the first faults by record index")
-    p.add_argument("data_dir")
+    options.add_dataset(p)
     p.add_argument("--max-faults", type=int, default=20, help="faults to list (default 20)")
     common(p, overwrite=False)
     p.set_defaults(func=_check)
 
     p = sub.add_parser("pairs", help="a balanced verification pack (.bin) from an image root")
-    p.add_argument("image_root")
-    p.add_argument("out_bin")
+    p.add_argument("image_root", metavar="IMAGE_ROOT")
+    options.add_out(p, "output verification pack (.bin)")
     p.add_argument("--pairs", type=int, required=True, help="number of pairs (half same, half different)")
-    p.add_argument("--seed", type=int, default=0)
+    options.add_seed(p)
     p.add_argument("--size", type=image_side, default=112, help="image side in the pack (default 112)")
     p.add_argument("--quality", type=jpeg_quality, default=95)
     common(p, strict=True)
@@ -117,11 +120,12 @@ def _synth(args):
     from vargface.data import synth
 
     make = synth.make_synthetic_rec if args.rec else synth.make_synthetic
-    result = make(args.out_dir, args.identities, args.per_identity, size=args.size, seed=args.seed,
+    result = make(args.out, args.identities, args.per_identity, size=args.size, seed=args.seed,
                   difficulty=args.difficulty, first_identity=args.first_identity, quality=args.quality,
                   workers=args.workers, overwrite=args.overwrite)
     images = result[0] if args.rec else result
-    print(f"wrote {images} images of {args.identities} identities to {args.out_dir}")
+    options.emit(args, f"wrote {images} images of {args.identities} identities to {args.out}",
+                 {"out": args.out, "images": images, "identities": args.identities})
     return 0
 
 
@@ -130,8 +134,10 @@ def _lst(args):
 
     with _warnings_to_stderr(args):
         items = items_from_root(args.image_root, args.strict)
-        write_lst(args.out_lst, items, overwrite=args.overwrite)
-    print(f"wrote {len(items)} images of {items[-1].label + 1} identities to {args.out_lst}")
+        write_lst(args.out, items, overwrite=args.overwrite)
+    identities = items[-1].label + 1
+    options.emit(args, f"wrote {len(items)} images of {identities} identities to {args.out}",
+                 {"out": args.out, "images": len(items), "identities": identities})
     return 0
 
 
@@ -139,27 +145,33 @@ def _rec(args):
     from vargface.data.convert import to_rec
 
     with _warnings_to_stderr(args):
-        images, classes = to_rec(args.source, args.out_dir, size=args.size, quality=args.quality,
+        images, classes = to_rec(args.source, args.out, size=args.size, quality=args.quality,
                                  workers=args.workers, strict=args.strict, overwrite=args.overwrite,
                                  image_root=args.image_root)
-    print(f"wrote {images} images of {classes} identities to {args.out_dir}")
+    options.emit(args, f"wrote {images} images of {classes} identities to {args.out}",
+                 {"out": args.out, "images": images, "identities": classes})
     return 0
 
 
 def _unpack(args):
     from vargface.data.convert import unpack
 
-    images = unpack(args.data_dir, args.out_dir, overwrite=args.overwrite)
-    print(f"unpacked {images} images to {args.out_dir}")
+    images = unpack(args.dataset, args.out, overwrite=args.overwrite)
+    options.emit(args, f"unpacked {images} images to {args.out}", {"out": args.out, "images": images})
     return 0
 
 
 def _check(args):
+    import json
+
     from vargface.data.convert import check
 
-    report = check(args.data_dir, workers=args.workers, max_faults=args.max_faults)
+    report = check(args.dataset, workers=args.workers, max_faults=args.max_faults)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 1 if report["num_faults"] else 0
     size = report["image_size"]
-    print(f"{args.data_dir}: {report['images']} images, {report['identities']} identities"
+    print(f"{args.dataset}: {report['images']} images, {report['identities']} identities"
           + ("" if report["has_header"] else " (no header record: a plain image list)")
           + (f", property {report['num_classes']} classes {size[1]}x{size[0]}" if size else ""))
     if report["num_faults"]:
@@ -175,8 +187,8 @@ def _pairs(args):
     from vargface.data.convert import pairs_from_root
 
     with _warnings_to_stderr(args):
-        count = pairs_from_root(args.image_root, args.out_bin, args.pairs, seed=args.seed, size=args.size,
+        count = pairs_from_root(args.image_root, args.out, args.pairs, seed=args.seed, size=args.size,
                                 quality=args.quality, workers=args.workers, strict=args.strict,
                                 overwrite=args.overwrite)
-    print(f"wrote {count} pairs to {args.out_bin}")
+    options.emit(args, f"wrote {count} pairs to {args.out}", {"out": args.out, "pairs": count})
     return 0

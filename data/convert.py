@@ -116,8 +116,9 @@ def write_lst(path, items, overwrite=False):
 
 
 def _refuse_existing(path, overwrite):
-    if os.path.exists(path) and not overwrite:
-        raise VargfaceError(f"output {os.path.abspath(path)} exists; pass --overwrite to replace it")
+    from vargface.options import refuse_existing
+
+    refuse_existing(os.path.abspath(path), overwrite, option="output")
 
 
 def _read_file(path):
@@ -161,8 +162,7 @@ def to_rec(source, out_dir, size=112, quality=95, workers=None, strict=False, ov
         items = read_lst(source, image_root)
     else:
         raise VargfaceError(f"{source}: not found; expected an image root (one folder per identity) or a .lst file")
-    if os.path.exists(out_dir) and not overwrite:  # fail before the work, not after
-        raise VargfaceError(f"output {os.path.abspath(out_dir)} exists; pass --overwrite to replace it")
+    _refuse_existing(out_dir, overwrite)  # fail before the work, not after
     num_classes = items[-1].label + 1
     return write_rec(out_dir, prepared_samples(items, size, quality, workers, strict), (size, size), num_classes,
                      overwrite=overwrite, total=len(items), progress=progress, desc="rec")
@@ -174,13 +174,12 @@ _EXT = ((b"\xff\xd8", ".jpg"), (b"\x89PNG", ".png"), (b"BM", ".bmp"), (b"RIFF", 
 def unpack(data_dir, out_dir, overwrite=False, progress=True):
     """.rec -> ``OUT_DIR/<label:06d>/<record:08d>.<ext>`` with the stored bytes unchanged, so packing the folder
     again gives the same images and labels. Returns the number of images."""
-    from tqdm import tqdm
-
+    from vargface.options import progress_bar
     from vargface.atomic import atomic_dir
     from vargface.data.recordio import RecReader
 
     with RecReader(data_dir) as reader, atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for key in tqdm(reader.imgidx, desc="unpack", unit="img", disable=not progress):
+        for key in progress_bar(reader.imgidx, desc="unpack", unit="img", enabled=progress):
             label, payload = reader.read_image(int(key))
             if label != int(label) or label < 0:
                 raise VargfaceError(f"{reader.rec_path}: record {key} has label {label}; expected a class id")
@@ -195,8 +194,7 @@ def unpack(data_dir, out_dir, overwrite=False, progress=True):
 def pairs_from_root(root, out_bin, pairs, seed=0, size=112, quality=95, workers=None, strict=False,
                     overwrite=False, progress=True):
     """A balanced verification pack from an image root. Returns the number of pairs."""
-    from tqdm import tqdm
-
+    from vargface.options import progress_bar
     from vargface.data.images import prepare
     from vargface.data.parallel import imap_ordered
     from vargface.data.verification import make_pairs, write_bin
@@ -205,9 +203,9 @@ def pairs_from_root(root, out_bin, pairs, seed=0, size=112, quality=95, workers=
     chosen = make_pairs([paths for _, paths in scan_image_root(root, strict)], pairs, seed)
     paths = [p for a, b, _ in chosen for p in (a, b)]
     unique = sorted(set(paths))
-    encoded = dict(zip(unique, tqdm(imap_ordered(lambda p: prepare(_read_file(p), (size, size), quality, p),
+    encoded = dict(zip(unique, progress_bar(imap_ordered(lambda p: prepare(_read_file(p), (size, size), quality, p),
                                                  unique, workers), total=len(unique), desc="pairs", unit="img",
-                                    disable=not progress)))
+                                    enabled=progress)))
     write_bin(out_bin, [encoded[p] for p in paths], [same for _, _, same in chosen])
     return len(chosen)
 
@@ -216,8 +214,7 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
     """Verify a .rec set: property, header, identity ranges, .idx offsets, labels, that every image decodes and
     has the property's size. Returns a report dict; ``report['faults']`` lists ``(record, message)``, record
     ``None`` for file-level faults, at most ``max_faults`` (``report['num_faults']`` counts all)."""
-    from tqdm import tqdm
-
+    from vargface.options import progress_bar
     from vargface.data.parallel import imap_ordered
     from vargface.data.recordio import RecReader, read_property
     from vargface.data.verification import load_bin
@@ -296,8 +293,8 @@ def check(data_dir, workers=None, max_faults=20, progress=True):
             return key, None
 
         keys = np.setdiff1d(reader.imgidx, missing)
-        for key, message in tqdm(imap_ordered(inspect, keys, workers), total=len(keys), desc="check", unit="img",
-                                 disable=not progress):
+        for key, message in progress_bar(imap_ordered(inspect, keys, workers), total=len(keys), desc="check", unit="img",
+                                 enabled=progress):
             if message:
                 fault(key, message)
     report["num_faults"] = counter[0]

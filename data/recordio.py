@@ -243,15 +243,15 @@ def write_rec(out_dir, samples, image_size=(112, 112), num_classes=None, overwri
     one contiguous run. The output directory appears only when complete. Returns ``(num_images, num_classes)``.
     """
     import mxnet as mx
-    from tqdm import tqdm
+    from vargface.options import progress_bar
 
     height, width = image_size
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         rec, idx = os.path.join(tmp, REC_NAME), os.path.join(tmp, IDX_NAME)
         writer = mx.recordio.MXIndexedRecordIO(idx, rec, "w")
         try:
-            num_images, k = _write_records(writer, tqdm(samples, total=total, desc=desc, unit="img",
-                                                        disable=not progress), num_classes)
+            num_images, k = _write_records(writer, progress_bar(samples, total=total, desc=desc, unit="img",
+                                                        enabled=progress), num_classes)
         finally:
             writer.close()
         with open(rec, "r+b") as f:  # the header needs N and K, known only now: same size, patched in place

@@ -231,8 +231,7 @@ def make_synthetic(out_dir, identities, per_identity, size=112, seed=0, difficul
     """Write ``OUT_DIR/id_NNNNNN/NNNN.jpg``: one folder per identity, ``per_identity`` JPEGs each. Identity
     numbers start at ``first_identity`` (use distinct ranges, or seeds, for held-out identities).
     Returns the number of images."""
-    from tqdm import tqdm
-
+    from vargface.options import progress_bar
     from vargface.atomic import atomic_dir
     from vargface.data.parallel import imap_processes
 
@@ -242,8 +241,8 @@ def make_synthetic(out_dir, identities, per_identity, size=112, seed=0, difficul
         for ident in range(first_identity, first_identity + identities):
             os.makedirs(os.path.join(tmp, FOLDER_FORMAT.format(ident)))
         one = functools.partial(_render_file, root=tmp, seed=seed, size=size, difficulty=difficulty, quality=quality)
-        for _ in tqdm(imap_processes(one, jobs, workers), total=len(jobs), desc="synth", unit="img",
-                      disable=not progress):
+        for _ in progress_bar(imap_processes(one, jobs, workers), total=len(jobs), desc="synth", unit="img",
+                      enabled=progress):
             pass
     return len(jobs)
 

@@ -2,15 +2,16 @@
 import json
 import sys
 
+from vargface import options
+
 
 def _model(p):
-    p.add_argument("--model", required=True, metavar="PREFIX,EPOCH",
-                   help="checkpoint PREFIX-symbol.json + PREFIX-EPOCH.params (cut at fc1_output)")
+    options.add_model(p)
 
 
-def _device(p, batch_size=64):
-    p.add_argument("--ctx", default="cpu", help="devices, e.g. gpu:0,1 or cpu (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help="images per forward (default: %(default)s)")
+def _device(p, per_batch_size=64):
+    options.add_ctx(p)
+    options.add_per_batch_size(p, per_batch_size)
 
 
 def register(subparsers):
@@ -24,8 +25,9 @@ def register(subparsers):
     p.add_argument("--target", required=True, metavar="A.bin,B.bin", help="comma-separated verification packs")
     _device(p)
     p.add_argument("--nfolds", type=int, default=10, help="cross-validation folds (default: %(default)s)")
-    p.add_argument("--roc", metavar="OUT.png", help="draw the ROC curves (TAR against FAR, log scale)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--roc", metavar="PATH", help="draw the ROC curves (TAR against FAR, log scale) to this PNG")
+    options.add_overwrite(p, help="replace an existing --roc file")
+    options.add_json(p)
     p.set_defaults(func=_verify)
 
     p = subparsers.add_parser("lfr", help="LFR2019 challenge tools",
@@ -36,12 +38,15 @@ def register(subparsers):
         "features", help="write the LFR2019 image-track feature file",
         description="Embed every image of the test list (image + flip, summed, L2-normalised) into the LFR2019 "
                     "binary (int32 rows, cols, cols*4, 5; then float32 rows in list order). Interrupted runs "
-                    "resume from OUT.partial when rerun with the same weights, list and root (other ones are refused).")
+                    "resume from OUT.partial when rerun with the same weights, list and root (other ones are refused); "
+                    "a finished OUT is replaced only with --overwrite.")
+    f.add_argument("image_list", metavar="LIST", help="test file list, one image path per line")
     _model(f)
-    f.add_argument("--list", required=True, help="test file list, one image path per line")
     f.add_argument("--root", default=".", help="folder the listed paths are relative to (default: .)")
-    f.add_argument("--out", required=True, help="output feature file")
+    options.add_out(f, "output feature file")
+    options.add_overwrite(f)
     _device(f)
+    options.add_json(f)
     f.set_defaults(func=_lfr_features)
 
     p = subparsers.add_parser(
@@ -49,12 +54,12 @@ def register(subparsers):
         description="Exact TAR at each FAR over all N(N-1)/2 pairs (cosine similarity), blockwise, keeping only "
                     "the highest impostor scores. A pair is accepted iff its score is strictly above the "
                     "(k+1)-th highest impostor score, k = floor(FAR * impostor pairs).")
-    p.add_argument("--features", required=True, help="(N, D) features: .npy, or an LFR2019 feature file")
-    p.add_argument("--labels", required=True, help="(N,) identity labels: .npy, or a text file one per line")
+    p.add_argument("features", metavar="FEATURES", help="(N, D) features: .npy, or an LFR2019 feature file")
+    p.add_argument("labels", metavar="LABELS", help="(N,) identity labels: .npy, or a text file one per line")
     p.add_argument("--far", help="comma-separated FARs (default: 1e-8,1e-6,1e-4, each if the set has enough "
                                  "impostor pairs for it; with none of them, every decade it has)")
     p.add_argument("--tile", type=int, default=2048, help="rows/columns per matrix block (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    options.add_json(p)
     p.set_defaults(func=_tar_at_far)
 
     p = subparsers.add_parser(
@@ -63,18 +68,21 @@ def register(subparsers):
                     "fix_gamma BatchNorm, FullyConnected flatten); then onnxruntime is run against MXNet on "
                     "random input and the export fails unless max|diff|/max|mxnet| <= --tolerance.")
     _model(p)
-    p.add_argument("--out", required=True, help="output .onnx file")
+    options.add_out(p, "output .onnx file")
+    options.add_overwrite(p)
     p.add_argument("--tolerance", type=float, default=1e-4, help="parity bound (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    options.add_json(p)
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("embed", help="embed aligned face images into an .npy file",
                               description="L2-normalised embeddings (image + flip) of aligned 112x112 faces.")
     _model(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", required=True, help="output .npy, one row per image in argument order")
+    options.add_out(p, "output .npy, one row per image in argument order")
+    options.add_overwrite(p)
     p.add_argument("--no-flip", action="store_true", help="embed the image only, without its mirror")
     _device(p, 32)
+    options.add_json(p)
     p.set_defaults(func=_embed)
 
     p = subparsers.add_parser("compare", help="cosine similarity of two aligned face images",
@@ -84,6 +92,7 @@ def register(subparsers):
     p.add_argument("image_b", metavar="B")
     p.add_argument("--no-flip", action="store_true", help="embed the images only, without their mirrors")
     _device(p, 2)
+    options.add_json(p)
     p.set_defaults(func=_compare)
 
 
@@ -92,7 +101,7 @@ def _embedder(args):
     from vargface.symbols.checkpoint import parse_model_arg
 
     prefix, epoch = parse_model_arg(args.model)
-    return FaceEmbedder(prefix, epoch, ctx=args.ctx, batch_size=args.batch_size)
+    return FaceEmbedder(prefix, epoch, ctx=args.ctx, batch_size=options.total_batch(args))
 
 
 def _verify(args):
@@ -105,8 +114,9 @@ def _verify(args):
         raise VargfaceError("--target: expected one or more .bin files, e.g. lfw.bin,cfp_fp.bin")
     if args.nfolds < 1:
         raise VargfaceError(f"--nfolds {args.nfolds}: expected a positive number of folds (10 as reported)")
+    options.refuse_existing(args.roc, args.overwrite, option="--roc")
     prefix, epoch = parse_model_arg(args.model)
-    results = verify_model(prefix, epoch, targets, ctx=args.ctx, batch_size=args.batch_size,
+    results = verify_model(prefix, epoch, targets, ctx=args.ctx, batch_size=options.total_batch(args),
                            nrof_folds=args.nfolds, progress=not args.json)
     summary = {name: {"accuracy": r["accuracy"], "std": r["std"], "best_threshold": r["best_threshold"],
                       "pairs": r["pairs"], "fold_accuracy": r["fold_accuracy"],
@@ -162,9 +172,11 @@ def _plot_roc(results, path):
 def _lfr_features(args):
     from vargface.eval.lfr import extract_features
 
+    options.refuse_existing(args.out, args.overwrite)
     embedder = _embedder(args)
-    computed = extract_features(embedder, args.list, args.root, args.out)
-    print(f"wrote {args.out} ({computed} rows computed in this run, {embedder.embedding_size}-d)")
+    computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
+    options.emit(args, f"wrote {args.out} ({computed} rows computed in this run, {embedder.embedding_size}-d)",
+                 {"out": args.out, "computed": computed, "embedding_size": embedder.embedding_size})
     return 0
 
 
@@ -177,7 +189,7 @@ def _load_array(path, option):
     try:
         if path.endswith(".npy"):
             return np.load(path, mmap_mode="r", allow_pickle=False)
-        if option == "--features":
+        if option == "FEATURES":
             return read_features(path, mmap=True)
         with open(path, encoding="utf-8") as handle:
             return np.array([line.strip() for line in handle if line.strip()])
@@ -185,7 +197,7 @@ def _load_array(path, option):
         raise
     except (OSError, ValueError) as error:
         raise VargfaceError(f"{option} {path}: cannot read it ({error}); expected a .npy file"
-                            + (" or an LFR2019 feature file" if option == "--features" else
+                            + (" or an LFR2019 feature file" if option == "FEATURES" else
                                " or a text file with one label per line")) from None
 
 
@@ -194,16 +206,16 @@ def _tar_at_far(args):
     from vargface.eval.tar_at_far import parse_fars, tar_at_far
 
     fars = None if args.far is None else parse_fars(args.far)
-    features = _load_array(args.features, "--features")
-    labels = _load_array(args.labels, "--labels")
+    features = _load_array(args.features, "FEATURES")
+    labels = _load_array(args.labels, "LABELS")
     if args.tile < 1:
         raise VargfaceError(f"--tile: expected a positive number, got {args.tile}")
     if features.ndim != 2:
-        raise VargfaceError(f"--features {args.features}: expected an (N, D) array, got shape {features.shape}")
+        raise VargfaceError(f"FEATURES {args.features}: expected an (N, D) array, got shape {features.shape}")
     if labels.ndim != 1 and not (labels.ndim == 2 and labels.shape[1] == 1):
-        raise VargfaceError(f"--labels {args.labels}: expected an (N,) array, got shape {labels.shape}")
+        raise VargfaceError(f"LABELS {args.labels}: expected an (N,) array, got shape {labels.shape}")
     if len(features) != len(labels):
-        raise VargfaceError(f"--features {args.features} has {len(features)} rows but --labels {args.labels} has "
+        raise VargfaceError(f"FEATURES {args.features} has {len(features)} rows but LABELS {args.labels} has "
                             f"{len(labels)}; expected one label per feature row")
     result = tar_at_far(features, labels, fars, tile=args.tile, progress=not args.json)
     if args.json:
@@ -223,6 +235,7 @@ def _export(args):
     from vargface.eval.export import export_onnx
     from vargface.symbols.checkpoint import parse_model_arg
 
+    options.refuse_existing(args.out, args.overwrite)
     prefix, epoch = parse_model_arg(args.model)
     sym, arg_params, aux_params, size = load_embedding_model(prefix, epoch)
     result = export_onnx(sym, arg_params, aux_params, args.out, input_size=size, tolerance=args.tolerance)
@@ -239,14 +252,17 @@ def _embed(args):
 
     from vargface.atomic import atomic_path
 
-    embeddings = _embedder(args).embed_files(args.images, flip=not args.no_flip, progress=sys.stderr.isatty())
+    options.refuse_existing(args.out, args.overwrite)
+    embeddings = _embedder(args).embed_files(args.images, flip=not args.no_flip, progress=not args.json)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
         np.save(handle, embeddings)
-    print(f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32, rows L2-normalised")
+    options.emit(args, f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32, rows L2-normalised",
+                 {"out": args.out, "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1])})
     return 0
 
 
 def _compare(args):
     embeddings = _embedder(args).embed_files([args.image_a, args.image_b], flip=not args.no_flip)
-    print(f"{float(embeddings[0] @ embeddings[1]):.6f}")
+    similarity = float(embeddings[0] @ embeddings[1])
+    options.emit(args, f"{similarity:.6f}", {"a": args.image_a, "b": args.image_b, "cosine": similarity})
     return 0

@@ -32,12 +32,11 @@ class FaceEmbedder(InferenceRunner):
         """Embed image files (aligned faces, any side); a file that does not decode is a VargfaceError naming it.
 
         Files are decoded a few batches at a time, so memory stays bounded; one progress bar counts images."""
-        from tqdm import tqdm
-
+        from vargface.options import progress_bar
         from vargface.eval.images import read_image
 
         step, chunks = self.batch_size * 8, []
-        with tqdm(total=len(paths), unit="img", desc="embed", disable=not progress) as bar:
+        with progress_bar(total=len(paths), unit="img", desc="embed", enabled=progress) as bar:
             for start in range(0, len(paths), step):
                 names = paths[start:start + step]
                 chunks.append(self.embed([read_image(p) for p in names], flip=flip))

@@ -97,8 +97,7 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     ``embedder`` is a `FaceEmbedder`; the partial file is keyed on its checkpoint's checksum, the list and the
     root, so a rerun with other weights or images refuses to append. Returns the number of rows computed in this
     run."""
-    from tqdm import tqdm
-
+    from vargface.options import progress_bar
     from vargface.atomic import atomic_path
 
     paths = read_list(list_file)
@@ -116,7 +115,7 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
             handle.truncate(size)
     matrix = np.memmap(partial, dtype=ROW, mode="r+", offset=HEADER_BYTES, shape=(rows, cols))
     chunk = chunk or embedder.batch_size * 8
-    bar = tqdm(total=rows, initial=done, unit="img", desc="lfr features", disable=not progress)
+    bar = progress_bar(total=rows, initial=done, unit="img", desc="lfr features", enabled=progress)
     start = done
     while done < rows:
         names = paths[done:done + chunk]

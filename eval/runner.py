@@ -68,7 +68,7 @@ class InferenceRunner:
 
         self.contexts = parse_ctx(ctx)
         if batch_size is not None and int(batch_size) < 1:
-            raise VargfaceError(f"--batch-size: expected a positive number, got {batch_size}")
+            raise VargfaceError(f"batch size: expected a positive number, got {batch_size}")
         self.symbol = cut_at(symbol, output, source)
         self.output = output
         self.input_size = int(input_size or input_size_of(symbol))

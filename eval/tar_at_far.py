@@ -174,9 +174,9 @@ def tar_at_far(features, labels, fars=None, tile=2048, progress=True):
     genuine, top = [], _TopBuffer(keep)
     scores = np.empty(tile * tile, np.float32)  # flat, so every tile view is C-contiguous for np.dot(out=)
     starts = range(0, n, tile)
-    from tqdm import tqdm
+    from vargface.options import progress_bar
 
-    bar = tqdm(total=n_pairs, unit="pair", unit_scale=True, desc="tar-at-far", disable=not progress)
+    bar = progress_bar(total=n_pairs, unit="pair", unit_scale=True, desc="tar-at-far", enabled=progress)
     for r0 in starts:
         r1 = min(r0 + tile, n)
         rows = x[r0:r1]

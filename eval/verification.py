@@ -70,11 +70,11 @@ def evaluate(embeddings, issame_list, nrof_folds=10, thresholds=THRESHOLDS):
 def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32, progress=False, desc="embed"):
     """Embeddings of float32 NCHW ``images``: (embedding(x) + embedding(flip(x))) L2-normalised when ``flip``,
     else embedding(x) L2-normalised. ``forward`` maps a batch of at most ``batch_size`` to (n, D) numpy."""
-    from tqdm import tqdm
+    from vargface.options import progress_bar
 
     images = np.asarray(images, dtype=np.float32)
     out = None
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
         batch = images[start:start + batch_size]
         emb = np.asarray(forward(batch), dtype=np.float64)
         if flip:

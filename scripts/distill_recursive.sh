@@ -18,7 +18,7 @@ set -euo pipefail
 DATA=${1:?usage: scripts/distill_recursive.sh DATA_DIR [vargface recipe recursive options]}
 shift
 VARGFACE=${VARGFACE:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/vargface}
-options=(--data "$DATA" --work "${WORK:-./recursive}" --ctx "${CTX:-gpu:0,1,2,3}")
+options=(--dataset "$DATA" --out "${WORK:-./recursive}" --ctx "${CTX:-gpu:0,1,2,3}")
 [ -n "${TEACHER:-}" ] && options+=(--teacher "$TEACHER")
 [ "${DRY_RUN:-0}" = 1 ] && options+=(--dry-run)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}

@@ -14,7 +14,7 @@
 set -euo pipefail
 
 VARGFACE=${VARGFACE:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/vargface}
-options=(--data "${DATA:-../datasets/ms1m-retinaface-t1}" --work "${WORK:-./lfr_light}"
+options=(--dataset "${DATA:-../datasets/ms1m-retinaface-t1}" --out "${WORK:-./lfr_light}"
          --ctx "${GPUS:-gpu:0,1,2,3,4,5,6,7}" --eval-ctx "${EVAL_CTX:-gpu:0}"
          --targets "${VAL_TARGETS:-lfw,cfp_fp,agedb_30}" --lfr-root "${LFR_ROOT:-.}")
 [ -n "${LFR_LIST:-}" ] && options+=(--lfr-list "$LFR_LIST")

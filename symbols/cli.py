@@ -22,19 +22,21 @@ def register(subparsers):
     """Add this package's subcommands to the `vargface` parser."""
     import argparse
 
+    from vargface import options
+
     p = subparsers.add_parser(
         "flops", help="parameters and LFR2019 FLOPs of a network", description=FLOPS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("preset", nargs="?", metavar="PRESET", help="network preset (`vargface flops --list` names them)")
-    p.add_argument("--model", metavar="PREFIX,EPOCH", help="count the graph stored in this checkpoint instead")
+    options.add_model(p, required=False, help="count the graph stored in this checkpoint instead")
     p.add_argument("--net-opt", "--opt", dest="net_opt", action="append", default=[], metavar="NAME=VALUE",
                    help="a network option, repeatable (e.g. use_se=False, multiplier=0.25, num_layers=18)")
     p.add_argument("--input-size", type=int, metavar="S",
                    help="input side (default: the preset's, or the checkpoint's own size for --model)")
     p.add_argument("--taps", action="store_true", help="also list the named taps with their output shapes")
     p.add_argument("--list", action="store_true", help="list the network presets and exit")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    options.add_json(p, help="print the figures as JSON")
     p.set_defaults(func=flops_command)
 
 

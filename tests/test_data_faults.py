@@ -53,7 +53,7 @@ def offsets(rec):
 
 
 def assert_check_fails(rec, *needles):
-    result = vargface("check", rec)
+    result = vargface("check", "--dataset", rec)
     assert result.returncode == 1, result.stdout + result.stderr
     for needle in needles:
         assert needle in result.stderr, result.stderr
@@ -61,7 +61,7 @@ def assert_check_fails(rec, *needles):
 
 
 def test_clean_set_checks_ok(rec):
-    result = subprocess.run([sys.executable, "-m", "vargface", "data", "check", str(rec)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "vargface", "data", "check", "--dataset", str(rec)], capture_output=True,
                             text=True)
     assert result.returncode == 0 and "12 images, 4 identities" in result.stdout and "ok" in result.stdout
 
@@ -119,14 +119,14 @@ def test_non_images_and_empty_folders_skip_or_strict(source, tmp_path):
     shutil.copytree(source, root)
     (root / "id_000001" / "notes.txt").write_text("not an image")
     os.makedirs(root / "zz_empty")
-    strict = vargface("rec", root, tmp_path / "strict", "--strict")
+    strict = vargface("rec", root, "--out", tmp_path / "strict", "--strict")
     assert strict.returncode == 1 and "notes.txt: not an image file" in strict.stderr and "--strict" in strict.stderr
     assert not (tmp_path / "strict").exists()
     os.remove(root / "id_000001" / "notes.txt")
-    strict = vargface("rec", root, tmp_path / "strict", "--strict")
+    strict = vargface("rec", root, "--out", tmp_path / "strict", "--strict")
     assert strict.returncode == 1 and "zz_empty: empty identity folder" in strict.stderr
     (root / "id_000001" / "notes.txt").write_text("not an image")
-    loose = vargface("rec", root, tmp_path / "loose")
+    loose = vargface("rec", root, "--out", tmp_path / "loose")
     assert loose.returncode == 0, loose.stderr
     assert "warning:" in loose.stderr and "notes.txt" in loose.stderr and "zz_empty" in loose.stderr
     assert check(tmp_path / "loose", progress=False)["identities"] == 4
@@ -134,9 +134,9 @@ def test_non_images_and_empty_folders_skip_or_strict(source, tmp_path):
     (root / "id_000002" / "broken.jpg").write_bytes(b"garbage")
     os.remove(root / "id_000001" / "notes.txt")
     os.rmdir(root / "zz_empty")
-    strict = vargface("rec", root, tmp_path / "strict", "--strict")
+    strict = vargface("rec", root, "--out", tmp_path / "strict", "--strict")
     assert strict.returncode == 1 and "broken.jpg: does not decode" in strict.stderr
-    loose = vargface("rec", root, tmp_path / "loose2")
+    loose = vargface("rec", root, "--out", tmp_path / "loose2")
     assert loose.returncode == 0 and "broken.jpg" in loose.stderr
     assert check(tmp_path / "loose2", progress=False)["images"] == 12
     assert sorted(os.listdir(tmp_path)) == ["loose", "loose2", "root"]  # no temporary or partial outputs
@@ -144,13 +144,13 @@ def test_non_images_and_empty_folders_skip_or_strict(source, tmp_path):
 
 def test_existing_output_refused_unless_overwrite(source, rec, tmp_path):
     before = (rec / "train.rec").read_bytes()
-    for args in (("rec", source, rec), ("synth", rec, "--identities", 2, "--per-identity", 2),
-                 ("unpack", rec, rec), ("lst", source, rec / "property"), ("pairs", source, rec / "property",
-                                                                            "--pairs", 4)):
+    for args in (("rec", source, "--out", rec), ("synth", "--out", rec, "--identities", 2, "--per-identity", 2),
+                 ("unpack", "--dataset", rec, "--out", rec), ("lst", source, "--out", rec / "property"),
+                 ("pairs", source, "--out", rec / "property", "--pairs", 4)):
         result = vargface(*args)
         assert result.returncode == 1 and "exists; pass --overwrite" in result.stderr, (args, result.stderr)
     assert (rec / "train.rec").read_bytes() == before
-    result = vargface("synth", rec, "--identities", 2, "--per-identity", 2, "--size", SIZE, "--rec", "--overwrite")
+    result = vargface("synth", "--out", rec, "--identities", 2, "--per-identity", 2, "--size", SIZE, "--rec", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert check(rec, progress=False)["images"] == 4
     assert sorted(os.listdir(tmp_path)) == ["set"]
@@ -166,10 +166,10 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 def test_lst_faults(tmp_path, source):
     (tmp_path / "bad.lst").write_text("1\ta.jpg\n")
-    result = vargface("rec", tmp_path / "bad.lst", tmp_path / "out")
+    result = vargface("rec", tmp_path / "bad.lst", "--out", tmp_path / "out")
     assert result.returncode == 1 and "bad.lst:1: cannot parse" in result.stderr
     (tmp_path / "gap.lst").write_text(f"1\t{source}/id_000000/0000.jpg\t0\n1\t{source}/id_000001/0000.jpg\t2\n")
-    result = vargface("rec", tmp_path / "gap.lst", tmp_path / "out")
+    result = vargface("rec", tmp_path / "gap.lst", "--out", tmp_path / "out")
     assert result.returncode == 1 and "label 1 has no image" in result.stderr
     assert not (tmp_path / "out").exists()
 

@@ -161,10 +161,10 @@ def test_cli_cache_then_distill_with_cache(tmp_path, data_dir, teacher_model, ca
             main(list(argv))
         return exit_info.value.code, capsys.readouterr()
 
-    code, out = run("distill", "cache", "--teacher", teacher_model, "--data-dir", data_dir, "--batch-size", "16")
+    code, out = run("distill", "cache", "--teacher", teacher_model, "--dataset", data_dir, "--per-batch-size", "16")
     path = os.path.join(data_dir, "train.teacher0-teacher-0001.kdcache")
     assert code == 0 and path in out.out and os.path.isfile(path)
-    code, out = run("distill", "cache", "--teacher", teacher_model, "--data-dir", data_dir)
+    code, out = run("distill", "cache", "--teacher", teacher_model, "--dataset", data_dir)
     assert code == 1 and "exists" in out.err
     prefix = str(tmp_path / "cli" / "student")
     code, out = run("distill", "--teacher", teacher_model, "--teacher-cache", "auto", "--kd-weight", "5",

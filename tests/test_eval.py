@@ -233,16 +233,16 @@ def test_tar_at_far_cli(tmp_path, run_cli):
     np.save(tmp_path / "f.npy", features.astype(np.float32))
     np.save(tmp_path / "l.npy", labels)
     np.save(tmp_path / "short.npy", labels[:-2])
-    done = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy",
+    done = run_cli("tar-at-far", tmp_path / "f.npy", tmp_path / "l.npy",
                    "--far", "1e-3,1e-2", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert [r["tar"] for r in result["results"]] == pytest.approx(brute_tar(features, labels, [1e-3, 1e-2]))
-    bad = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "short.npy")
-    assert bad.returncode == 1 and "has 120 rows but --labels" in bad.stderr and "118" in bad.stderr
-    low = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy", "--far", "1e-6")
+    bad = run_cli("tar-at-far", tmp_path / "f.npy", tmp_path / "short.npy")
+    assert bad.returncode == 1 and "has 120 rows but LABELS" in bad.stderr and "118" in bad.stderr
+    low = run_cli("tar-at-far", tmp_path / "f.npy", tmp_path / "l.npy", "--far", "1e-6")
     assert low.returncode == 1 and "FAR 1e-06 needs at least 1000000 impostor pairs" in low.stderr
-    default = run_cli("tar-at-far", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.npy")
+    default = run_cli("tar-at-far", tmp_path / "f.npy", tmp_path / "l.npy")
     impostors = json.loads(done.stdout)["n_impostors"]
     assert default.returncode == 0, default.stderr
     assert f"skipped FAR 1e-08 needs at least 100000000 impostor pairs; this set has {impostors}" in default.stdout
@@ -255,7 +255,7 @@ def test_verify_cli_json_and_roc(tiny_model, pack, tmp_path, run_cli):
 
     prefix, epoch = tiny_model
     roc = tmp_path / "roc.png"
-    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", pack, "--batch-size", 7, "--json",
+    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", pack, "--per-batch-size", 7, "--json",
                    "--roc", roc)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)["synth_val"]
@@ -350,8 +350,8 @@ def test_lfr_features_round_trip_and_resume(tiny_model, face_files, tmp_path, ru
     expected = embedder.embed([read_image(root / n) for n in names])  # at their own side: the runner resizes
 
     out = tmp_path / "features.bin"
-    done = run_cli("lfr", "features", "--model", f"{prefix},{epoch}", "--list", listing, "--root", root,
-                   "--out", out, "--batch-size", 4)
+    done = run_cli("lfr", "features", listing, "--model", f"{prefix},{epoch}", "--root", root,
+                   "--out", out, "--per-batch-size", 4)
     assert done.returncode == 0, done.stderr
     raw = out.read_bytes()
     assert struct.unpack("<4i", raw[:16]) == (len(names), 32, 128, 5)

@@ -122,7 +122,7 @@ def test_hostile_pack_through_verify_and_data_check(data_dir, model, tmp_path):
     for payload in packs:
         (data_dir / "evil.bin").write_bytes(payload)
         try:
-            result = run_cli("data", "check", data_dir)
+            result = run_cli("data", "check", "--dataset", data_dir)
             assert result.code == 1 and "may be hostile" in result.err, result.err
             result = run_cli("verify", "--model", model, "--target", data_dir / "evil.bin")
             assert result.code == 1 and "may be hostile" in result.err, result.err
@@ -269,7 +269,7 @@ def test_output_under_a_file_and_unwritable_outputs(faces, tmp_path, monkeypatch
     import tempfile
 
     (tmp_path / "plain").write_text("a file")
-    assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "plain" / "set", "--size", SIZE),
+    assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "plain" / "set", "--size", SIZE),
                          "plain is a file, not a folder")
     for code, reason in ((errno.EACCES, "permission denied"), (errno.EROFS, "read-only")):
         def refuse(*args, code=code, **kwargs):
@@ -277,8 +277,8 @@ def test_output_under_a_file_and_unwritable_outputs(faces, tmp_path, monkeypatch
 
         monkeypatch.setattr(tempfile, "mkdtemp", refuse)
         monkeypatch.setattr(tempfile, "mkstemp", refuse)
-        assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "set", "--size", SIZE), reason)
-        assert_clean_failure(run_cli("data", "pairs", faces, tmp_path / "p.bin", "--pairs", 4, "--size", SIZE),
+        assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "set", "--size", SIZE), reason)
+        assert_clean_failure(run_cli("data", "pairs", faces, "--out", tmp_path / "p.bin", "--pairs", 4, "--size", SIZE),
                              reason, "p.bin")
         monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["plain"]
@@ -295,7 +295,7 @@ def test_a_full_disk_during_data_rec_and_checkpoints(faces, tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(mx.recordio.MXIndexedRecordIO, "write_idx", disk_full)
-    assert_clean_failure(run_cli("data", "rec", faces, tmp_path / "set", "--size", SIZE), "set", "disk is full")
+    assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "set", "--size", SIZE), "set", "disk is full")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []
 
@@ -317,14 +317,14 @@ def test_a_full_disk_during_data_rec_and_checkpoints(faces, tmp_path, monkeypatc
 def test_damaged_inputs_are_named(data_dir, faces, tmp_path):
     lst = tmp_path / "bad.lst"
     lst.write_bytes(b"1\t" + str(faces).encode() + b"/a.jpg\t0\n1\t\xff\xfe.jpg\t0\n")
-    assert_clean_failure(run_cli("data", "rec", lst, tmp_path / "out"), "bad.lst:2: not UTF-8")
+    assert_clean_failure(run_cli("data", "rec", lst, "--out", tmp_path / "out"), "bad.lst:2: not UTF-8")
     for size in (-5, 100000):
-        result = run_cli("data", "rec", faces, tmp_path / "out", "--size", size)
+        result = run_cli("data", "rec", faces, "--out", tmp_path / "out", "--size", size)
         assert result.code == 2 and "--size" in result.err and "8..4096" in result.err
     (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
-    assert_clean_failure(run_cli("plot-log", tmp_path / "binary.jsonl", tmp_path / "c.png"), "not a JSON line")
+    assert_clean_failure(run_cli("plot-log", tmp_path / "binary.jsonl", "--out", tmp_path / "c.png"), "not a JSON line")
     (tmp_path / "short.jsonl").write_text('{"type": "verify", "step": 0, "score": 0.5}\n')
-    assert_clean_failure(run_cli("plot-log", tmp_path / "short.jsonl", tmp_path / "c.png"),
+    assert_clean_failure(run_cli("plot-log", tmp_path / "short.jsonl", "--out", tmp_path / "c.png"),
                          "no training lines yet", "--frequent")
     broken = tmp_path / "negative"
     import shutil
@@ -334,7 +334,7 @@ def test_damaged_inputs_are_named(data_dir, faces, tmp_path):
     key, _ = lines[2].split("\t")
     lines[2] = f"{key}\t-40"
     (broken / "train.idx").write_text("\n".join(lines) + "\n")
-    assert_clean_failure(run_cli("data", "check", broken), f"record {key} has offset -40")
+    assert_clean_failure(run_cli("data", "check", "--dataset", broken), f"record {key} has offset -40")
     assert not (tmp_path / "out").exists() and not (tmp_path / "c.png").exists()
 
 

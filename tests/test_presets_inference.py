@@ -64,16 +64,16 @@ def test_in_training_verification_equals_the_commands_on_the_saved_checkpoint(
     assert [e["step"] for e in verify] == [0, 1] and len(rounds) == 2
     assert not np.array_equal(rounds[0], rounds[1])  # the update changed the weights the runner sees
     model = f"{result['prefix']},{result['epoch']}"
-    batch = 2 * len(ctx.split(","))  # the trainer's batch: oneDNN's last bits may depend on the per-device batch
+    batch = 2  # the trainer's per-device batch: oneDNN's last bits may depend on it
 
     done = run_cli("verify", "--model", model, "--target", os.path.join(data_dir, "val.bin"), "--nfolds", PAIRS,
-                   "--batch-size", batch, "--ctx", ctx, "--json")
+                   "--per-batch-size", batch, "--ctx", ctx, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["val"]["accuracy"] == verify[-1]["val_acc"]
 
     root, names = pack_files
     paths = [str(root / n) for n in names]
-    done = run_cli("embed", "--model", model, "--out", tmp_path / "emb.npy", "--batch-size", batch, "--ctx", ctx,
+    done = run_cli("embed", "--model", model, "--out", tmp_path / "emb.npy", "--per-batch-size", batch, "--ctx", ctx,
                    *paths)
     assert done.returncode == 0, done.stderr
     embedded = np.load(tmp_path / "emb.npy")
@@ -86,8 +86,8 @@ def test_in_training_verification_equals_the_commands_on_the_saved_checkpoint(
 
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(names) + "\n")
-    done = run_cli("lfr", "features", "--model", model, "--list", listing, "--root", root, "--out",
-                   tmp_path / "features.bin", "--batch-size", batch, "--ctx", ctx)
+    done = run_cli("lfr", "features", listing, "--model", model, "--root", root, "--out",
+                   tmp_path / "features.bin", "--per-batch-size", batch, "--ctx", ctx)
     assert done.returncode == 0, done.stderr
     from vargface.eval.lfr import read_features
 

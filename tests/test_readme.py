@@ -50,7 +50,7 @@ def check_vargface(argv):
         args = build_parser().parse_args(argv)
     except SystemExit as exit:
         raise AssertionError(f"`vargface {shlex.join(argv)}` does not parse (exit {exit.code})") from None
-    if args.command in ("train", "distill"):
+    if args.command in ("train", "distill") and getattr(args, "distill_command", None) is None:
         config_from_args(args)
     return args
 

@@ -31,7 +31,7 @@ def test_lfr_light_dry_run_lists_every_step_with_its_config(tmp_path, monkeypatc
     monkeypatch.chdir(ROOT)
     work = tmp_path / "lfr"
     (tmp_path / "data").mkdir()  # `--dataset DIR` resolves to the folder preset only when DIR exists
-    code, out, _ = run(["recipe", "lfr-light", "--dry-run", "--work", str(work), "--data", str(tmp_path / "data"),
+    code, out, _ = run(["recipe", "lfr-light", "--dry-run", "--out", str(work), "--dataset", str(tmp_path / "data"),
                         "--ctx", "cpu", "--eval-ctx", "cpu", "--lfr-list", "list.txt", "--lfr-root", "imgs",
                         "--set", "student.per_batch_size=32"], capsys)
     assert code == 0 and not work.exists()
@@ -48,20 +48,20 @@ def test_lfr_light_dry_run_lists_every_step_with_its_config(tmp_path, monkeypatc
     assert "--per-batch-size" not in teacher and scratch[-2:] == distill[-2:] == ["--per-batch-size", "32"]
     assert distill[distill.index("--teacher-cache") + 1] == "auto" and "--reuse" in commands[3]
     assert commands[5][commands[5].index("--model") + 1] == str(work / "vargfacenet-distill" / "model-gen2") + ",1"
-    assert commands[-1][commands[-1].index("--list") + 1] == "list.txt"
+    assert commands[-1][:3] == ["lfr", "features", "list.txt"]
     for command in commands:
         check_vargface(command)
 
     # without a test list there is no feature-file step
-    _, out, _ = run(["recipe", "lfr-light", "--dry-run", "--work", str(work)], capsys)
+    _, out, _ = run(["recipe", "lfr-light", "--dry-run", "--out", str(work)], capsys)
     assert "[10/10]" in out and "lfr features" not in out
 
 
 def test_recursive_dry_run_trains_a_teacher_unless_given(tmp_path, capsys):
-    _, out, _ = run(["recipe", "recursive", "--dry-run", "--work", str(tmp_path / "w"), "--data", "d"], capsys)
+    _, out, _ = run(["recipe", "recursive", "--dry-run", "--out", str(tmp_path / "w"), "--dataset", "d"], capsys)
     assert [c[:2] for c in printed_commands(out)] == [["train", "--config"], ["distill", "cache"],
                                                       ["distill", "--teacher"]]
-    _, out, _ = run(["recipe", "recursive", "--dry-run", "--work", str(tmp_path / "w"), "--data", "d", "--teacher",
+    _, out, _ = run(["recipe", "recursive", "--dry-run", "--out", str(tmp_path / "w"), "--dataset", "d", "--teacher",
                      "t/model,3", "--set", "distill.kd_weight=2"], capsys)
     commands = printed_commands(out)
     assert [c[:2] for c in commands] == [["distill", "cache"], ["distill", "--teacher"]]
@@ -70,7 +70,7 @@ def test_recursive_dry_run_trains_a_teacher_unless_given(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad", ["novalue", "=1", "coach.lr=0.1", "student.=3", "teacher.--lr=1"])
 def test_bad_overrides_are_refused(bad, tmp_path, capsys):
-    code, _, err = run(["recipe", "lfr-light", "--dry-run", "--work", str(tmp_path), "--set", bad], capsys)
+    code, _, err = run(["recipe", "lfr-light", "--dry-run", "--out", str(tmp_path), "--set", bad], capsys)
     assert code == 1 and f"--set {bad!r}" in err and "SCOPE" in err
 
 
@@ -97,7 +97,7 @@ def test_a_student_over_the_light_budget_stops_the_recipe(tmp_path, capsys):
     shutil.copytree(ROOT / "configs", configs)
     (configs / "vargfacenet_recursive.py").touch()
     work = tmp_path / "work"
-    code, out, err = run(["recipe", "lfr-light", "--work", str(work), "--data", str(tmp_path), "--configs",
+    code, out, err = run(["recipe", "lfr-light", "--out", str(work), "--dataset", str(tmp_path), "--configs",
                           str(configs), "--set", "student.network=r50"], capsys)
     assert code == 1 and "exceeds the deepglint-light budget" in err and "r50" in err
     assert "$ vargface flops r50 --json" in out and "$ vargface train" not in out

@@ -1,6 +1,7 @@
 """`vargface` subcommands of vargface.train: `train`, `plot-log`, and the `distill` group."""
 import difflib
 
+from vargface import options
 from vargface.train import distill_cli
 
 PRESET_DEFAULTS = {"network": "vargfacenet", "dataset": "emore", "loss": "arcface"}
@@ -52,6 +53,8 @@ def add_train_options(parser):
     parser.add_argument("--dataset", help=f"dataset preset ({', '.join(dataset)}) or a directory made by "
                         f"`vargface data` (default: {PRESET_DEFAULTS['dataset']})")
     parser.add_argument("--loss", help=f"loss preset: {', '.join(loss)} (default: {PRESET_DEFAULTS['loss']})")
+    options.add_overwrite(parser, help="start a new run on a --prefix that already holds one (without it, or "
+                                       "--resume, such a prefix is refused)")
     add_config_options(parser, default, HELP, suffix=", or the preset's")
     _explain_unknown(parser)
 
@@ -131,15 +134,34 @@ def register(subparsers):
     q = subparsers.add_parser("plot-log", help="plot loss, accuracy, lr and verification curves of a training log",
                               description="Draw the curves of a `vargface train` JSON-lines log to an image.")
     q.add_argument("log", help="PREFIX-log.jsonl written by `vargface train`")
-    q.add_argument("out", help="output image, e.g. curves.png")
+    options.add_out(q, "output image, e.g. curves.png")
+    options.add_overwrite(q)
     q.set_defaults(func=_plot)
     distill_cli.register(subparsers)
+
+
+def refuse_existing_run(config, overwrite):
+    """A fresh run on a prefix that holds one (its state or a distillation chain) is refused unless ``overwrite``;
+    returns True when it holds one (and ``overwrite`` allows replacing it)."""
+    from vargface.errors import VargfaceError
+    from vargface.pipeline import training_state_exists
+    from vargface.train.trainer import resolve_prefix
+
+    prefix = resolve_prefix(config)
+    if config.resume or not training_state_exists(prefix):
+        return False
+    if not overwrite:
+        raise VargfaceError(f"--prefix {prefix} already holds a run; pass --resume to continue it or --overwrite "
+                            f"to start a new one there")
+    return True
 
 
 def _train(args):
     from vargface.train.trainer import fit
 
-    result = fit(config_from_args(args))
+    config = config_from_args(args)
+    refuse_existing_run(config, args.overwrite)
+    result = fit(config)
     if result["interrupted"]:
         print(f"vargface train: stopped at update {result['num_update']}; continue with the same options and "
               f"--resume")
@@ -153,5 +175,6 @@ def _train(args):
 def _plot(args):
     from vargface.train.plot_log import plot_log
 
+    options.refuse_existing(args.out, args.overwrite)
     print(f"plot-log: wrote {plot_log(args.log, args.out)}")
     return 0

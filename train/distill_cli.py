@@ -2,6 +2,7 @@
 cache. The distillation settings are the config keys of `vargface.train.config.distillation`."""
 import os
 
+from vargface import options
 
 HELP = {
     "teacher": "PREFIX,EPOCH: the frozen teacher checkpoint (any MXNet embedding network with fc1_output)",
@@ -46,22 +47,23 @@ def register(subparsers):
 
     sub = p.add_subparsers(dest="distill_command", metavar="{cache}")
     c = sub.add_parser("cache", help="precompute the teacher's embedding of every record and its mirror",
-                       description="Embed every image of DATA_DIR/train.rec and its horizontal mirror with the "
+                       description="Embed every image of DATASET/train.rec and its horizontal mirror with the "
                                    "teacher, once, into a sidecar file bound to the data and the teacher by "
                                    "checksums. Training with --teacher-cache reads it instead of running the "
                                    "teacher.")
     c.add_argument("--teacher", metavar="PREFIX,EPOCH", help=HELP["teacher"])
-    c.add_argument("--data-dir", required=True, help="folder with train.rec, train.idx and property")
+    options.add_dataset(c)
     c.add_argument("--image-size", type=int, help="side of the images training feeds (the --image-size of the "
-                   "student; default: the size in DATA_DIR/property)")
-    c.add_argument("--out", help="cache file (default: DATA_DIR/train.<teacher folder>-<teacher prefix>-<epoch>.kdcache, "
-                   "which --teacher-cache auto finds)")
-    c.add_argument("--batch-size", type=int, default=64, help="teacher batch size (default: %(default)s)")
-    c.add_argument("--ctx", default="cpu", help="devices, e.g. gpu:0,1 or cpu (default: %(default)s)")
+                   "student; default: the size in DATASET/property)")
+    options.add_out(c, "cache file (default: DATASET/train.<teacher folder>-<teacher prefix>-<epoch>.kdcache, "
+                       "which --teacher-cache auto finds)", required=False)
+    options.add_per_batch_size(c, 64)
+    options.add_ctx(c)
     existing = c.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true", help="replace an existing cache file")
+    options.add_overwrite(existing, help="replace an existing cache file")
     existing.add_argument("--reuse", action="store_true", help="keep an existing cache file once it checks out "
                           "for this data, teacher and image size (a resumable pipeline's way to skip the work)")
+    options.add_json(c)
     c.set_defaults(func=_cache)
 
 
@@ -73,20 +75,25 @@ def _cache(args):
 
     if not args.teacher:
         raise VargfaceError("--teacher PREFIX,EPOCH is required")
-    if args.batch_size < 1:
-        raise VargfaceError(f"--batch-size: must be >= 1 (got {args.batch_size})")
     teacher = Teacher(args.teacher, ctx=parse_ctx(args.ctx))
-    reused = args.reuse and os.path.exists(args.out or default_cache_path(args.data_dir, teacher))
-    path = build_cache(teacher, args.data_dir, path=args.out, batch_size=args.batch_size, image_size=args.image_size,
-                       overwrite=args.overwrite, reuse=args.reuse)
-    print(f"teacher cache: {path}" + (" (existing, checked against this data and teacher: reused)" if reused
-                                      else ""))
+    reused = args.reuse and os.path.exists(args.out or default_cache_path(args.dataset, teacher))
+    path = build_cache(teacher, args.dataset, path=args.out, batch_size=options.total_batch(args),
+                       image_size=args.image_size, overwrite=args.overwrite, reuse=args.reuse,
+                       progress=not args.json)
+    options.emit(args, f"teacher cache: {path}" + (" (existing, checked against this data and teacher: reused)"
+                                                    if reused else ""), {"out": path, "reused": bool(reused)})
     return 0
 
 
 def _distill(args):
-    from vargface.train.cli import config_from_args
-    from vargface.train.distill import distill
+    from vargface.train.cli import config_from_args, refuse_existing_run
+    from vargface.train.distill import distill, manifest_path
+    from vargface.train.trainer import resolve_prefix
 
-    manifest = distill(config_from_args(args))
+    config = config_from_args(args)
+    if refuse_existing_run(config, args.overwrite):
+        stale = manifest_path(resolve_prefix(config))
+        if os.path.exists(stale):  # the old chain's record; its generations are retrained from their start
+            os.remove(stale)
+    manifest = distill(config)
     return 128 + int(manifest["interrupted"]) if manifest.get("interrupted") else 0  # the shell's code

@@ -67,7 +67,8 @@ class Teacher:
         # Bound at the first batch's size: the student's batch, fixed through training.
         self.runner = InferenceRunner(symbol, arg_params, aux_params, ctx=ctx, batch_size=None,
                                       output=[shapes[tap][0] for tap in self.taps], source=f"{option} {self.model}")
-        self.symbol, self.input_size, self.ctx = symbol, self.runner.input_size, self.runner.contexts
+        self.symbol, self.input_size = symbol, self.runner.input_size
+        self.ctx = self.runner.contexts  # a schedule's next teacher binds to the same devices
         self.emb_size = int(self.tap_shapes["embedding"][0])
         self.checksum = checkpoint_checksum(self.prefix, self.epoch)
 

@@ -37,7 +37,7 @@ def data_checksum(data_dir):
     rec, idx = data_files(data_dir)
     for path in (rec, idx):
         if not os.path.isfile(path):
-            raise VargfaceError(f"--data-dir {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
+            raise VargfaceError(f"--dataset {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
     return {"rec": file_checksum(rec), "idx": file_checksum(idx, whole=True)}
 
 
@@ -67,8 +67,7 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     ``reuse``, kept when it checks out for this data, teacher and image size (a mismatch is an error).
     Returns the cache path."""
     import mxnet as mx
-    from tqdm import tqdm
-
+    from vargface.options import progress_bar
     from vargface.atomic import atomic_path
     from vargface.data.iterator import FaceRecordIter
     from vargface.data.recordio import read_property
@@ -98,8 +97,8 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
         indices = np.memmap(tmp, dtype="<i8", mode="r+", offset=index_offset, shape=(count,))
         embeddings = np.memmap(tmp, dtype="<f4", mode="r+", offset=emb_offset, shape=(count, 2, teacher.emb_size))
         row = 0
-        for batch in tqdm(it, total=math.ceil(count / batch_size), desc="teacher cache", unit="batch",
-                          disable=not progress):
+        for batch in progress_bar(it, total=math.ceil(count / batch_size), desc="teacher cache", unit="batch",
+                          enabled=progress):
             valid = batch_size - (batch.pad or 0)
             data = batch.data[0]
             both = teacher.embed(mx.nd.concat(data, mx.nd.flip(data, axis=3), dim=0)).asnumpy()  # plain, mirror
@@ -157,7 +156,7 @@ class TeacherCache:
 
     def __init__(self, path, data_dir, teacher, image_shape=None):
         header, length = read_header(path)
-        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --data-dir {data_dir}`")
+        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --dataset {data_dir}`")
         current = data_checksum(data_dir)
         for key in ("rec", "idx"):
             if header["data"][key] != current[key]:

@@ -126,11 +126,10 @@ def atomic_path(path):
 def atomic_dir(path, overwrite=False):
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` (refused if ``path`` exists
     and ``overwrite`` is false), on error it is removed and ``path`` is untouched."""
-    from vargface.errors import VargfaceError
+    from vargface.options import refuse_existing
 
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise VargfaceError(f"output {path} exists; pass --overwrite to replace it")
+    refuse_existing(path, overwrite, option="output")
     parent = _prepare(path)
     with _reported(path):
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=parent)

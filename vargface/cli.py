@@ -37,7 +37,10 @@ def main(argv=None):
     _use_all_cores()
     from vargface.errors import VargfaceError
 
+    from vargface.options import show_progress
+
     args = build_parser().parse_args(argv)
+    show_progress(not getattr(args, "json", False))
     try:
         code = args.func(args)
     except VargfaceError as error:

@@ -8,11 +8,12 @@ verification of every model on lfw / cfp_fp / agedb_30 and, given a test list, t
 
 Training settings live in experiment config files (`configs/*.py`, one `key = value` line per config key);
 the command lines here only add the data, devices and output prefix, which override the file. Every step is
-printed as a shell command before it runs; finished steps are recorded in WORK/recipe-state.json and skipped on a
+printed as a shell command before it runs; finished steps are recorded in OUT/recipe-state.json and skipped on a
 rerun, and an interrupted training continues with --resume."""
 import argparse
 import os
 
+from vargface import options
 from vargface.errors import VargfaceError
 from vargface.pipeline import Pipeline, Step, write_json
 
@@ -38,7 +39,7 @@ def register(subparsers):
     _common(light, ctx_default="gpu:0,1,2,3,4,5,6,7", work_default="./lfr_light")
     light.add_argument("--eval-ctx", default="gpu:0", help="devices for verification and the feature file "
                        "(default: %(default)s)")
-    light.add_argument("--targets", default=TARGETS, help="verification packs NAME (DATA/NAME.bin), comma-separated "
+    light.add_argument("--targets", default=TARGETS, help="verification packs NAME (DATASET/NAME.bin), comma-separated "
                        "(default: %(default)s)")
     light.add_argument("--lfr-list", help="LFR2019 image-track test list; without it no feature file is written")
     light.add_argument("--lfr-root", default=".", help="folder the listed paths are relative to (default: .)")
@@ -50,16 +51,18 @@ def register(subparsers):
                                            f"configs/{DISTILL_CONFIG}.")
     _common(recursive, ctx_default="gpu:0,1,2,3", work_default="./recursive")
     recursive.add_argument("--teacher", metavar="PREFIX,EPOCH", help="an existing teacher checkpoint (default: "
-                           "train one into WORK)")
+                           "train one into OUT)")
     recursive.set_defaults(func=recursive_command)
 
 
 def _common(parser, ctx_default, work_default):
-    parser.add_argument("--data", default="../datasets/ms1m-retinaface-t1",
-                        help="folder with train.rec, train.idx, property and the .bin packs (default: %(default)s)")
-    parser.add_argument("--work", default=work_default, help="checkpoints, results and the recipe state "
-                        "(default: %(default)s)")
-    parser.add_argument("--ctx", default=ctx_default, help="training devices (default: %(default)s)")
+    options.add_dataset(parser, required=False, help="folder with train.rec, train.idx, property and the .bin packs "
+                        "(default: ../datasets/ms1m-retinaface-t1)")
+    parser.set_defaults(dataset="../datasets/ms1m-retinaface-t1")
+    options.add_out(parser, f"folder of the checkpoints, results and the recipe state; a rerun continues it "
+                            f"(default: {work_default})", required=False, default=work_default)
+    options.add_overwrite(parser, help="delete OUT first instead of continuing it")
+    options.add_ctx(parser, default=ctx_default, help="training devices")
     parser.add_argument("--configs", default=CONFIGS, help="folder of the experiment config files "
                         "(default: the repository's configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[SCOPE.]KEY=VALUE",
@@ -94,7 +97,7 @@ class Recipe:
 
     def __init__(self, args):
         self.args = args
-        self.work = args.work
+        self.work = args.out
         self.flags = parse_overrides(args.overrides)
         for name in (TEACHER_CONFIG, STUDENT_CONFIG, DISTILL_CONFIG):
             if not os.path.isfile(os.path.join(args.configs, name)) and not args.dry_run:
@@ -112,7 +115,7 @@ class Recipe:
 
     def training(self, command, config, scope, prefix):
         flags = self.flags[scope] + (self.flags["distill"] if command == "distill" else [])
-        return [command, "--config", self.config(config), "--dataset", self.args.data, "--ctx", self.args.ctx,
+        return [command, "--config", self.config(config), "--dataset", self.args.dataset, "--ctx", self.args.ctx,
                 "--prefix", prefix] + flags
 
     def train_step(self, name, title, config, scope, prefix):
@@ -120,7 +123,7 @@ class Recipe:
                     outputs=[os.path.dirname(prefix)], resume=prefix)
 
     def flops_gate(self, name, title, argv):
-        """`vargface flops ... --json` into WORK/flops-NAME.json; a network over the track's budget stops the run."""
+        """`vargface flops ... --json` into OUT/flops-NAME.json; a network over the track's budget stops the run."""
         path = self.path(f"flops-{name}.json")
 
         def check(printed):
@@ -134,7 +137,7 @@ class Recipe:
 
     def cache_step(self, teacher):
         return Step("cache", "cache the teacher's embeddings of every training image and its mirror",
-                    [["distill", "cache", "--teacher", teacher, "--data-dir", self.args.data, "--ctx", self.args.ctx,
+                    [["distill", "cache", "--teacher", teacher, "--dataset", self.args.dataset, "--ctx", self.args.ctx,
                       "--reuse"]])
 
     def distill_step(self, teacher, prefix):
@@ -152,15 +155,15 @@ class Recipe:
             print(f"{title}: {line} ({path})", flush=True)
             return {target: r["accuracy"] for target, r in results.items()}
 
-        packs = ",".join(os.path.join(self.args.data, t + ".bin") for t in targets)
+        packs = ",".join(os.path.join(self.args.dataset, t + ".bin") for t in targets)
         return Step("verify_" + name, f"verify {title}", [["verify", "--model", model, "--target", packs, "--ctx",
                                                            self.args.eval_ctx, "--json"]], capture=True, result=keep)
 
     def run(self, steps, settings):
         print(f"vargface recipe {self.args.recipe}: {len(steps)} steps, work folder {self.work}"
               + (" (dry run: the commands only)" if self.args.dry_run else ""), flush=True)
-        pipeline = Pipeline(self.work, "recipe-state.json", settings, "recipe", dry_run=self.args.dry_run,
-                            hint="choose another --work (or delete it to start again)")
+        pipeline = Pipeline(self.work, "recipe-state.json", settings, "recipe", overwrite=self.args.overwrite,
+                            dry_run=self.args.dry_run, hint="pass --overwrite to start again or choose another --out")
         pipeline.run(steps)
         return pipeline
 
@@ -171,8 +174,8 @@ def _value(flags, name):
 
 
 def _settings(args, **more):
-    """What a rerun in the same WORK must share (devices may change between runs)."""
-    return dict(recipe=args.recipe, data=os.path.abspath(args.data), overrides=args.overrides,
+    """What a rerun in the same OUT must share (devices may change between runs)."""
+    return dict(recipe=args.recipe, data=os.path.abspath(args.dataset), overrides=args.overrides,
                 configs=os.path.abspath(args.configs), **more)
 
 
@@ -200,7 +203,7 @@ def lfr_light_steps(args):
         steps.append(recipe.verify_step(name, title, model + ",1", targets))
     if args.lfr_list:
         steps.append(Step("lfr", "the LFR2019 image-track feature file of generation 2",
-                          [["lfr", "features", "--model", student + "-gen2,1", "--list", args.lfr_list, "--root",
+                          [["lfr", "features", args.lfr_list, "--model", student + "-gen2,1", "--root",
                             args.lfr_root, "--out", recipe.path(f"lfr2019-{net}-gen2.bin"), "--ctx",
                             args.eval_ctx]]))
     return recipe, steps
@@ -223,7 +226,7 @@ def lfr_light_command(args):
     if args.dry_run:
         print("\n(dry run: nothing was run)")
     else:
-        print(f"\n== done: results in {args.work} (verify-*.json, flops-*.json, the lineage of the distillation)")
+        print(f"\n== done: results in {args.out} (verify-*.json, flops-*.json, the lineage of the distillation)")
     return 0
 
 
@@ -243,6 +246,6 @@ def recursive_steps(args):
 def recursive_command(args):
     recipe, steps = recursive_steps(args)
     recipe.run(steps, _settings(args, teacher=args.teacher))
-    print("\n(dry run: nothing was run)" if args.dry_run else f"\n== done: the students are in {args.work}")
+    print("\n(dry run: nothing was run)" if args.dry_run else f"\n== done: the students are in {args.out}")
     return 0
 

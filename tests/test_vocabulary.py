@@ -1,0 +1,184 @@
+"""One option vocabulary across every `vargface` subcommand, and every output refused without --overwrite."""
+import argparse
+import json
+import os
+
+import pytest
+from test_distill_teacher import save_tiny
+
+from vargface.cli import build_parser
+
+# Each shared option: the attributes it must have wherever it appears.
+SHARED = {
+    "--out": dict(nargs=None),
+    "--overwrite": dict(nargs=0, const=True),
+    "--model": dict(metavar="PREFIX,EPOCH"),
+    "--dataset": dict(nargs=None),
+    "--ctx": dict(nargs=None),
+    "--json": dict(nargs=0, const=True),
+    "--workers": dict(metavar="N"),
+    "--seed": dict(nargs=None),
+    "--per-batch-size": dict(nargs=None),
+}
+# Spellings the shared names replaced: none may come back.
+RETIRED = {"--batch-size", "--data-dir", "--data", "--work", "--output", "--out-dir", "--force", "--data-root"}
+# `vargface demo` is being rewritten into `vargface experiment`; its profile's --batch-size goes with it.
+NOT_YET = {"demo": {"--batch-size"}}
+# Commands that write an output: each takes --overwrite (train/distill write their run under --prefix).
+WRITERS = {"data synth", "data lst", "data rec", "data unpack", "data pairs", "verify", "lfr features", "export",
+           "embed", "plot-log", "distill cache", "train", "distill", "demo", "recipe lfr-light", "recipe recursive"}
+READS_DATASET = {"data unpack", "data check", "distill cache", "train", "distill"}
+PRINTS_JSON = {"data synth", "data lst", "data rec", "data unpack", "data check", "data pairs", "flops", "verify",
+               "tar-at-far", "export", "embed", "compare", "lfr features", "distill cache"}
+
+
+def leaf_parsers(parser, path=()):
+    """(command path, parser) of every subcommand that runs something."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if path and (not groups or parser.get_default("func")):
+        yield " ".join(path), parser
+    for group in groups:
+        for name, sub in group.choices.items():
+            yield from leaf_parsers(sub, path + (name,))
+
+
+def test_every_subcommand_speaks_one_vocabulary():
+    leaves = dict(leaf_parsers(build_parser()))
+    assert {"data synth", "data check", "verify", "lfr features", "distill cache", "distill", "plot-log"} <= set(leaves)
+    for command, parser in leaves.items():
+        actions = [a for a in parser._actions if not isinstance(a, argparse._SubParsersAction)]
+        options = {flag: a for a in actions for flag in a.option_strings}
+        positional = [a.dest for a in actions if not a.option_strings]
+        assert not [p for p in positional if p.startswith("out") or p.endswith("dir")], (command, positional)
+        assert RETIRED & set(options) == NOT_YET.get(command, set()), (command, RETIRED & set(options))
+        for flag, expected in SHARED.items():
+            if flag in options:
+                action = options[flag]
+                assert action.dest == flag[2:].replace("-", "_"), (command, flag)
+                for attribute, value in expected.items():
+                    assert getattr(action, attribute) == value, (command, flag, attribute)
+        assert ("--overwrite" in options) == (command in WRITERS), command
+        assert "--out" not in options or "--overwrite" in options, command
+        if command in READS_DATASET:
+            assert "--dataset" in options, command
+        if command in PRINTS_JSON:
+            assert "--json" in options, command
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from vargface.data.synth import make_synthetic, make_synthetic_rec
+    from vargface.data.verification import make_synthetic_bin
+
+    root = tmp_path_factory.mktemp("vocab")
+    faces = root / "faces"
+    make_synthetic(faces, identities=2, per_identity=3, size=32, seed=0, workers=1, progress=False)
+    names = sorted(str(p.relative_to(faces)) for p in faces.rglob("*.jpg"))
+    (root / "list.txt").write_text("\n".join(names[:2]) + "\n")
+    make_synthetic_rec(str(root / "data"), identities=4, per_identity=4, size=32, seed=0, workers=1, progress=False)
+    make_synthetic_bin(str(root / "val.bin"), identities=4, pairs=8, size=32, seed=0, workers=1)
+    model = save_tiny(str(root / "teacher"), emb_size=16)[0]
+    return dict(faces=faces, images=[faces / n for n in names[:2]], list=root / "list.txt", data=root / "data",
+                pack=root / "val.bin", model=model)
+
+
+# command -> (argv with OUT for the output, the option that names it, output is a folder)
+OUTPUT_COMMANDS = {
+    "data synth": (lambda i: ["data", "synth", "--out", "OUT", "--identities", 2, "--per-identity", 2, "--size", 32,
+                              "--workers", 1], "output", True),
+    "data lst": (lambda i: ["data", "lst", i["faces"], "--out", "OUT"], "output", False),
+    "data rec": (lambda i: ["data", "rec", i["faces"], "--out", "OUT", "--size", 32, "--workers", 1], "output", True),
+    "data unpack": (lambda i: ["data", "unpack", "--dataset", i["data"], "--out", "OUT"], "output", True),
+    "data pairs": (lambda i: ["data", "pairs", i["faces"], "--out", "OUT", "--pairs", 4, "--size", 32,
+                              "--workers", 1], "output", False),
+    "embed": (lambda i: ["embed", "--model", i["model"], "--out", "OUT", *i["images"]], "--out", False),
+    "export": (lambda i: ["export", "--model", i["model"], "--out", "OUT"], "--out", False),
+    "lfr features": (lambda i: ["lfr", "features", i["list"], "--model", i["model"], "--root", i["faces"], "--out",
+                                "OUT"], "--out", False),
+    "verify --roc": (lambda i: ["verify", "--model", i["model"], "--target", i["pack"], "--nfolds", 2, "--roc", "OUT"],
+                     "--roc", False),
+    "distill cache": (lambda i: ["distill", "cache", "--teacher", i["model"], "--dataset", i["data"], "--out", "OUT"],
+                      "output", False),
+}
+
+
+@pytest.mark.parametrize("command", sorted(OUTPUT_COMMANDS))
+def test_an_existing_output_is_refused_then_replaced_with_overwrite(command, inputs, tmp_path, run_cli):
+    make_argv, option, folder = OUTPUT_COMMANDS[command]
+    out = tmp_path / "existing"
+    if folder:
+        out.mkdir()
+        (out / "old.txt").write_text("old")
+    else:
+        out.write_text("old")
+    argv = [str(out) if a == "OUT" else a for a in make_argv(inputs)]
+    refused = run_cli(*argv)
+    assert refused.returncode == 1 and option in refused.stderr and "pass --overwrite" in refused.stderr, \
+        refused.stderr
+    assert (out / "old.txt" if folder else out).read_text() == "old"
+    replaced = run_cli(*argv, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (out / "old.txt").exists() if folder else out.read_bytes() != b"old"
+    assert os.path.getsize(out) > 0
+
+
+def test_train_distill_and_plot_log_refuse_an_existing_run_without_resume_or_overwrite(inputs, tmp_path, run_cli):
+    prefix = tmp_path / "run" / "model"
+    train = ["train", "--network", "r18_tiny", "--dataset", inputs["data"], "--image-size", 32, "--emb-size", 16,
+             "--per-batch-size", 4, "--max-steps", 1, "--verbose", 1, "--frequent", 1, "--val-targets", "",
+             "--prefix", prefix]
+    assert run_cli(*train).returncode == 0
+    refused = run_cli(*train)
+    assert refused.returncode == 1 and f"--prefix {prefix} already holds a run" in refused.stderr
+    assert "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    log = tmp_path / "run" / "model-log.jsonl"
+    lines = log.read_text()
+    replaced = run_cli(*train, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert log.read_text() != lines  # a new run wrote its own log
+
+    curves = tmp_path / "curves.png"
+    curves.write_text("old")
+    refused = run_cli("plot-log", log, "--out", curves)
+    assert refused.returncode == 1 and f"--out {curves} exists" in refused.stderr and curves.read_text() == "old"
+    assert run_cli("plot-log", log, "--out", curves, "--overwrite").returncode == 0
+    assert curves.read_bytes().startswith(b"\x89PNG")
+
+    student = tmp_path / "student" / "model"
+    distill = ["distill", "--teacher", inputs["model"], "--network", "r18_tiny", "--dataset", inputs["data"],
+               "--image-size", 32, "--emb-size", 16, "--per-batch-size", 4, "--max-steps", 1, "--verbose", 1,
+               "--val-targets", "", "--prefix", student]
+    assert run_cli(*distill).returncode == 0
+    lineage = tmp_path / "student" / "model-lineage.json"
+    lineage.write_text(lineage.read_text().replace('"done"', '"old"'))  # marks the first chain's record
+    refused = run_cli(*distill)
+    assert refused.returncode == 1 and f"--prefix {student} already holds a run" in refused.stderr
+    assert '"old"' in lineage.read_text()
+    replaced = run_cli(*distill, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    generations = json.loads(lineage.read_text())["generations"]
+    assert [g["status"] for g in generations] == ["done"]
+
+
+def test_json_prints_one_json_document_and_no_progress(inputs, run_cli):
+    done = run_cli("data", "check", "--dataset", inputs["data"], "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["images"] == 16 and done.stderr == ""
+    done = run_cli("compare", "--model", inputs["model"], *inputs["images"], "--json")
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and -1.0 <= result["cosine"] <= 1.0
+
+
+def test_progress_bars_only_on_a_terminal_and_never_under_json(monkeypatch):
+    from vargface import options
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    options.show_progress(True)  # as `vargface` sets it for a command without --json
+    try:
+        assert not options.progress_bar(range(3)).disable
+        assert options.progress_bar(range(3), enabled=False).disable
+        options.show_progress(False)
+        assert options.progress_bar(range(3)).disable
+    finally:
+        options.show_progress(True)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert options.progress_bar(range(3)).disable
