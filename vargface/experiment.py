@@ -200,17 +200,17 @@ class Experiment:
         size, common = str(s["input_size"]), ["--seed", "0", "--difficulty", str(s["difficulty"])]
         return [
             Step("synth", "render synthetic training identities (one folder per identity)",
-                 [["data", "synth", self.path("faces"), "--identities", str(s["identities"]), "--per-identity",
+                 [["data", "synth", "--out", self.path("faces"), "--identities", str(s["identities"]), "--per-identity",
                    str(s["per_identity"]), "--size", size] + common], outputs=[self.path("faces")]),
             Step("rec", "convert the image folders to RecordIO (train.rec, train.idx, property)",
-                 [["data", "rec", self.path("faces"), self.path("data"), "--size", size]],
+                 [["data", "rec", self.path("faces"), "--out", self.path("data"), "--size", size]],
                  outputs=[self.path("data")]),
             Step("heldout", "render held-out identities (never seen in training)",
-                 [["data", "synth", self.path("heldout_faces"), "--identities", str(s["heldout_identities"]),
+                 [["data", "synth", "--out", self.path("heldout_faces"), "--identities", str(s["heldout_identities"]),
                    "--per-identity", str(s["heldout_per_identity"]), "--size", size, "--first-identity",
                    str(HELDOUT_FIRST_IDENTITY)] + common], outputs=[self.path("heldout_faces")]),
             Step("pairs", "make the held-out pair set (half same, half different identity)",
-                 [["data", "pairs", self.path("heldout_faces"), self.path("data", "heldout.bin"), "--pairs",
+                 [["data", "pairs", self.path("heldout_faces"), "--out", self.path("data", "heldout.bin"), "--pairs",
                    str(s["pairs"]), "--seed", "0", "--size", size]], outputs=[self.path("data", "heldout.bin")]),
         ]
 
@@ -255,7 +255,7 @@ class Experiment:
         from vargface.pipeline import Step
 
         return Step("cache", "precompute the teacher's embeddings of every training image and its mirror",
-                    [["distill", "cache", "--teacher", self.checkpoint("teacher"), "--data-dir", self.path("data"),
+                    [["distill", "cache", "--teacher", self.checkpoint("teacher"), "--dataset", self.path("data"),
                       "--image-size", str(self.settings["input_size"]), "--out", self.cache(), "--ctx",
                       self.settings["ctx"]]], outputs=[self.cache()])
 
