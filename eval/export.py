@@ -86,14 +86,12 @@ def drop_initializer_inputs(model):
 
 
 def mxnet_forward(sym, arg_params, aux_params, data):
-    """fc1_output of ``sym`` on ``data`` with MXNet (inference mode, CPU)."""
-    import mxnet as mx
+    """fc1_output of ``sym`` on ``data`` with MXNet (inference mode, CPU), by the project's one inference runner."""
+    from vargface.eval.runner import InferenceRunner
 
-    module = mx.mod.Module(sym, data_names=["data"], label_names=None, context=mx.cpu())
-    module.bind(data_shapes=[("data", data.shape)], for_training=False)
-    module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
-    module.forward(mx.io.DataBatch(data=[mx.nd.array(data)]), is_train=False)
-    return module.get_outputs()[0].asnumpy()
+    runner = InferenceRunner(sym, arg_params, aux_params, ctx="cpu", batch_size=len(data), input_size=data.shape[2],
+                             source="the exported model")
+    return runner.forward(data)
 
 
 def onnx_forward(path, data):

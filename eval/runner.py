@@ -104,7 +104,9 @@ class InferenceRunner:
         import mxnet as mx
 
         devices = len(self.contexts)
-        self.batch_size = -(-batch_size // devices) * devices  # Module splits a batch evenly across its devices
+        # Module splits a batch evenly across its devices; at least two images a device: MXNet 1.9.1 crashed at
+        # random running an unfused VarGFaceNet on a batch of one.
+        self.batch_size = -(-max(batch_size, 2 * devices) // devices) * devices
         self.module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None, context=self.contexts)
         with _without_subgraph_fusion():
             self.module.bind(data_shapes=[("data", (self.batch_size, 3, self.input_size, self.input_size))],

@@ -22,11 +22,10 @@ SHARED = {
 }
 # Spellings the shared names replaced: none may come back.
 RETIRED = {"--batch-size", "--data-dir", "--data", "--work", "--output", "--out-dir", "--force", "--data-root"}
-# `vargface demo` is being rewritten into `vargface experiment`; its profile's --batch-size goes with it.
-NOT_YET = {"demo": {"--batch-size"}}
 # Commands that write an output: each takes --overwrite (train/distill write their run under --prefix).
 WRITERS = {"data synth", "data lst", "data rec", "data unpack", "data pairs", "verify", "lfr features", "export",
-           "embed", "plot-log", "distill cache", "train", "distill", "demo", "recipe lfr-light", "recipe recursive"}
+           "embed", "plot-log", "distill cache", "train", "distill", "demo", "experiment distill", "recipe lfr-light",
+           "recipe recursive"}
 READS_DATASET = {"data unpack", "data check", "distill cache", "train", "distill"}
 PRINTS_JSON = {"data synth", "data lst", "data rec", "data unpack", "data check", "data pairs", "flops", "verify",
                "tar-at-far", "export", "embed", "compare", "lfr features", "distill cache"}
@@ -50,7 +49,7 @@ def test_every_subcommand_speaks_one_vocabulary():
         options = {flag: a for a in actions for flag in a.option_strings}
         positional = [a.dest for a in actions if not a.option_strings]
         assert not [p for p in positional if p.startswith("out") or p.endswith("dir")], (command, positional)
-        assert RETIRED & set(options) == NOT_YET.get(command, set()), (command, RETIRED & set(options))
+        assert not RETIRED & set(options), (command, RETIRED & set(options))
         for flag, expected in SHARED.items():
             if flag in options:
                 action = options[flag]

@@ -41,27 +41,26 @@ VARIANT_TITLES = {"alpha1": "weight 1", "alpha20": "weight 20", "kd_only": "no m
 # adding about a sixth of that; `demo` is one seed in about ten; `quick` only checks that the pipeline runs.
 PROFILES = {
     "experiment": dict(identities=150, per_identity=16, heldout_identities=300, heldout_per_identity=8, pairs=2000,
-                       input_size=48, difficulty=0.5, batch_size=32, teacher_steps=600, student_steps=150,
+                       input_size=48, difficulty=0.5, per_batch_size=32, teacher_steps=600, student_steps=150,
                        teacher_multiplier=0.5, student_multiplier=0.25, emb_size=64, lr=0.1, warmup=20,
                        seeds=3, variants=[]),
     "demo": dict(identities=150, per_identity=16, heldout_identities=300, heldout_per_identity=8, pairs=2000,
-                 input_size=48, difficulty=0.5, batch_size=32, teacher_steps=400, student_steps=150,
+                 input_size=48, difficulty=0.5, per_batch_size=32, teacher_steps=400, student_steps=150,
                  teacher_multiplier=0.5, student_multiplier=0.25, emb_size=64, lr=0.1, warmup=20, seeds=1,
                  variants=[]),
     "quick": dict(identities=6, per_identity=4, heldout_identities=40, heldout_per_identity=4, pairs=20,
-                  input_size=32, difficulty=0.5, batch_size=8, teacher_steps=3, student_steps=2,
+                  input_size=32, difficulty=0.5, per_batch_size=8, teacher_steps=3, student_steps=2,
                   teacher_multiplier=0.125, student_multiplier=0.25, emb_size=16, lr=0.05, warmup=0, seeds=2,
                   variants=["kd_only"]),
 }
 SIZE_OPTIONS = ("identities", "per_identity", "heldout_identities", "heldout_per_identity", "pairs", "input_size",
-                "teacher_steps", "student_steps", "batch_size", "seeds")
+                "teacher_steps", "student_steps", "per_batch_size", "seeds")
 
 
 def add_options(p, profile):
     """The options `experiment distill` and `demo` share."""
     p.add_argument("--quick", action="store_true", help="a drastically shrunk run that only checks the pipeline")
-    p.add_argument("--first-seed", "--seed", dest="first_seed", type=int, default=0,
-                   help="seeds are FIRST..FIRST+SEEDS-1 (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="the first seed: runs use SEED..SEED+SEEDS-1 (default: 0)")
     p.add_argument("--ctx", default="cpu", help="devices for training and evaluation (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="delete OUT first instead of continuing it")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -91,7 +90,7 @@ def settings_from_args(args, profile):
     base = PROFILES[profile]
     if args.quick:
         base = dict(PROFILES["quick"], **({"seeds": 1, "variants": []} if profile == "demo" else {}))
-    settings = dict(base, profile="quick" if args.quick else profile, ctx=args.ctx, first_seed=args.first_seed)
+    settings = dict(base, profile="quick" if args.quick else profile, ctx=args.ctx, first_seed=args.seed)
     for name in SIZE_OPTIONS:
         value = getattr(args, name)
         if value is not None:
@@ -224,7 +223,7 @@ class Experiment:
         return network + [
             "--dataset", self.path("data"), "--loss", "arcface", "--loss-s", "32", "--loss-m2", "0.3",
             "--emb-size", str(s["emb_size"]), "--image-size", str(s["input_size"]), "--per-batch-size",
-            str(s["batch_size"]), "--ctx", s["ctx"], "--lr", str(s["lr"]), "--lr-schedule", "cosine",
+            str(s["per_batch_size"]), "--ctx", s["ctx"], "--lr", str(s["lr"]), "--lr-schedule", "cosine",
             "--warmup-steps", str(s["warmup"]), "--lr-total-steps", str(steps), "--max-steps", str(steps),
             "--seed", str(seed), "--val-targets", "", "--frequent", str(max(1, min(20, steps // 6))), "--verbose",
             str(steps), "--ckpt", "3"]
