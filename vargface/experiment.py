@@ -37,8 +37,9 @@ VARIANTS = {
 }
 VARIANT_TITLES = {"alpha1": "weight 1", "alpha20": "weight 20", "kd_only": "no margin loss (--kd-only)",
                   "shrink": "ShrinkTeaNet form (1-cos)^2", "intermediate": "+ stride-8 term"}
-# Sizes. `experiment` (three seeds, no ablation) is meant to fit 30 minutes on two idle CPU cores, each ablation
-# adding about a sixth of that; `demo` is one seed in about ten; `quick` only checks that the pipeline runs.
+# Sizes, from the step times of one run (a student round of 150 updates: about 1.7 min on two idle cores, the
+# teacher about 8): `experiment` (three seeds, no ablation) about 40 minutes, each ablation adding three student
+# rounds; `demo` (one seed) about 15; `quick` only checks that the pipeline runs.
 PROFILES = {
     "experiment": dict(identities=150, per_identity=16, heldout_identities=300, heldout_per_identity=8, pairs=2000,
                        input_size=48, difficulty=0.5, per_batch_size=32, teacher_steps=600, student_steps=150,
