@@ -118,7 +118,7 @@ def main():
         if "term" not in mode:
             print(f"{mode:<18}{batch / value:>10.2f}{value:>9.2f}{seconds['live teacher'] / value:>8.2f}x")
     print(f"\nterms (live teacher; 1: angular:embedding@7, 2: + angular:stride16@2, 4: + angular:stride8@1 and "
-          f"angular:stride4@0.5, each feature-map term with its adapter)")
+          "angular:stride4@0.5, each feature-map term with its adapter)")
     print(f"{'terms':<18}{'samples/s':>10}{'s/step':>9}{'vs 1 term':>11}")
     for mode, value in seconds.items():
         if "term" in mode:

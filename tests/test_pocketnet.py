@@ -253,7 +253,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_tiny_pocketnet_lowers_its_loss_with_clipping(data_dir, tmp_path):
-    from vargface.train.config import generate_config, read_config_file
+    from vargface.train.config import generate_config
     from vargface.train.trainer import fit
 
     config = generate_config("pocketnet_s128", data_dir, "arcface", net_channels=4, net_layers=4, emb_size=32,
@@ -269,7 +269,7 @@ def test_tiny_pocketnet_lowers_its_loss_with_clipping(data_dir, tmp_path):
 
 
 def test_clip_grad_norm_refuses_negative_values_and_dist_kvstores(data_dir):
-    from vargface.train.config import generate_config, read_config_file
+    from vargface.train.config import generate_config
     from vargface.train.trainer import fit
 
     base = dict(val_targets="", per_batch_size=4, max_steps=1, net_channels=4, net_layers=4, image_size=56)
@@ -283,7 +283,7 @@ def test_clip_grad_norm_refuses_negative_values_and_dist_kvstores(data_dir):
 def test_clip_grad_norm_is_a_config_key_and_cli_option():
     from vargface.cli import build_parser
     from vargface.train.cli import config_from_args
-    from vargface.train.config import generate_config, read_config_file
+    from vargface.train.config import generate_config
 
     assert generate_config("vargfacenet").clip_grad_norm == 0.0
     args = build_parser().parse_args(["train", "--network", "pocketnet_m256", "--clip-grad-norm", "5"])
