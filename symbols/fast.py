@@ -1,14 +1,10 @@
 """A faster training graph for CPU: the same function, arrays and names as any faithful graph, in other ops.
 
-On CPU with oneDNN, two things made training slow (seen with ``DNNL_VERBOSE=1``):
-
-* ``LeakyReLU(act_type='prelu')`` has a slow CPU backward. Here it becomes ``relu(x) + gamma * (x - relu(x))``
-  with the same ``<name>_gamma`` array broadcast over channels: elementwise ops with fast kernels, exactly PReLU
-  on both sides of zero (the gradient at 0 is gamma, as in MXNet's PReLU).
-* BatchNorm and pooling backward fall to oneDNN's reference kernels (~100x slower) when their data and incoming
-  gradient arrive in different blocked layouts, as after the 8-channel grouped convolutions. The plain-layout
-  elementwise ops above hand BatchNorm a plain gradient, which it reorders to its data's layout; global average
-  pooling becomes ``mean`` over the spatial axes, which has no layout of its own.
+On CPU with oneDNN (seen with ``DNNL_VERBOSE=1``), MXNet's PReLU backward is slow, and BatchNorm and pooling
+backward fall to reference kernels when data and gradient arrive in different blocked layouts, as after
+VarGFaceNet's 8-channel grouped convolutions. Here PReLU becomes ``relu(x) + dwconv1x1(x - relu(x), gamma)`` with
+the same ``<name>_gamma`` array and global average pooling becomes ``mean``; docs/fast_graph.md says why each op
+was chosen. The rewrite also avoids MXNet's PReLU slope-gradient defect (same page).
 
 The rewrite works on the Symbol's JSON graph, so it serves every network without per-network code. Checkpoints
 keep the faithful graph; the rewrite only changes how the optimizer's forward and backward passes are computed."""
@@ -48,18 +44,17 @@ def fast_graph(sym, data_shape=None):
             # MXNet's PReLU
             positive = add("Activation", name + "_positive", [x], {"act_type": "relu"})
             negative = add("elemwise_sub", name + "_negative", [x, positive])
-            excess = gamma
             if ndim == 4:
                 # a 1x1 depthwise convolution: oneDNN computes the slope gradient (a sum over batch and space)
                 # several times faster than broadcast_mul's backward reduction
                 channels = arg_shapes[gamma_node["name"]][0]
-                weight = add("Reshape", name + "_slope", [excess], {"shape": (-1, 1, 1, 1)})
+                weight = add("Reshape", name + "_slope", [gamma], {"shape": (-1, 1, 1, 1)})
                 scaled = add("Convolution", name + "_scaled", [negative, weight],
                              {"kernel": (1, 1), "num_filter": channels, "num_group": channels, "no_bias": True})
             else:
-                slope = add("Reshape", name + "_slope", [excess], {"shape": (1, -1) + (1,) * (ndim - 2)})
+                slope = add("Reshape", name + "_slope", [gamma], {"shape": (1, -1) + (1,) * (ndim - 2)})
                 scaled = add("broadcast_mul", name + "_scaled", [negative, slope])
-            # broadcast_add, not elemwise_add: oneDNN's sum of a blocked and a plain input is a reference kernel
+            # elemwise_add: oneDNN sums in its own layouts (broadcast_add would reorder both to plain)
             remap[old_id] = add("elemwise_add", name, [positive, scaled])
         elif op == "Pooling" and attrs.get("global_pool") == "True" and attrs.get("pool_type") == "avg" and ndim == 4:
             remap[old_id] = add("mean", name, inputs, {"axis": (2, 3), "keepdims": True})

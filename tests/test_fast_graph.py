@@ -253,8 +253,8 @@ def test_model_trained_on_fast_graph_loads_and_verifies_as_faithful(tmp_path, ca
     pack = tmp_path / "val.bin"
     make_synthetic_bin(pack, identities=6, pairs=20, size=56, seed=3, per_identity=3, workers=1)
     config = generate_config("vargfacenet_tiny", data, "arcface", prefix=str(tmp_path / "m"), max_steps=2,
-                             per_batch_size=4, val_targets="", ctx="cpu", train_graph="fast")
-    assert generate_config("vargfacenet_tiny", data, "arcface").train_graph == "faithful"  # opt-in
+                             per_batch_size=4, val_targets="", ctx="cpu")
+    assert config.train_graph == "auto"  # the default: the fast graph on CPU
     result = fit(config, log=lambda line: None)
     sym, arg, aux = load_checkpoint(result["prefix"], result["epoch"])
     faithful = get_symbol("vargfacenet", input_size=56, multiplier=0.25, emb_size=64)
@@ -275,5 +275,20 @@ def test_train_graph_option_is_checked(tmp_path):
     from vargface.train.trainer import fit
 
     config = generate_config("vargfacenet_tiny", str(tmp_path), "arcface", train_graph="quick", ctx="cpu")
-    with pytest.raises(VargfaceError, match="--train-graph 'quick': expected one of faithful, fast"):
+    with pytest.raises(VargfaceError, match="--train-graph 'quick': expected one of auto, faithful, fast"):
         fit(config, log=lambda line: None)
+
+
+def test_auto_trains_the_fast_graph_on_cpu_only():
+    from vargface.train.trainer import training_embedding
+
+    emb = get_symbol("vargfacenet_tiny")
+
+    def prelus(sym):
+        return sum(node["op"] == "LeakyReLU" for node in json.loads(sym.tojson())["nodes"])
+
+    assert prelus(emb) > 0
+    assert prelus(training_embedding(emb, "auto", [mx.cpu(0), mx.cpu(1)])) == 0
+    assert training_embedding(emb, "auto", [mx.gpu(0)]) is emb  # GPUs train the network's own ops
+    assert training_embedding(emb, "faithful", [mx.cpu()]) is emb
+    assert prelus(training_embedding(emb, "fast", [mx.gpu(0)])) == 0

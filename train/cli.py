@@ -30,8 +30,9 @@ HELP = {
     "resume": "continue the interrupted run at --prefix exactly where it stopped",
     "trust_states": "with --resume: also load an optimizer state saved as a pickle by an older version (a pickle "
                     "can run code: only for files you made yourself)",
-    "train_graph": "faithful (the network's own ops) | fast (the same function in ops with fast CPU kernels, "
-                   "opt-in: see README Troubleshooting); checkpoints always hold the faithful graph",
+    "train_graph": "auto (fast on CPU, faithful elsewhere) | faithful (the network's own ops) | fast (the same "
+                   "function in ops with fast CPU kernels, see docs/fast_graph.md); checkpoints always hold the "
+                   "faithful graph",
     "on_nan": "stop | rollback (to the last state, learning rate x nan_lr_factor)",
     "data_cutoff": "side of a grey square pasted at random on half the images (0: off)",
     "data_color": "1: colour jitter, 2: also JPEG re-compression",

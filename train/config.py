@@ -37,8 +37,8 @@ default = edict(
     models_root="./models", prefix="", pretrained="", resume=False, trust_states=False, ckpt=3, frequent=20,
     verbose=2000,
     on_nan="stop", nan_lr_factor=0.1, nan_max_rollbacks=3,
-    # speed: which graph the optimizer trains (checkpoints always hold the faithful graph)
-    train_graph="faithful",
+    # speed: which graph the optimizer trains (auto: the fast rewrite on CPU; checkpoints hold the faithful graph)
+    train_graph="auto",
 )
 
 # Distillation settings: `vargface distill` takes them beside `default`'s keys (`vargface train` does not).

@@ -158,15 +158,16 @@ class TrainingGraph:
         return module
 
 
-def training_graph(config, plugin, batch_size):
-    """`TrainingGraph` of ``config`` with ``plugin``'s inputs and losses, for a global batch of ``batch_size``."""
+def training_graph(config, plugin, batch_size, contexts):
+    """`TrainingGraph` of ``config`` with ``plugin``'s inputs and losses, for a global batch of ``batch_size`` on
+    ``contexts``."""
     import mxnet as mx
 
     from vargface.train.losses import loss_head
 
     side = int(config.image_size[0])
     emb_sym = embedding_symbol(config)
-    train_emb = training_embedding(emb_sym, config.train_graph)
+    train_emb = training_embedding(emb_sym, config.train_graph, contexts)
     extra_losses = plugin.extra_losses(train_emb, config)
     head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
     train_sym = mx.sym.Group([loss_head(head_input, config)] + [loss for loss, _ in extra_losses])
@@ -182,18 +183,22 @@ def build_training_module(config, plugin=None, contexts=None):
     from vargface.context import parse_ctx
 
     contexts = contexts or parse_ctx(config.ctx, option="--ctx")
-    graph = training_graph(config, plugin or TrainerPlugin(), int(config.per_batch_size) * len(contexts))
+    graph = training_graph(config, plugin or TrainerPlugin(), int(config.per_batch_size) * len(contexts),
+                           contexts)
     module = graph.bind(contexts)
     module.init_params(make_initializer(config.net_init))
     return graph, module
 
 
-TRAIN_GRAPHS = ("faithful", "fast")
+TRAIN_GRAPHS = ("auto", "faithful", "fast")
 
 
-def training_embedding(emb_sym, train_graph):
-    """The embedding graph the optimizer trains: the faithful one, or its CPU rewrite (`vargface.symbols.fast`:
-    same arrays and function, ops with fast CPU kernels; opt-in, see its docstring for what is and is not known)."""
+def training_embedding(emb_sym, train_graph, contexts):
+    """The embedding graph the optimizer trains: the faithful one, or its CPU rewrite (`vargface.symbols.fast`: the
+    same arrays and function in ops with fast CPU kernels, and right slope gradients where MXNet's PReLU gives
+    wrong ones). ``auto`` takes the rewrite when every device is a CPU."""
+    if train_graph == "auto":
+        train_graph = "fast" if all(ctx.device_type == "cpu" for ctx in contexts) else "faithful"
     if train_graph != "fast":
         return emb_sym
     from vargface.symbols.fast import fast_graph
@@ -277,7 +282,7 @@ class _Run:
         self.batch_size = int(config.per_batch_size) * len(contexts)
         # The kvstore sums the devices' (and workers') gradients; the optimizer scales the sum back to a mean.
         self.rescale_grad = 1.0 / (len(contexts) * self.workers)
-        self.graph = training_graph(config, plugin, self.batch_size)
+        self.graph = training_graph(config, plugin, self.batch_size, contexts)
         self.emb_sym, self.train_sym = self.graph.emb_sym, self.graph.train_sym
         self.data_shapes, self.label_shapes = self.graph.data_shapes, self.graph.label_shapes
         self.extra_names = self.graph.extra_names
