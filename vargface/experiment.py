@@ -63,6 +63,8 @@ def add_options(p, profile):
     p.add_argument("--quick", action="store_true", help="a drastically shrunk run that only checks the pipeline")
     p.add_argument("--seed", type=int, default=0, help="the first seed: runs use SEED..SEED+SEEDS-1 (default: 0)")
     p.add_argument("--ctx", default="cpu", help="devices for training and evaluation (default: %(default)s)")
+    p.add_argument("--train-graph", default="auto", choices=("auto", "faithful", "fast"),
+                   help="the graph every training run trains (as in `vargface train`; default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="delete OUT first instead of continuing it")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     for name in SIZE_OPTIONS:
@@ -91,7 +93,8 @@ def settings_from_args(args, profile):
     base = PROFILES[profile]
     if args.quick:
         base = dict(PROFILES["quick"], **({"seeds": 1, "variants": []} if profile == "demo" else {}))
-    settings = dict(base, profile="quick" if args.quick else profile, ctx=args.ctx, first_seed=args.seed)
+    settings = dict(base, profile="quick" if args.quick else profile, ctx=args.ctx, first_seed=args.seed,
+                    train_graph=args.train_graph)
     for name in SIZE_OPTIONS:
         value = getattr(args, name)
         if value is not None:
@@ -227,7 +230,7 @@ class Experiment:
             str(s["per_batch_size"]), "--ctx", s["ctx"], "--lr", str(s["lr"]), "--lr-schedule", "cosine",
             "--warmup-steps", str(s["warmup"]), "--lr-total-steps", str(steps), "--max-steps", str(steps),
             "--seed", str(seed), "--val-targets", "", "--frequent", str(max(1, min(20, steps // 6))), "--verbose",
-            str(steps), "--ckpt", "3"]
+            str(steps), "--ckpt", "3", "--train-graph", s.get("train_graph", "auto")]
 
     def train_step(self, run, title, seed, pretrained=None):
         from vargface.pipeline import Step
