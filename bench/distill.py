@@ -13,7 +13,9 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from vargface.openmp import configure  # noqa: E402
+
+configure(cpu_only=True)  # as `vargface` itself does on CPU
 
 
 def save_random(preset, prefix):

@@ -8,7 +8,9 @@ import sys
 import time
 
 CORES = os.cpu_count() or 1
-os.environ.setdefault("OMP_NUM_THREADS", str(CORES))
+from vargface.openmp import configure  # noqa: E402
+
+configure(cpu_only=True)  # as `vargface` itself does on CPU
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # its log line would split a table row
 
 import mxnet as mx  # noqa: E402  (after the thread settings)

@@ -8,7 +8,9 @@ import random
 import tempfile
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from vargface.openmp import configure  # noqa: E402
+
+configure(cpu_only=True)  # as `vargface` itself does on CPU
 
 import mxnet as mx  # noqa: E402
 

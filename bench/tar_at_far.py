@@ -7,7 +7,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from vargface.openmp import configure  # noqa: E402
+
+configure(cpu_only=True)  # as `vargface` itself does on CPU
 import numpy as np  # noqa: E402
 
 from vargface.eval.tar_at_far import tar_at_far  # noqa: E402

@@ -8,7 +8,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from vargface.openmp import configure  # noqa: E402
+
+configure(cpu_only=True)  # as `vargface` itself does on CPU
 
 CASES = [  # label, preset, options, batch, timed steps
     ("vargfacenet", "vargfacenet", {}, 16, 3),
@@ -81,7 +83,8 @@ def main():
             print(f"  {label} {name}: {speeds[name]:.2f} images/s", flush=True)
         gflops = 3 * flops * speeds["fast"] / 1e9
         rows.append((label, batch, speeds["faithful"], speeds["fast"], gflops))
-    print(f"\ntraining speed on CPU (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores)")
+    print(f"\ntraining speed on CPU (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} cores)")
     print(f"{'network':<18} {'batch':>5} {'faithful':>9} {'fast':>9} {'ratio':>6} {'fast GFLOP/s':>13} {'of GEMM':>8}")
     for label, batch, slow, fast, gflops in rows:
         print(f"{label:<18} {batch:>5} {slow:>9.2f} {fast:>9.2f} {fast / slow:>6.2f} {gflops:>13.1f} "

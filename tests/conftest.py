@@ -1,8 +1,16 @@
 """Shared test fixtures. Tests run on CPU with small networks and synthetic data they make themselves."""
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from vargface.openmp import configure  # noqa: E402
+
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The test process runs on CPU alone, as `vargface` would set it up; the processes tests start decide for
+# themselves (several at once, as in the distributed tests, must not spin), so the wait policy leaves the
+# environment once MXNet has read it.
+if "OMP_WAIT_POLICY" in configure(cpu_only=True):
+    import mxnet  # noqa: E402,F401  (OpenMP reads its settings now)
+
+    del os.environ["OMP_WAIT_POLICY"]
 
 import pytest  # noqa: E402
 

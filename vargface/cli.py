@@ -14,11 +14,23 @@ COMMAND_MODULES = [
 ]
 
 
-def _use_all_cores():
-    # MXNet reads this once, at import; without it MXNet used a single core on CPU. Extra engine worker threads
-    # (MXNET_CPU_WORKER_NTHREADS) are left at 1: more made oneDNN fail intermittently on CPU.
-    cores = str(os.cpu_count() or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", cores)
+def _cpu_only(args):
+    """Whether the command runs on CPUs alone, in one process: its devices (--ctx, --eval-ctx, or a --config
+    file's ctx) name no GPU, and no distributed role or kvstore is in play (vargface.openmp)."""
+    from vargface.errors import VargfaceError
+
+    settings = {}
+    if getattr(args, "config", None):
+        from vargface.train.config import read_config_file
+
+        try:
+            settings = read_config_file(args.config)
+        except VargfaceError:  # the command reports it
+            pass
+    devices = [getattr(args, "ctx", None) or settings.get("ctx") or "cpu", getattr(args, "eval_ctx", None) or ""]
+    kvstore = str(getattr(args, "kvstore", None) or settings.get("kvstore") or "")
+    return (not any("gpu" in str(d) for d in devices) and not kvstore.startswith("dist")
+            and "DMLC_ROLE" not in os.environ)
 
 
 def build_parser():
@@ -34,12 +46,14 @@ def build_parser():
 
 
 def main(argv=None):
-    _use_all_cores()
     from vargface.errors import VargfaceError
 
     from vargface.options import show_progress
 
     args = build_parser().parse_args(argv)
+    from vargface.openmp import configure
+
+    configure(cpu_only=_cpu_only(args))
     show_progress(not getattr(args, "json", False))
     try:
         code = args.func(args)

@@ -37,9 +37,9 @@ VARIANTS = {
 }
 VARIANT_TITLES = {"alpha1": "weight 1", "alpha20": "weight 20", "kd_only": "no margin loss (--kd-only)",
                   "shrink": "ShrinkTeaNet form (1-cos)^2", "intermediate": "+ stride-8 term"}
-# Sizes, from the step times of one run (a student round of 150 updates: about 1.7 min on two idle cores, the
-# teacher about 8): `experiment` (three seeds, no ablation) about 40 minutes, each ablation adding three student
-# rounds; `demo` (one seed) about 15; `quick` only checks that the pipeline runs.
+# Sizes, from the step times of one run on two idle cores (fast CPU graph): the teacher 2.8 min, a student round of
+# 150 updates about 45 s, an evaluation about 20 s. `experiment` (three seeds) about 16 minutes, each ablation
+# adding about 3 (all five: 32 minutes); `demo` (one seed) about 8; `quick` only checks that the pipeline runs.
 PROFILES = {
     "experiment": dict(identities=150, per_identity=16, heldout_identities=300, heldout_per_identity=8, pairs=2000,
                        input_size=48, difficulty=0.5, per_batch_size=32, teacher_steps=600, student_steps=150,
@@ -407,7 +407,10 @@ def markdown_report(report, name):
     for m in report["models"]:
         lines.append(f"| {m['title']} | {m['params']:,} | {m['flops'] / 1e6:.1f}M | {m['updates']} | "
                      + " | ".join(_cell(m[k]) for k in keys) + " |")
-    lines += ["", "Paired differences (same seed, same data order): mean [95% interval]; * the interval excludes 0.",
+    explained = ("mean [95% interval]; * the interval excludes 0." if len(seeds) > 1 else
+                 "one seed gives one difference and no interval, so these numbers show the direction in this run, "
+                 "not the size of the effect: `vargface experiment distill` runs several seeds.")
+    lines += ["", f"Paired differences (same seed, same data order): {explained}",
               "", "| comparison | " + " | ".join(heads) + " |", "|" + " --- |" * (1 + len(heads))]
     for c in report["comparisons"]:
         lines.append(f"| {c['title']} | " + " | ".join(_interval(c[k]) for k in keys) + " |")
