@@ -57,8 +57,11 @@ def train_recording(config, monkeypatch):
 @pytest.mark.parametrize("preset,ctx", [(p, "cpu") for p in FAITHFUL_PRESETS] + [("y1", "cpu:0,cpu:1")])
 def test_in_training_verification_equals_the_commands_on_the_saved_checkpoint(
         preset, ctx, data_dir, pack_files, tmp_path, monkeypatch, run_cli):
+    # A small step: with a batch of 2, training-mode BatchNorm on the 1x1 embedding maps has near-zero variances,
+    # and at lr 0.001 one update of vargfacenet_insightface grew weights to ~30 and NaN embeddings (two OpenMP
+    # threads only: their rounding decides it). The test is about inference, so the update need only be non-zero.
     config = generate_config(preset, data_dir, "arcface", ctx=ctx, per_batch_size=2, max_steps=1, verbose=1,
-                             lr_schedule="step", lr=0.001, prefix=str(tmp_path / "m"))
+                             lr_schedule="step", lr=1e-5, prefix=str(tmp_path / "m"))
     result, rounds = train_recording(config, monkeypatch)
     verify = [e for e in result["history"] if e["type"] == "verify"]
     assert [e["step"] for e in verify] == [0, 1] and len(rounds) == 2
