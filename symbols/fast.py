@@ -34,6 +34,8 @@ def fast_graph(sym, data_shape=None):
         inputs = [[remap[i][0], remap[i][1] + index, version] for i, index, version in node["inputs"]]
         name, op, attrs = node["name"], node["op"], node.get("attrs", {})
         ndim = len(out_shapes.get(name + "_output") or ())
+        # hidden attributes (a tap's name, __shape__, ...) travel to the node that replaces this one
+        hidden = {key: value for key, value in attrs.items() if key.startswith("__")}
         if op == "LeakyReLU" and attrs.get("act_type") == "prelu" and ndim >= 2:
             x, gamma = inputs
             gamma_node = nodes[gamma[0]]
@@ -55,9 +57,9 @@ def fast_graph(sym, data_shape=None):
                 slope = add("Reshape", name + "_slope", [gamma], {"shape": (1, -1) + (1,) * (ndim - 2)})
                 scaled = add("broadcast_mul", name + "_scaled", [negative, slope])
             # elemwise_add: oneDNN sums in its own layouts (broadcast_add would reorder both to plain)
-            remap[old_id] = add("elemwise_add", name, [positive, scaled])
+            remap[old_id] = add("elemwise_add", name, [positive, scaled], hidden)
         elif op == "Pooling" and attrs.get("global_pool") == "True" and attrs.get("pool_type") == "avg" and ndim == 4:
-            remap[old_id] = add("mean", name, inputs, {"axis": (2, 3), "keepdims": True})
+            remap[old_id] = add("mean", name, inputs, {"axis": (2, 3), "keepdims": True, **hidden})
         else:
             nodes.append(dict(node, inputs=inputs))
             remap[old_id] = [len(nodes) - 1, 0, 0]

@@ -12,6 +12,7 @@ import pytest
 
 from vargface.symbols import get_symbol
 from vargface.symbols.fast import fast_graph
+from vargface.symbols.taps import tap_outputs
 
 SIZE = 32
 SHAPES = {"data": (8, 3, SIZE, SIZE)}
@@ -134,6 +135,7 @@ def test_fast_graph_same_arrays(preset):
     assert fast.infer_shape(**SHAPES) == faithful.infer_shape(**SHAPES)
     ops = {node["op"] for node in json.loads(fast.tojson())["nodes"]}
     assert "LeakyReLU" not in ops  # every preset uses PReLU, and every PReLU was rewritten
+    assert tap_outputs(fast, SIZE) == tap_outputs(faithful, SIZE)  # distillation terms read the same maps
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
