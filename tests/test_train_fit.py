@@ -120,6 +120,26 @@ def test_interrupted_and_resumed_equals_uninterrupted(data_dir, tmp_path):
     assert probe and all(np.isfinite(probe))
 
 
+def test_params_read_after_a_step_hold_that_steps_moving_statistics(data_dir):
+    """MXNet's CPU BatchNorm writes its moving statistics in the backward pass without declaring it, so a copy queued
+    right after a step can miss that step's update; the trainer reads its weights through current_params."""
+    from vargface.train.config import resolve_dataset
+    from vargface.train.trainer import build_training_module, current_params
+
+    config = tiny_config(data_dir, "unused", ctx="cpu")
+    resolve_dataset(config)
+    module = build_training_module(config)[1]
+    module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.01})
+    batch = mx.io.DataBatch([mx.nd.random.uniform(0, 255, (8, 3, SIZE, SIZE))], [mx.nd.array(np.arange(8))])
+    executor = module._exec_group.execs[0]
+    for _ in range(3):
+        module.forward_backward(batch)
+        module.update()
+        _, aux = current_params(module)
+        for name, value in aux.items():
+            np.testing.assert_array_equal(value.asnumpy(), executor.aux_dict[name].asnumpy(), err_msg=name)
+
+
 class NanAt(TrainerPlugin):
     """Makes the loss NaN/inf at chosen calls, through an extra input fed to log()."""
 

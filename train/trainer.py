@@ -206,6 +206,17 @@ def training_embedding(emb_sym, train_graph, contexts):
     return fast_graph(emb_sym)
 
 
+def current_params(module):
+    """A bound training Module's (arg_params, aux_params) once every queued operation has finished. MXNet's CPU
+    BatchNorm updates its moving statistics in the backward pass without declaring that it writes them, so
+    ``Module.get_params`` alone may copy them before the last step's update: a timing-dependent one-step lag that
+    made saved states and verification rounds differ between identical runs."""
+    import mxnet as mx
+
+    mx.nd.waitall()
+    return module.get_params()
+
+
 def _seed_rngs(seed, step):
     import mxnet as mx
 
@@ -367,13 +378,13 @@ class _Run:
         self.schedule = schedule
 
     def save_state(self, state):
-        arg, aux = self.module.get_params()
+        arg, aux = current_params(self.module)
         info = dict(asdict(state), network=self.config.network, seed=int(self.config.seed),
                     num_classes=int(self.config.num_classes), saved=time.strftime("%Y-%m-%d %H:%M:%S"))
         ckpt.save_state(self.prefix, info, arg, aux, self.module)
 
     def save_embedding(self, number):
-        arg, aux = self.module.get_params()
+        arg, aux = current_params(self.module)
         ckpt.save_embedding(self.prefix, number, self.emb_sym, arg, aux)
         return f"{self.prefix},{number}"
 
@@ -385,7 +396,7 @@ class _Run:
         from vargface.eval.runner import InferenceRunner
         from vargface.eval.verification import evaluate
 
-        arg, aux = self.module.get_params()
+        arg, aux = current_params(self.module)
         if self.infer is None:
             self.infer = InferenceRunner(self.emb_sym, arg, aux, ctx=self.contexts, batch_size=self.batch_size,
                                          input_size=self.data_shape[1], source="the training network")
@@ -498,7 +509,7 @@ def _checkpoint(run, state, history, final=False):
         run.save_embedding(number)
     if improved:  # keep only the best round's files under PREFIX_best
         best_prefix = run.prefix + "_best"
-        arg, aux = run.module.get_params()
+        arg, aux = current_params(run.module)
         ckpt.save_embedding(best_prefix, state.msave, run.emb_sym, arg, aux)
         if state.best_checkpoint:
             old = int(state.best_checkpoint.rpartition(",")[2])
