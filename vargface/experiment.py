@@ -418,7 +418,8 @@ def markdown_report(report, name):
 
 
 def draw_chart(report, path, title):
-    """Per model the mean of each metric with its standard deviation over seeds, one panel per metric."""
+    """Top row: per model, the mean of each metric with its standard deviation over seeds. Bottom row: per
+    comparison, the mean paired difference with its 95% interval (a bare bar for one seed), one panel per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -427,10 +428,12 @@ def draw_chart(report, path, title):
     from vargface.atomic import atomic_path
 
     keys = ["accuracy"] + [tar_key(far) for far in report["fars"]]
-    models = report["models"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4.5))
+    models, comparisons = report["models"], report["comparisons"]
+    fig, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), 4.5 + 0.35 * len(comparisons) + 1.5),
+                             gridspec_kw={"height_ratios": [4.5, 0.35 * len(comparisons) + 1.5]})
     x = np.arange(len(models))
-    for ax, key in zip(axes, keys):
+    for column, key in enumerate(keys):
+        ax = axes[0, column]
         stats = [m[key] or {"mean": np.nan, "std": 0.0} for m in models]
         ax.bar(x, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], capsize=3,
                color=["tab:gray"] + ["tab:blue"] * (len(models) - 1))
@@ -438,7 +441,21 @@ def draw_chart(report, path, title):
         ax.set_xticks(x)
         ax.set_xticklabels([m["model"] for m in models], rotation=45, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{title}: mean ± std over {len(report['seeds'])} seed(s)")
+        ax = axes[1, column]
+        diffs = [c[key] or {"mean": np.nan, "low": None, "high": None} for c in comparisons]
+        means = np.array([d["mean"] for d in diffs])
+        errors = np.array([[d["mean"] - d["low"], d["high"] - d["mean"]] if d["low"] is not None else [0.0, 0.0]
+                           for d in diffs]).T
+        y = np.arange(len(comparisons))
+        ax.barh(y, means, xerr=errors, capsize=3, color=["tab:green" if m >= 0 else "tab:red" for m in means])
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{c['model']} - {c['baseline']}" for c in comparisons] if column == 0 else [],
+                           fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("paired difference" + (" [95% interval]" if len(report["seeds"]) > 1 else ""), fontsize=8)
+    fig.suptitle(f"{title}: mean ± std over {len(report['seeds'])} seed(s); paired differences below")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
