@@ -166,6 +166,34 @@ def test_nan_guard_stop_names_the_batch_and_keeps_the_last_good_state(data_dir, 
     assert info["num_update"] == 5 and all(np.all(np.isfinite(v.asnumpy())) for v in arg.values())
 
 
+class PoisonAt(TrainerPlugin):
+    """At one call, a finite extra loss whose gradient is scaled to overflow the weights in that update."""
+
+    def __init__(self, bad_call):
+        self.calls, self.bad_call = 0, bad_call
+
+    def extra_inputs(self, batch_size):
+        return [("gate", (batch_size,))]
+
+    def extra_losses(self, embedding, config):
+        gated = mx.sym.broadcast_mul(embedding, mx.sym.reshape(mx.sym.Variable("gate"), (-1, 1)))
+        return [(mx.sym.MakeLoss(mx.sym.sum(gated, axis=1), grad_scale=1e38, name="poison"), "poison")]
+
+    def extra_data(self, batch):
+        self.calls += 1
+        return [mx.nd.full((len(batch.index),), float(self.calls == self.bad_call))]
+
+
+def test_nan_guard_keeps_non_finite_weights_out_of_checkpoints(data_dir, tmp_path):
+    # The update at call 5 leaves the loss finite and the weights infinite, right before the checkpoint at update 5.
+    prefix = str(tmp_path / "poison")
+    with pytest.raises(VargfaceError, match=r"weight \S+ became non-finite at epoch 0 batch 4 \(update 5\)"):
+        fit(tiny_config(data_dir, prefix, ctx="cpu", verbose=5, val_targets=""), plugin=PoisonAt(5), log=quiet([]))
+    info, arg, aux, _ = load_state(prefix)
+    assert info["num_update"] == 0 and all(np.all(np.isfinite(v.asnumpy())) for v in arg.values())
+    assert not os.path.exists(prefix + "-0001.params")
+
+
 def test_nan_guard_rollback_lowers_the_learning_rate_and_finishes(data_dir, tmp_path):
     prefix = str(tmp_path / "rollback")
     lines = []

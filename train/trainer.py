@@ -494,6 +494,12 @@ def _checkpoint(run, state, history, final=False):
     """Verification round + checkpoint by InsightFace's --ckpt rule (0 none, 1 when verification improves,
     2 every round, 3 the latest as number 1); the best round is also kept as PREFIX_best."""
     c = run.config
+    arg, aux = current_params(run.module)
+    # The loss is checked before each update, the weights that update made only here: nothing non-finite is saved.
+    bad = next((name for name, value in {**arg, **aux}.items() if not np.isfinite(value.asnumpy()).all()), None)
+    if bad:  # made by the last update, which may have ended an epoch
+        epoch, batch = (state.epoch, state.batch - 1) if state.batch else (state.epoch - 1, run.iters_per_epoch - 1)
+        raise NanLoss(f"weight {bad}", "non-finite", epoch, batch, state.num_update - 1)
     state.msave += 1
     number = 1 if int(c.ckpt) == 3 else state.msave
     improved = False
