@@ -22,7 +22,7 @@ test: install
 demo: install
 	$(VENV)/bin/vargface demo --out demo_out
 
-# what distillation does: three seeds, equal budgets, the ablations, paired 95% intervals (about 32 minutes on 2 cores)
+# what distillation does: three seeds, equal budgets, the ablations, paired 95% intervals (about 20 minutes on 2 cores)
 experiment: install
 	$(VENV)/bin/vargface experiment distill --variants all --out experiment_out
 

@@ -29,7 +29,15 @@ PRESETS = {
     "pocketnet_s256": dict(channels=8, layers=5),
     "pocketnet_m128": dict(channels=8, layers=4),
     "pocketnet_m256": dict(channels=8, layers=4),
+    "vargfacenet_tiny": dict(last_channels=64),
+    "r18_tiny": dict(dropout=0.0),
 }
+
+
+def test_every_registered_preset_is_checked():
+    from vargface.symbols import presets
+
+    assert set(PRESETS) == set(presets())
 
 
 def _relative(a, b):

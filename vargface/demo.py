@@ -22,7 +22,7 @@ class Demo(Experiment):
 def register(subparsers):
     p = subparsers.add_parser(
         "demo", help="the whole method (data, teacher, student, recursive distillation, evaluation) on synthetic "
-                     "faces in about seven minutes on two CPU cores",
+                     "faces in about five minutes on two CPU cores",
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")

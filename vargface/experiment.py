@@ -37,9 +37,9 @@ VARIANTS = {
 }
 VARIANT_TITLES = {"alpha1": "weight 1", "alpha20": "weight 20", "kd_only": "no margin loss (--kd-only)",
                   "shrink": "ShrinkTeaNet form (1-cos)^2", "intermediate": "+ stride-8 term"}
-# Sizes, from the step times of one run on two idle cores (fast CPU graph): the teacher 2.8 min, a student round of
-# 150 updates about 45 s, an evaluation about 20 s. `experiment` (three seeds) about 16 minutes, each ablation
-# adding about 3 (all five: 32 minutes); `demo` (one seed) about 8; `quick` only checks that the pipeline runs.
+# Sizes, from the step times of one run on two idle cores (fast CPU graph): the teacher 2.3 min (600 updates), a
+# student round of 150 updates about 22 s, an evaluation about 12 s. `experiment` (three seeds) about 10 minutes,
+# each ablation adding about 2 (all five: 19 minutes); `demo` (one seed) about 5; `quick` only checks the pipeline.
 PROFILES = {
     "experiment": dict(identities=150, per_identity=16, heldout_identities=300, heldout_per_identity=8, pairs=2000,
                        input_size=48, difficulty=0.5, per_batch_size=32, teacher_steps=600, student_steps=150,
