@@ -515,7 +515,6 @@ def _checkpoint(run, state, history, final=False):
         run.save_embedding(number)
     if improved:  # keep only the best round's files under PREFIX_best
         best_prefix = run.prefix + "_best"
-        arg, aux = current_params(run.module)
         ckpt.save_embedding(best_prefix, state.msave, run.emb_sym, arg, aux)
         if state.best_checkpoint:
             old = int(state.best_checkpoint.rpartition(",")[2])
