@@ -429,8 +429,9 @@ def draw_chart(report, path, title):
 
     keys = ["accuracy"] + [tar_key(far) for far in report["fars"]]
     models, comparisons = report["models"], report["comparisons"]
-    fig, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), 4.5 + 0.35 * len(comparisons) + 1.5),
-                             gridspec_kw={"height_ratios": [4.5, 0.35 * len(comparisons) + 1.5]})
+    heights = [4.5, 1.5 + 0.35 * len(comparisons)]  # inches: the model bars, then one row per comparison
+    fig, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), sum(heights)),
+                             gridspec_kw={"height_ratios": heights})
     x = np.arange(len(models))
     for column, key in enumerate(keys):
         ax = axes[0, column]
