@@ -2,7 +2,7 @@
 
 With mirror-only augmentation the teacher only ever sees two versions of each record, so training can read
 ``cache[record, mirrored]`` instead of running a ResNet teacher every step. The sidecar file is bound to the data
-(.rec + .idx) and to the teacher checkpoint by checksums (`vargface.train.teacher.file_checksum`), so a cache made
+(.rec + .idx) and to the teacher checkpoint by checksums (`vargface.fingerprint.file_checksum`), so a cache made
 for other data or another teacher is refused instead of silently teaching the wrong targets.
 
 File layout (little-endian): 8-byte magic ``VARGKD01``, uint64 header length, JSON header, then (64-byte
@@ -22,23 +22,6 @@ from vargface.errors import VargfaceError
 MAGIC = b"VARGKD01"
 UNFINISHED = b"VARGKD--"  # the magic while the file is written: an interrupted temporary never loads
 VERSION = 1
-
-
-def data_files(data_dir):
-    from vargface.data.recordio import rec_paths
-
-    return rec_paths(data_dir)[:2]
-
-
-def data_checksum(data_dir):
-    """Checksums of train.rec (size + head/middle/tail MiB) and train.idx (whole: it maps every record)."""
-    from vargface.train.teacher import file_checksum
-
-    rec, idx = data_files(data_dir)
-    for path in (rec, idx):
-        if not os.path.isfile(path):
-            raise VargfaceError(f"--dataset {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
-    return {"rec": file_checksum(rec), "idx": file_checksum(idx, whole=True)}
 
 
 def default_cache_path(data_dir, teacher):
@@ -67,23 +50,21 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     ``reuse``, kept when it checks out for this data, teacher and image size (a mismatch is an error).
     Returns the cache path."""
     import mxnet as mx
-    from vargface.options import progress_bar
+
     from vargface.atomic import atomic_path
-    from vargface.data.iterator import FaceRecordIter
-    from vargface.data.recordio import read_property
+    from vargface.data.source import open_training_set
+    from vargface.options import progress_bar
 
     path = path or default_cache_path(data_dir, teacher)
-    _, height, width = read_property(data_dir)
-    if image_size:
-        height = width = int(image_size)
+    data = open_training_set(data_dir)
+    height = width = int(image_size or data.image_size[0])
     if os.path.exists(path) and not overwrite:
         if reuse:
             TeacherCache(path, data_dir, teacher, image_shape=(3, height, width))
             return path
         raise VargfaceError(f"output {path} exists; pass --overwrite to replace it or --reuse to keep it")
-    checksums = data_checksum(data_dir)
-    it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=(3, height, width),
-                        shuffle=False, rand_mirror=False, last_batch="pad")
+    checksums = data.fingerprint()
+    it = data.iterator(batch_size, height, shuffle=False, rand_mirror=False, last_batch="pad")
     count = int(it.num_samples)
     header = {"version": VERSION, "count": count, "emb_size": teacher.emb_size, "image_shape": [3, height, width],
               "data_dir": os.path.abspath(data_dir), "data": checksums, "teacher": teacher.describe(),
@@ -107,7 +88,7 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
             embeddings[row:row + valid, 1] = both[batch_size:batch_size + valid]
             row += valid
         if row != count:
-            raise VargfaceError(f"{data_files(data_dir)[0]}: read {row} images, but the iterator announced {count}")
+            raise VargfaceError(f"{data.rec}: read {row} images, but the iterator announced {count}")
         indices.flush()
         embeddings.flush()
         del indices, embeddings
@@ -156,13 +137,16 @@ class TeacherCache:
 
     def __init__(self, path, data_dir, teacher, image_shape=None):
         header, length = read_header(path)
+        from vargface.data.source import open_training_set
+
         rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --dataset {data_dir}`")
-        current = data_checksum(data_dir)
+        data = open_training_set(data_dir)
+        current = data.fingerprint()
         for key in ("rec", "idx"):
             if header["data"][key] != current[key]:
                 raise VargfaceError(f"--teacher-cache: {path} was made for other data: train.{key} of "
                                     f"{header['data_dir']} had checksum {header['data'][key]}, but "
-                                    f"{data_files(data_dir)[key == 'idx']} has {current[key]}{rebuild}")
+                                    f"{getattr(data, key)} has {current[key]}{rebuild}")
         made_by = header["teacher"]
         if made_by["checksum"] != teacher.checksum:
             raise VargfaceError(f"--teacher-cache: {path} was made by teacher {made_by['checkpoint']} "
