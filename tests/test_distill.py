@@ -224,15 +224,12 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, caps
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
     # an error inside the trainer before training starts (here: generation 1's prefix is taken) leaves no
     # manifest behind either
-    import socket
+    from vargface.train.checkpoint import PrefixLock
 
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}
-    (prefix.parent / "student-gen1.lock").write_text(json.dumps(holder))
-    with pytest.raises(VargfaceError, match="another training writes to this prefix"):
-        distill(student_config(data_dir, prefix, teacher=teacher_model))
+    with PrefixLock(f"{prefix}-gen1"):
+        with pytest.raises(VargfaceError, match="another training writes to this prefix"):
+            distill(student_config(data_dir, prefix, teacher=teacher_model))
     assert not os.path.exists(manifest_path(str(prefix)))
-    (prefix.parent / "student-gen1.lock").unlink()
 
     # a cache made for other data, or stale after the data changed, is refused with the way out
     other = tmp_path / "other"

@@ -80,7 +80,9 @@ class RunFiles:
 
     @property
     def lock(self):
-        return f"{self.prefix}.lock"
+        from vargface.locks import lock_path
+
+        return lock_path(self.prefix)
 
     def beside(self, name):
         """A file the state names, in the run's folder (a moved run folder still finds its files)."""
