@@ -14,10 +14,12 @@ import struct
 
 import numpy as np
 
-from vargface.atomic import atomic_dir
+from vargface.atomic import atomic_files
 from vargface.errors import VargfaceError, last_line
 
 REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
+# The files a data set is made of, ``property`` last: written last and removed first when a set is replaced.
+SET_FILES = (REC_NAME, IDX_NAME, PROPERTY_NAME)
 _MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", _MAGIC)
 _LEN_MASK = (1 << 29) - 1
@@ -240,13 +242,14 @@ def write_rec(out_dir, samples, image_size=(112, 112), num_classes=None, overwri
               progress=True, desc="writing train.rec"):
     """Write ``train.rec``/``train.idx``/``property`` from ``samples``, an iterable of ``(label, encoded_bytes)``
     in identity-contiguous order (a ``None`` payload is a skipped image). Labels must be ``0..K-1``; each class
-    one contiguous run. The output directory appears only when complete. Returns ``(num_images, num_classes)``.
+    one contiguous run. The three files appear together when complete, and ``overwrite`` replaces only them:
+    packs, caches and anything else in ``out_dir`` stay. Returns ``(num_images, num_classes)``.
     """
     import mxnet as mx
     from vargface.options import progress_bar
 
     height, width = image_size
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_files(out_dir, SET_FILES, overwrite=overwrite) as tmp:
         rec, idx = os.path.join(tmp, REC_NAME), os.path.join(tmp, IDX_NAME)
         writer = mx.recordio.MXIndexedRecordIO(idx, rec, "w")
         try:

@@ -171,10 +171,12 @@ def _plot_roc(results, path):
 
 def _lfr_features(args):
     from vargface.eval.lfr import extract_features
+    from vargface.locks import OutputLock
 
-    options.refuse_existing(args.out, args.overwrite)
-    embedder = _embedder(args)
-    computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
+    with OutputLock(args.out):  # the output and its resume files: one writer at a time
+        options.refuse_existing(args.out, args.overwrite)
+        embedder = _embedder(args)
+        computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
     options.emit(args, f"wrote {args.out} ({computed} rows computed in this run, {embedder.embedding_size}-d)",
                  {"out": args.out, "computed": computed, "embedding_size": embedder.embedding_size})
     return 0

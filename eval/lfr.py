@@ -69,6 +69,11 @@ def _digest(paths):
     return hashlib.sha1("\n".join(paths).encode("utf-8")).hexdigest()
 
 
+def resume_files(out):
+    """``(OUT.partial, OUT.partial.json)``: the rows so far and the sidecar saying how many and for what."""
+    return out + ".partial", out + ".partial.json"
+
+
 def _resume_point(partial, sidecar, identity, size):
     """Rows already in ``partial`` when its sidecar records this very identity; anything else refuses to append."""
     if not (os.path.exists(partial) and os.path.exists(sidecar)):
@@ -104,7 +109,7 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     out = os.fspath(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     rows, cols = len(paths), embedder.embedding_size
-    partial, sidecar = out + ".partial", out + ".partial.json"
+    partial, sidecar = resume_files(out)
     identity = {"rows": rows, "cols": cols, "list": _digest(paths), "weights": embedder.checksum,
                 "root": os.path.abspath(os.fspath(root))}
     size = HEADER_BYTES + rows * cols * ROW.itemsize

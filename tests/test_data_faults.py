@@ -144,11 +144,14 @@ def test_non_images_and_empty_folders_skip_or_strict(source, tmp_path):
 
 def test_existing_output_refused_unless_overwrite(source, rec, tmp_path):
     before = (rec / "train.rec").read_bytes()
-    for args in (("rec", source, "--out", rec), ("synth", "--out", rec, "--identities", 2, "--per-identity", 2),
-                 ("unpack", "--dataset", rec, "--out", rec), ("lst", source, "--out", rec / "property"),
-                 ("pairs", source, "--out", rec / "property", "--pairs", 4)):
+    not_theirs = "holds what this command does not write (property, train.idx, train.rec)"
+    for args, message in ((("rec", source, "--out", rec), "holds train.rec, train.idx, property; pass --overwrite"),
+                          (("synth", "--out", rec, "--identities", 2, "--per-identity", 2, "--overwrite"), not_theirs),
+                          (("unpack", "--dataset", rec, "--out", rec, "--overwrite"), not_theirs),
+                          (("lst", source, "--out", rec / "property"), "exists; pass --overwrite"),
+                          (("pairs", source, "--out", rec / "property", "--pairs", 4), "exists; pass --overwrite")):
         result = vargface(*args)
-        assert result.returncode == 1 and "exists; pass --overwrite" in result.stderr, (args, result.stderr)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
     assert (rec / "train.rec").read_bytes() == before
     result = vargface("synth", "--out", rec, "--identities", 2, "--per-identity", 2, "--size", SIZE, "--rec", "--overwrite")
     assert result.returncode == 0, result.stderr

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from vargface.errors import VargfaceError
+from vargface.locks import OutputLock
 
 MAGIC = b"VARGKD01"
 UNFINISHED = b"VARGKD--"  # the magic while the file is written: an interrupted temporary never loads
@@ -65,22 +66,30 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     side; default the stored size), so they are decoded and resized exactly as in training; the mirror is the same
     horizontal flip the iterator applies. An existing file is refused, replaced (``overwrite``) or, with
     ``reuse``, kept when it checks out for this data, teacher and image size (a mismatch is an error).
-    Returns the cache path."""
-    import mxnet as mx
-    from vargface.options import progress_bar
-    from vargface.atomic import atomic_path
-    from vargface.data.iterator import FaceRecordIter
+    Returns the cache path. The cache is locked while it is written (`vargface.locks`)."""
     from vargface.data.recordio import read_property
 
     path = path or default_cache_path(data_dir, teacher)
     _, height, width = read_property(data_dir)
     if image_size:
         height = width = int(image_size)
-    if os.path.exists(path) and not overwrite:
-        if reuse:
-            TeacherCache(path, data_dir, teacher, image_shape=(3, height, width))
-            return path
-        raise VargfaceError(f"output {path} exists; pass --overwrite to replace it or --reuse to keep it")
+    with OutputLock(path):
+        if os.path.exists(path) and not overwrite:
+            if reuse:
+                TeacherCache(path, data_dir, teacher, image_shape=(3, height, width))
+                return path
+            raise VargfaceError(f"output {path} exists; pass --overwrite to replace it or --reuse to keep it")
+        _write_cache(teacher, data_dir, path, batch_size, (3, height, width), progress)
+    return path
+
+
+def _write_cache(teacher, data_dir, path, batch_size, image_shape, progress):
+    import mxnet as mx
+    from vargface.options import progress_bar
+    from vargface.atomic import atomic_path
+    from vargface.data.iterator import FaceRecordIter
+
+    _, height, width = image_shape
     checksums = data_checksum(data_dir)
     it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=(3, height, width),
                         shuffle=False, rand_mirror=False, last_batch="pad")
@@ -113,7 +122,6 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
         del indices, embeddings
         with open(tmp, "r+b") as f:  # complete: only now does it carry the magic a reader accepts
             f.write(MAGIC)
-    return path
 
 
 def read_header(path):

@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+from vargface.locks import OutputLock
+
 
 def _umask():
     mask = os.umask(0o022)
@@ -122,29 +124,95 @@ def atomic_path(path):
         raise
 
 
+def _foreign(directory, own):
+    """Entries of an existing ``directory`` whose names ``own`` (a compiled regex) does not match."""
+    return sorted(name for name in os.listdir(directory) if not own.fullmatch(name)) if os.path.isdir(directory) else []
+
+
 @contextlib.contextmanager
-def atomic_dir(path, overwrite=False):
+def atomic_dir(path, overwrite=False, own=None):
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` (refused if ``path`` exists
-    and ``overwrite`` is false), on error it is removed and ``path`` is untouched."""
+    and ``overwrite`` is false), on error it is removed and ``path`` is untouched. The output is locked while it
+    is written (`vargface.locks`).
+
+    The folder is the command's alone: an existing ``path`` holding an entry that ``own`` (a compiled regex of the
+    names the command writes) does not match is refused, even with ``overwrite``, naming what is there, and so is
+    the working directory or a folder holding it."""
+    from vargface.errors import VargfaceError, summarize
     from vargface.options import refuse_existing
 
     path = os.path.abspath(os.fspath(path))
-    refuse_existing(path, overwrite, option="output")
-    parent = _prepare(path)
-    with _reported(path):
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=parent)
-        os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        with _reported(path, WRITE_ERRNOS):
-            yield tmp
+    with OutputLock(path):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise VargfaceError(f"output {path} is a file, not a folder this command wrote; remove it or choose "
+                                f"another --out")
+        foreign = summarize(_foreign(path, own), sep=", ") if own is not None else ""
+        if foreign:
+            raise VargfaceError(f"output {path} holds what this command does not write ({foreign}); it replaces "
+                                f"only its own output, so move those away or choose another --out")
+        if os.path.isdir(path) and (os.getcwd() + os.sep).startswith(path.rstrip(os.sep) + os.sep):
+            raise VargfaceError(f"output {path} is the working directory or holds it, and the command replaces "
+                                f"its output folder as a whole; choose a new folder")
+        refuse_existing(path, overwrite, option="output")
+        parent = _prepare(path)
         with _reported(path):
-            if os.path.exists(path):
-                old = tmp + ".old"
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
-            else:
-                os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=parent)
+            os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            with _reported(path, WRITE_ERRNOS):
+                yield tmp
+            with _reported(path):
+                if os.path.exists(path):
+                    old = tmp + ".old"
+                    os.replace(path, old)
+                    os.replace(tmp, path)
+                    shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+                else:
+                    os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def refuse_existing_files(directory, names, overwrite):
+    """Refuse to replace any of the files ``names`` in ``directory`` unless ``overwrite``."""
+    from vargface.errors import VargfaceError
+
+    directory = os.path.abspath(os.fspath(directory))
+    existing = [name for name in names if os.path.lexists(os.path.join(directory, name))]
+    if existing and not overwrite:
+        raise VargfaceError(f"output {directory} holds {', '.join(existing)}; pass --overwrite to replace "
+                            f"{'it' if len(existing) == 1 else 'them'} (nothing else there is touched)")
+
+
+@contextlib.contextmanager
+def atomic_files(directory, names, overwrite=False):
+    """Write the files ``names`` into ``directory`` as one set, beside whatever else it holds.
+
+    Yields a temporary folder inside ``directory`` to write them in; on success each replaces its namesake and
+    nothing else in ``directory`` is touched. The last name is removed first and moved in last, so the set is
+    complete exactly when that file exists (a crash in between leaves it missing, never a mix that looks whole).
+    Existing files of the set are refused unless ``overwrite``; the output is locked while it is written."""
+    directory = os.path.abspath(os.fspath(directory))
+    with OutputLock(directory):
+        refuse_existing_files(directory, names, overwrite)
+        marker, created = os.path.join(directory, names[-1]), not os.path.isdir(directory)
+        _prepare(marker)
+        try:
+            with _reported(directory):
+                tmp = tempfile.mkdtemp(prefix=f".{names[-1]}.{os.getpid()}.", suffix=".tmp", dir=directory)
+            try:
+                with _reported(directory, WRITE_ERRNOS):
+                    yield tmp
+                with _reported(directory):
+                    if os.path.lexists(marker):
+                        os.remove(marker)
+                    for name in names:
+                        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            if created:  # a folder made for this output goes with it
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)
+            raise
