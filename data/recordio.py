@@ -42,13 +42,18 @@ def read_property(data_dir):
     if not os.path.isfile(path):
         raise VargfaceError(f"{path}: missing; a RecordIO data set needs a 'property' file holding "
                             "'num_classes,height,width' beside train.rec")
-    with open(path, encoding="utf-8") as f:
-        text = f.read().strip()
+    expected = "expected one line 'num_classes,height,width', e.g. '85742,112,112'"
+    with open(path, "rb") as f:
+        raw = f.read(4096)  # a few bytes; a huge or binary file is refused below, not read whole
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise VargfaceError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); {expected}") from None
     try:
         num_classes, height, width = (int(v) for v in text.split(","))
     except ValueError:
-        raise VargfaceError(f"{path}: cannot parse {text!r}; expected 'num_classes,height,width', "
-                            "e.g. '85742,112,112'") from None
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise VargfaceError(f"{path}: cannot parse {shown!r}; {expected}") from None
     if num_classes <= 0 or height <= 0 or width <= 0:
         raise VargfaceError(f"{path}: {text!r} has a non-positive value")
     return num_classes, height, width
