@@ -220,3 +220,29 @@ def test_a_second_lfr_features_process_is_refused(inputs, tmp_path, monkeypatch)
                     out).returncode == 0
     assert seen[0].returncode == 1 and f"(pid {os.getpid()} on " in seen[0].stderr, seen[0].stderr
     assert "Traceback" not in seen[0].stderr
+
+
+def test_a_device_output_is_written_into_never_replaced(inputs, tmp_path):
+    """``--out /dev/null`` (here a FIFO, which a test may make): a rename over it would destroy the device."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "sink"
+    os.mkfifo(fifo)
+    received = []
+
+    def drain():
+        while len(received) < 2:
+            with open(fifo, "rb") as reader:
+                received.append(len(reader.read()))
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    for argv in (["data", "lst", inputs.faces, "--out", fifo],
+                 ["lfr", "features", inputs.list, "--model", inputs.model, "--root", inputs.faces, "--out", fifo]):
+        result = vargface(*argv, "--overwrite")
+        assert result.returncode == 0, result.stderr
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    reader.join(timeout=60)
+    assert received[0] > 6 * len(str(inputs.faces))  # six lines naming the images,
+    assert received[1] == 16 + 6 * 16 * 4  # then the header and six rows

@@ -74,7 +74,8 @@ def os_error_text(error):
     """A one-line reason for an OSError that a user can act on."""
     hints = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-             errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file, not a folder"}
+             errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file, not a folder",
+             errno.EFBIG: "the file would exceed the file size limit (ulimit -f, or the file system's)"}
     return hints.get(error.errno, error.strerror or str(error))
 
 
@@ -100,10 +101,55 @@ def _reported(path, errnos=None):
         raise VargfaceError(f"cannot write {path}: the write was incomplete (is the disk full?)") from None
 
 
+def write_errors(path):
+    """A context in which an OSError that can only mean ``path`` cannot be written (full disk, quota, read-only,
+    size limit) becomes a VargfaceError naming ``path`` and the reason."""
+    return _reported(path, WRITE_ERRNOS)
+
+
+def reserve_space(path, size, target=None):
+    """Allocate the file ``path`` to ``size`` bytes now (posix_fallocate), so a full disk is reported before the
+    work instead of being met by a write, or by a store into a memory map (which dies of SIGBUS), much later.
+    A file system that cannot preallocate gets a sparse file, as ``truncate`` makes."""
+    from vargface.errors import VargfaceError
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in WRITE_ERRNOS:
+            raise VargfaceError(f"cannot write {target or path}: {os_error_text(error)} ({size:,} bytes "
+                                f"needed)") from None
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def is_device(path):
+    """Whether ``path`` exists as neither a regular file nor a folder: a device such as /dev/null, a FIFO. Such an
+    output is written into, never replaced: a rename over it would destroy it (as root, /dev/null itself)."""
+    return os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
+
+
+def move_into_place(tmp, path):
+    """Rename the finished ``tmp`` over ``path``; a device output (`is_device`) gets its bytes instead."""
+    if not is_device(path):
+        os.replace(tmp, path)
+        return
+    with open(tmp, "rb") as source, open(path, "wb") as target:
+        shutil.copyfileobj(source, target)
+    os.remove(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path in the target's directory; on success rename it over ``path``, on error remove it."""
+    """Yield a temporary path in the target's directory; on success rename it over ``path``, on error remove it.
+    A device output (`is_device`, e.g. /dev/null) is yielded itself and written in place."""
     path = os.path.abspath(os.fspath(path))
+    if is_device(path):
+        with _reported(path, WRITE_ERRNOS):
+            yield path
+        return
     directory = _prepare(path)
     with _reported(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp",
