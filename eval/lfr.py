@@ -118,7 +118,11 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     if done == 0:
         with write_errors(partial), open(partial, "wb") as handle:
             write_header(handle, rows, cols)
-        reserve_space(partial, size)  # the whole file now: a full disk is reported before any work
+        try:
+            reserve_space(partial, size)  # the whole file now: a full disk is reported before any work
+        except VargfaceError:
+            os.remove(partial)
+            raise
     chunk = chunk or embedder.batch_size * 8
     bar = progress_bar(total=rows, initial=done, unit="img", desc="lfr features", enabled=progress)
     start = done

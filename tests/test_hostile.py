@@ -460,3 +460,33 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_every_command(model,
             assert_clean_failure(result, f"bad-0001.params: array '{name[4:]}' holds 1 NaN or infinite value")
     assert sorted(os.listdir(tmp_path)) == ["bad-0001.params", "bad-symbol.json", "list.txt", "pack.bin", "run"]
     assert not glob.glob(str(tmp_path / "run" / "*.params"))  # no output of any command
+
+
+def test_lfr_features_on_a_full_disk_says_so(faces, model, tmp_path, monkeypatch):
+    """The feature file is allocated whole before any work and written without a memory map (a store into a map on
+    a full disk is a SIGBUS, with no message)."""
+    import errno
+    import resource
+    import subprocess
+    import sys
+
+    image = next(faces.rglob("*.jpg"))
+    (tmp_path / "list.txt").write_text((str(image.relative_to(faces)) + "\n") * 2000)  # 128 KB of features
+    argv = ["lfr", "features", tmp_path / "list.txt", "--model", model, "--root", faces, "--out", tmp_path / "f.bin"]
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    assert_clean_failure(run_cli(*argv), "cannot write", "f.bin.partial: the disk is full (128,016 bytes needed)")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["list.txt"]
+
+    def small_files():  # a real limit: `ulimit -f` 64 KB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+    limited = subprocess.run([sys.executable, "-m", "vargface"] + [str(a) for a in argv], preexec_fn=small_files,
+                             capture_output=True, text=True, timeout=300)
+    assert limited.returncode == 1 and "Traceback" not in limited.stderr, limited.stderr
+    assert "f.bin.partial: the file would exceed the file size limit" in limited.stderr, limited.stderr
+    assert sorted(os.listdir(tmp_path)) == ["list.txt"]

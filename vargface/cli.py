@@ -65,8 +65,9 @@ def main(argv=None):
     """The `vargface` command: exit code 0, 1 with a one-line error, 130 on Ctrl-C, 143 on SIGTERM (each with a
     message). Without ``argv`` this is the `vargface` process itself and its shutdown is made quiet; a call with
     ``argv`` (tests, scripts) gets its signal handlers back."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ)}
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over `ulimit -f`: an error naming it, not a kill
     code = 1
     try:
         code = _run(argv)
