@@ -1,7 +1,5 @@
 """Outputs are sacred: --overwrite replaces only what a command writes, and one writer holds an output at a time
 (a second writer of the same output is refused, naming the holder)."""
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -9,23 +7,11 @@ import types
 
 import pytest
 
+from test_hostile import run_cli  # in this process -> .code, .out, .err; nests inside a command
+
 from vargface.data.convert import check
 
 SIZE = 32
-
-
-def vargface(*args):
-    """``vargface ARGS`` in this process -> (returncode, stdout, stderr)."""
-    from vargface.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +40,7 @@ def snapshot(folder):
 # ---- --overwrite replaces only the command's own files ----------------------------------------------------------
 def test_data_rec_overwrite_keeps_packs_caches_and_everything_else(inputs, tmp_path):
     data = tmp_path / "data"
-    assert vargface("data", "rec", inputs.faces, "--out", data, "--size", SIZE, "--workers", 1).returncode == 0
+    assert run_cli("data", "rec", inputs.faces, "--out", data, "--size", SIZE, "--workers", 1).code == 0
     (data / "heldout.bin").write_bytes(inputs.pack.read_bytes())
     (data / "train.teacher-model-0001.kdcache").write_bytes(b"VARGKD02 a cache")
     (data / "notes.txt").write_text("where these faces come from")
@@ -63,11 +49,11 @@ def test_data_rec_overwrite_keeps_packs_caches_and_everything_else(inputs, tmp_p
     mine = {"heldout.bin", "train.teacher-model-0001.kdcache", "notes.txt", "more/extra.bin"}
     before = snapshot(data)
 
-    refused = vargface("data", "rec", inputs.faces, "--out", data, "--size", 24)
-    assert refused.returncode == 1 and "holds train.rec, train.idx, property; pass --overwrite" in refused.stderr
+    refused = run_cli("data", "rec", inputs.faces, "--out", data, "--size", 24)
+    assert refused.code == 1 and "holds train.rec, train.idx, property; pass --overwrite" in refused.err
     assert snapshot(data) == before
-    replaced = vargface("data", "rec", inputs.faces, "--out", data, "--size", 24, "--workers", 1, "--overwrite")
-    assert replaced.returncode == 0, replaced.stderr
+    replaced = run_cli("data", "rec", inputs.faces, "--out", data, "--size", 24, "--workers", 1, "--overwrite")
+    assert replaced.code == 0, replaced.err
     after = snapshot(data)
     assert {k: after[k] for k in mine} == {k: before[k] for k in mine}  # untouched, byte for byte
     assert set(after) == set(before) and (data / "property").read_text() == f"3,24,24\n"  # the set: replaced
@@ -90,12 +76,12 @@ def test_a_set_interrupted_while_replaced_never_looks_whole(inputs, tmp_path, mo
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", dies_at_the_index)
-    assert vargface("data", "synth", "--rec", "--out", data, "--identities", 2, "--per-identity", 2, "--size", SIZE,
-                    "--workers", 1, "--overwrite").returncode == 130
+    assert run_cli("data", "synth", "--rec", "--out", data, "--identities", 2, "--per-identity", 2, "--size", SIZE,
+                    "--workers", 1, "--overwrite").code == 130
     monkeypatch.undo()
     assert not (data / "property").exists() and (data / "heldout.bin").read_bytes() == b"kept"
-    result = vargface("data", "check", "--dataset", data)
-    assert result.returncode == 1 and "property: missing" in result.stderr
+    result = run_cli("data", "check", "--dataset", data)
+    assert result.code == 1 and "property: missing" in result.err
     assert sorted(os.listdir(data)) == ["heldout.bin", "train.idx", "train.rec"]  # the temporary went too
 
 
@@ -105,20 +91,20 @@ def test_image_folders_are_replaced_whole_and_never_with_anything_else(command, 
     argv = {"synth": ["data", "synth", "--out", out, "--identities", 2, "--per-identity", 2, "--size", SIZE,
                       "--workers", 1],
             "unpack": ["data", "unpack", "--dataset", inputs.data, "--out", out]}[command]
-    assert vargface(*argv).returncode == 0
+    assert run_cli(*argv).code == 0
     stale = out / ("id_000099" if command == "synth" else "000099")  # an identity of an earlier, larger run
     stale.mkdir()
     (stale / "0000.jpg").write_bytes(b"old")
-    assert "pass --overwrite" in vargface(*argv).stderr
-    assert vargface(*argv, "--overwrite").returncode == 0
+    assert "pass --overwrite" in run_cli(*argv).err
+    assert run_cli(*argv, "--overwrite").code == 0
     assert not stale.exists() and len(os.listdir(out)) == (2 if command == "synth" else 3)
 
     (out / "notes.txt").write_text("mine")
     (out / "sub").mkdir()
     before = snapshot(out)
-    refused = vargface(*argv, "--overwrite")
-    assert refused.returncode == 1
-    assert "holds what this command does not write (notes.txt, sub)" in refused.stderr
+    refused = run_cli(*argv, "--overwrite")
+    assert refused.code == 1
+    assert "holds what this command does not write (notes.txt, sub)" in refused.err
     assert snapshot(out) == before and (out / "sub").is_dir()
 
 
@@ -132,21 +118,21 @@ def test_out_dot_never_empties_the_working_directory(inputs, tmp_path, monkeypat
     before = snapshot(work)
     for argv in (["data", "synth", "--out", ".", "--identities", 2, "--per-identity", 2, "--size", SIZE],
                  ["data", "unpack", "--dataset", inputs.data, "--out", "."]):
-        refused = vargface(*argv, "--overwrite")
-        assert refused.returncode == 1 and "notes.txt" in refused.stderr, refused.stderr
+        refused = run_cli(*argv, "--overwrite")
+        assert refused.code == 1 and "notes.txt" in refused.err, refused.err
     assert snapshot(work) == before
     # a data set can live in it: only its three files are written (and replaced)
     for _ in range(2):
-        result = vargface("data", "rec", inputs.faces, "--out", ".", "--size", SIZE, "--workers", 1, "--overwrite")
-        assert result.returncode == 0, result.stderr
+        result = run_cli("data", "rec", inputs.faces, "--out", ".", "--size", SIZE, "--workers", 1, "--overwrite")
+        assert result.code == 0, result.err
     assert {k: v for k, v in snapshot(work).items() if k in before} == before
     # even an empty working directory is not swapped for a new one
     os.remove("notes.txt")
     os.remove("train.rec"), os.remove("train.idx"), os.remove("property")
     os.remove("models/r100-0001.params"), os.rmdir("models")
-    refused = vargface("data", "synth", "--out", ".", "--identities", 2, "--per-identity", 2, "--size", SIZE,
+    refused = run_cli("data", "synth", "--out", ".", "--identities", 2, "--per-identity", 2, "--size", SIZE,
                        "--overwrite")
-    assert refused.returncode == 1 and "is the working directory" in refused.stderr
+    assert refused.code == 1 and "is the working directory" in refused.err
     assert os.getcwd() == str(work) and os.listdir(work) == []
 
 
@@ -162,7 +148,7 @@ def second_writer(monkeypatch):
     def arm(argv):
         def bar(*args, **kwargs):
             if not results:
-                results.append(vargface(*argv))
+                results.append(run_cli(*argv))
             return real(*args, **kwargs)
 
         monkeypatch.setattr(options, "progress_bar", bar)
@@ -172,9 +158,9 @@ def second_writer(monkeypatch):
 
 
 def assert_refused_naming_this_process(result, lock):
-    assert result.returncode == 1, result.stderr
-    assert f"{lock}: another process writes" in result.stderr
-    assert f"(pid {os.getpid()} on " in result.stderr and "choose another --out" in result.stderr
+    assert result.code == 1, result.err
+    assert f"{lock}: another process writes" in result.err
+    assert f"(pid {os.getpid()} on " in result.err and "choose another --out" in result.err
 
 
 WRITERS = {
@@ -196,8 +182,8 @@ def test_two_writers_of_one_output_cannot_both_succeed(command, inputs, tmp_path
     out = tmp_path / "out"
     argv = WRITERS[command](inputs, out)
     second = second_writer(argv + ["--overwrite"])
-    first = vargface(*argv)
-    assert first.returncode == 0, first.stderr
+    first = run_cli(*argv)
+    assert first.code == 0, first.err
     assert_refused_naming_this_process(second[0], tmp_path / "out.lock")
     assert out.exists() and sorted(os.listdir(tmp_path)) == ["out"]  # the lock went with its holder
 
@@ -216,8 +202,8 @@ def test_a_second_lfr_features_process_is_refused(inputs, tmp_path, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(options, "progress_bar", bar)
-    assert vargface("lfr", "features", inputs.list, "--model", inputs.model, "--root", inputs.faces, "--out",
-                    out).returncode == 0
+    assert run_cli("lfr", "features", inputs.list, "--model", inputs.model, "--root", inputs.faces, "--out",
+                    out).code == 0
     assert seen[0].returncode == 1 and f"(pid {os.getpid()} on " in seen[0].stderr, seen[0].stderr
     assert "Traceback" not in seen[0].stderr
 
@@ -240,8 +226,8 @@ def test_a_device_output_is_written_into_never_replaced(inputs, tmp_path):
     reader.start()
     for argv in (["data", "lst", inputs.faces, "--out", fifo],
                  ["lfr", "features", inputs.list, "--model", inputs.model, "--root", inputs.faces, "--out", fifo]):
-        result = vargface(*argv, "--overwrite")
-        assert result.returncode == 0, result.stderr
+        result = run_cli(*argv, "--overwrite")
+        assert result.code == 0, result.err
         assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     reader.join(timeout=60)
     assert received[0] > 6 * len(str(inputs.faces))  # six lines naming the images,
