@@ -20,10 +20,10 @@ def _int_in(low, high, what):
 
 
 image_side = _int_in(8, 4096, "an image side in pixels")
-REPLACE_SET = "replace train.rec, train.idx and property in OUT; everything else there stays"
-REPLACE_FOLDER = ("replace the image folders in OUT; a folder that holds anything else is refused, "
-                  "naming it")
 jpeg_quality = _int_in(1, 100, "a JPEG quality")
+# What --overwrite replaces: a data set's three files (beside anything else), or an image root as a whole.
+REPLACE_SET = "replace train.rec, train.idx and property in OUT; everything else there stays"
+REPLACE_FOLDER = "replace the image folders in OUT; a folder that holds anything else is refused, naming it"
 
 
 def register(subparsers):

@@ -172,7 +172,9 @@ def atomic_path(path):
 
 def _foreign(directory, own):
     """Entries of an existing ``directory`` whose names ``own`` (a compiled regex) does not match."""
-    return sorted(name for name in os.listdir(directory) if not own.fullmatch(name)) if os.path.isdir(directory) else []
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if not own.fullmatch(name))
 
 
 @contextlib.contextmanager
