@@ -89,9 +89,11 @@ def test_the_walk_sees_the_project():
     assert "vargface.train.schema" in graph["vargface.train.config"]
 
 
-def test_no_module_imports_itself_around_a_circle():
+def test_no_module_of_the_subpackages_imports_itself_around_a_circle():
+    """(train/cli.py and train/distill_cli.py, say; the top package's own modules are checked as layers below.)"""
     graph = import_graph()
-    assert cycle(graph) is None, " -> ".join(cycle(graph))
+    inner = {m: {t for t in targets if len(t.split(".")) > 2} for m, targets in graph.items() if len(m.split(".")) > 2}
+    assert cycle(inner) is None, " -> ".join(cycle(inner))
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
 
 
