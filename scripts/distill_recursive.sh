@@ -7,7 +7,8 @@
 #
 # DATA_DIR holds train.rec/.idx/property and the verification packs (lfw.bin, cfp_fp.bin, agedb_30.bin).
 # Settings from the environment:
-#   CTX=gpu:0,1,2,3        devices for the teacher, the cache and the students
+#   CTX=gpu:0,1,2,3,4,5,6,7  devices for the teacher, the cache and the students (the configs are tuned for 8;
+#                          with fewer, pass --set per_batch_size=N to keep the global batch of 512)
 #   TEACHER=prefix,epoch   an existing teacher checkpoint; without it an r100 is trained into WORK first
 #   WORK=./recursive       checkpoints and the recipe state
 #   DRY_RUN=1              print the commands only
@@ -18,8 +19,7 @@ set -euo pipefail
 DATA=${1:?usage: scripts/distill_recursive.sh DATA_DIR [vargface recipe recursive options]}
 shift
 VARGFACE=${VARGFACE:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/vargface}
-options=(--dataset "$DATA" --out "${WORK:-./recursive}" --ctx "${CTX:-gpu:0,1,2,3}")
+options=(--dataset "$DATA" --out "${WORK:-./recursive}" --ctx "${CTX:-gpu:0,1,2,3,4,5,6,7}")
 [ -n "${TEACHER:-}" ] && options+=(--teacher "$TEACHER")
 [ "${DRY_RUN:-0}" = 1 ] && options+=(--dry-run)
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 exec "$VARGFACE" recipe recursive "${options[@]}" "$@"
