@@ -31,6 +31,7 @@ bench: install
 	$(PY) bench/loader.py
 	$(PY) bench/train.py
 	$(PY) bench/distill.py
+	$(PY) bench/precision.py
 	$(PY) bench/tar_at_far.py
 
 clean:
