@@ -10,16 +10,10 @@ teacher = "models/r100-arcface-retina/model,1"
 kd = ["angular:stride8@1", "angular:stride16@2", "angular:embedding@7"]
 prefix = "models/vargfacenet-shrinkteanet/model"
 
-# Trained like the recursive recipe's students (configs/vargfacenet_recursive.py): 64 images per GPU on 8 GPUs,
-# warm-up + cosine. The live teacher (feature maps cannot be cached) runs on the same GPUs.
+# On 8 GPUs at 64 images each (global batch 512), the live teacher (feature maps cannot be cached) beside the
+# student; 180k updates of the vargfacenet preset's warm-up + cosine, as the recursive recipe's students.
 ctx = "gpu:0,1,2,3,4,5,6,7"
 kvstore = "device"
 per_batch_size = 64
-lr = 0.1
-mom = 0.9
-wd = 5e-4
-lr_schedule = "cosine"
-warmup_steps = 2000
-lr_total_steps = 180000
 max_steps = 180000
-on_nan = "rollback"
+lr_total_steps = 180000

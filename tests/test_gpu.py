@@ -6,6 +6,7 @@ import os
 
 import mxnet as mx
 import pytest
+from test_distill import data_dir  # noqa: F401  (a tiny data folder with a verification pack)
 from test_distill_teacher import save_tiny
 
 from vargface.errors import VargfaceError
@@ -98,17 +99,6 @@ def test_kvstores_and_precisions_fit_the_devices():
 
 
 # ---- every network of a run binds on the devices it was given --------------------------------------------------
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from vargface.data.synth import make_synthetic_rec
-    from vargface.data.verification import make_synthetic_bin
-
-    root = tmp_path_factory.mktemp("faces") / "data"
-    make_synthetic_rec(str(root), identities=6, per_identity=8, size=32, seed=0, progress=False)
-    make_synthetic_bin(str(root / "lfw.bin"), identities=4, pairs=8, size=32, seed=0)
-    return str(root)
-
-
 def test_teacher_cache_and_verification_run_on_the_given_devices(data_dir, tmp_path, monkeypatch, run_cli):
     from vargface.eval.runner import InferenceRunner
     from vargface.train.distill import distill
