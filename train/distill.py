@@ -195,7 +195,7 @@ def make_plugin(config, teacher, terms, teacher_cache=None, kd_only=False, sched
     C x H x W per image, are too large to store) or a teacher schedule (the teacher changes during training).
     ``teacher`` is reloaded with the taps the terms read when it has others."""
     from vargface.train.teacher import Teacher
-    from vargface.train.teacher_cache import TeacherCache, default_cache_path
+    from vargface.train.teacher_cache import TeacherCache, auto_cache_path
 
     terms = [parse_term(t) if isinstance(t, str) else t for t in terms]
     taps = tuple(dict.fromkeys(t.teacher for t in terms))
@@ -212,7 +212,7 @@ def make_plugin(config, teacher, terms, teacher_cache=None, kd_only=False, sched
             raise VargfaceError(f"--teacher-cache {teacher_cache}: a cache holds only the teacher's embeddings, but "
                                 f"--kd {maps[0]} needs its {maps[0].teacher} feature map every step; run without "
                                 f"--teacher-cache")
-        path = default_cache_path(config.dataset_path, teacher) if teacher_cache == "auto" else teacher_cache
+        path = auto_cache_path(config.dataset_path, teacher) if teacher_cache == "auto" else teacher_cache
         if uses_mirror_only(config):
             cache = TeacherCache(path, config.dataset_path, teacher, image_shape=(3, *config.image_size))
             log(f"distill: teacher embeddings from cache {path}")

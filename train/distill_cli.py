@@ -16,8 +16,8 @@ HELP = {
                "gradient-blocked embedding, so its loss and accuracy are still reported)",
     "generations": "number of recursive generations",
     "init": "PREFIX,EPOCH: initial student weights of generation 1 (default: from scratch)",
-    "teacher_cache": "teacher-embedding cache from `vargface distill cache` ('auto': the default path beside "
-                     "train.rec); embedding terms under one fixed teacher, mirror-only augmentation",
+    "teacher_cache": "teacher-embedding cache from `vargface distill cache` ('auto': its default path, beside the "
+                     "teacher's checkpoint); embedding terms under one fixed teacher, mirror-only augmentation",
     "teacher_schedule": "PREFIX of the teacher's per-epoch checkpoints: student epoch e trains under PREFIX-(e+1) "
                         "(multi-step distillation; instead of --teacher)",
     "teacher_every": "with --teacher-schedule: student update u trains under PREFIX-(u // N + 1) (0: per epoch)",
@@ -55,8 +55,8 @@ def register(subparsers):
     options.add_dataset(c)
     c.add_argument("--image-size", type=int, help="side of the images training feeds (the --image-size of the "
                    "student; default: the size in DATASET/property)")
-    options.add_out(c, "cache file (default: DATASET/train.<teacher folder>-<teacher prefix>-<epoch>.kdcache, "
-                       "which --teacher-cache auto finds)", required=False)
+    options.add_out(c, "cache file (default: beside the teacher's checkpoint, TEACHER_PREFIX-EPOCH.<data folder "
+                       "name>.kdcache, which --teacher-cache auto finds)", required=False)
     options.add_per_batch_size(c, 64)
     options.add_ctx(c)
     existing = c.add_mutually_exclusive_group()
