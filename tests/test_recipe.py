@@ -1,5 +1,6 @@
 """`vargface recipe lfr-light` / `recursive` as dry runs, their config files, the FLOPs gate, and the two scripts
 that wrap them. (The end-to-end run on tiny synthetic data is in tests/test_demo.py, beside the demo's data.)"""
+import json
 import os
 import shlex
 import shutil
@@ -66,6 +67,26 @@ def test_recursive_dry_run_trains_a_teacher_unless_given(tmp_path, capsys):
     commands = printed_commands(out)
     assert [c[:2] for c in commands] == [["distill", "cache"], ["distill", "--teacher"]]
     assert commands[0][commands[0].index("--teacher") + 1] == "t/model,3" and commands[1][-2:] == ["--kd-weight", "2"]
+
+
+def test_dry_run_prints_the_commands_when_the_folder_holds_another_run(tmp_path, capsys):
+    """A folder a real run would refuse (another run's settings, or files of no run): the dry run says so and still
+    prints every command, changing nothing."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    code, out, _ = run(["recipe", "recursive", "--dry-run", "--out", str(work), "--dataset", "d"], capsys)
+    assert code == 0 and "(dry run) " + str(work) + ": exists and is not a recipe output" in out
+    assert "a real run there is refused (choose another --out" in out and len(printed_commands(out)) == 3
+    code, _, err = run(["recipe", "recursive", "--out", str(work), "--dataset", "d"], capsys)
+    assert code == 1 and "is not a recipe output" in err and "choose another --out" in err
+
+    state = {"settings": {"other": 1}, "steps": {}, "outputs": []}
+    (work / "notes.txt").unlink()
+    (work / "recipe-state.json").write_text(json.dumps(state))
+    code, out, _ = run(["recipe", "recursive", "--dry-run", "--out", str(work), "--dataset", "d"], capsys)
+    assert code == 0 and "holds a recipe run with other settings" in out and len(printed_commands(out)) == 3
+    assert os.listdir(work) == ["recipe-state.json"] and json.loads((work / "recipe-state.json").read_text()) == state
 
 
 @pytest.mark.parametrize("bad", ["novalue", "=1", "coach.lr=0.1", "student.=3", "teacher.--lr=1"])
