@@ -138,10 +138,15 @@ def test_scripts_pass_their_environment_to_the_recipe(tmp_path):
     assert commands[-2][commands[-2].index("--target") + 1] == "/data/retina/lfw.bin"
     assert not (tmp_path / "w").exists()
 
-    env = dict(os.environ, DRY_RUN="1", WORK=str(tmp_path / "r"), CTX="cpu", TEACHER="t/model,1", VARGFACE=vargface)
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "distill_recursive.sh"), "/data/d"], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert [c[:2] for c in printed_commands(out.stdout)] == [["distill", "cache"], ["distill", "--teacher"]]
+    env = dict(os.environ, DRY_RUN="1", WORK=str(tmp_path / "r"), CTX="cpu", TEACHER="t/model,1", VARGFACE=vargface,
+               DATA="/data/d")
+    for argv in ([], ["/data/d"]):  # DATA from the environment as in the other wrapper, or as the first argument
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "distill_recursive.sh"), *argv, "--set", "lr=0.05"],
+                             env=dict(env, DATA="/data/d" if not argv else "/elsewhere"), capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        commands = printed_commands(out.stdout)
+        assert [c[:2] for c in commands] == [["distill", "cache"], ["distill", "--teacher"]]
+        assert commands[0][commands[0].index("--dataset") + 1] == "/data/d" and commands[1][-2:] == ["--lr", "0.05"]
     script = (ROOT / "scripts" / "distill_recursive.sh").read_text()
     assert ".kdcache" not in script and "-state.json" not in script  # the naming rules stay in Python
