@@ -286,6 +286,10 @@ def test_targets_are_names_file_names_or_paths(data):
         config = resolve_dataset(generate_config("r18_tiny", folder, "arcface", val_targets=targets))
         assert verification_packs(config) == [("heldout", os.path.join(folder, "heldout.bin"))]
     assert resolve_dataset(generate_config("r18_tiny", folder, "arcface")).val_targets == ("heldout",)
+    # '' is none, as the help says, not the folder's default (all its packs); so is an empty list in a config file
+    for none in ("", []):
+        config = resolve_dataset(generate_config("r18_tiny", folder, "arcface", val_targets=none))
+        assert verification_packs(config) == []
 
 
 def test_run_files_name_every_file_of_a_run_and_no_other(tmp_path):

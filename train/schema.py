@@ -84,6 +84,8 @@ class Key:
         return value
 
     def _convert(self, value):
+        if value == "" and self.kind in ("names", "terms"):  # '' names none, also where unset means a default
+            return []
         if value is None or (self.optional and value == ""):
             if self.optional or self.kind in ("names", "terms"):
                 return None if self.optional else []
