@@ -53,6 +53,12 @@ def test_lfr_light_dry_run_lists_every_step_with_its_config(tmp_path, monkeypatc
     for command in commands:
         check_vargface(command)
 
+    # verification packs by name, file name or path, as `train --target` takes them
+    _, out, _ = run(["recipe", "lfr-light", "--dry-run", "--out", str(work), "--dataset", "/d", "--target",
+                     "lfw,cfp_fp.bin,/elsewhere/agedb_30.bin"], capsys)
+    verify = [c for c in printed_commands(out) if c[0] == "verify"][0]
+    assert verify[verify.index("--target") + 1] == "/d/lfw.bin,/d/cfp_fp.bin,/elsewhere/agedb_30.bin"
+
     # without a test list there is no feature-file step
     _, out, _ = run(["recipe", "lfr-light", "--dry-run", "--out", str(work)], capsys)
     assert "[10/10]" in out and "lfr features" not in out
