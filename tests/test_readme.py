@@ -4,8 +4,8 @@ Blocks marked `<!-- readme-test: run -->` run line by line on synthetic data in 
 0. Every `vargface` command in every block of the README and docs (and every command
 `scripts/reproduce_lfr_light.sh` prints in a dry run, and the `vargface train` options given to
 `scripts/dist_train.sh worker`) must parse with the real parser and, for train/distill, resolve to a valid config;
-every option an inline `vargface COMMAND --option` mention shows must be one that command takes; `make` targets
-must exist in the Makefile."""
+every option an inline `vargface COMMAND --option` mention shows must be one that command takes, and any other
+`--option` shown in prose one that some command takes; `make` targets must exist in the Makefile."""
 import argparse
 import os
 import re
@@ -124,8 +124,20 @@ def command_parser(parser, argv):
     return parser, words
 
 
+def options_of(parser):
+    """Every option string of ``parser`` and of its subcommands."""
+    found = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= options_of(sub)
+    return found
+
+
 def test_every_option_an_inline_mention_shows_is_one_its_command_takes():
-    """`vargface CMD --opt` in prose (placeholders and '...' included) names options that CMD's parser accepts."""
+    """`vargface CMD --opt` in prose (placeholders and '...' included) names options that CMD's parser accepts, and
+    any other `--option` the prose shows in code is one that some command takes."""
     from vargface.cli import build_parser
 
     parser, checked = build_parser(), 0
@@ -138,6 +150,13 @@ def test_every_option_an_inline_mention_shows_is_one_its_command_takes():
                 assert option in accepted, f"{name}: `{span}`: `vargface {' '.join(words)}` has no option {option}"
                 checked += 1
     assert checked >= 5
+    known = options_of(parser)
+    for path in DOCS + [ROOT / "data" / "README.md"]:
+        for span in re.findall(r"`([^`]+)`", BLOCK.sub("", path.read_text())):
+            for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", span):
+                assert option in known, f"{path.name}: `{span}`: no command takes {option}"
+                checked += 1
+    assert checked >= 100
 
 
 def dry_run_recipe(tmp_path, env):
