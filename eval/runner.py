@@ -123,9 +123,9 @@ class InferenceRunner:
         from vargface.symbols.inference import InferenceGraph
 
         devices = len(self.contexts)
-        # Module splits a batch evenly across its devices; at least two images a device: MXNet 1.9.1 crashed at
-        # random running an unfused VarGFaceNet on a batch of one.
-        self.batch_size = -(-max(batch_size, 2 * devices) // devices) * devices
+        # Module splits a batch evenly across its devices. A batch of one is fine on the inference graph (the
+        # faithful VarGFaceNet crashed MXNet 1.9.1 at batch one: docs/inference.md#batch-one).
+        self.batch_size = -(-max(batch_size, devices) // devices) * devices
         self.graph = InferenceGraph(self.symbol, self._params[0], self.input_size)
         self.module = mx.mod.Module(self.graph.symbol, data_names=["data"], label_names=None, context=self.contexts)
         with _without_subgraph_fusion():
