@@ -22,7 +22,7 @@ def register(subparsers):
                     "squared L2 distance, thresholds 0..4 step 0.01, 10 folds (best threshold on 9, accuracy on "
                     "the 10th); plus exact TAR at each decade of FAR the set has impostor pairs for.")
     _model(p)
-    p.add_argument("--target", required=True, metavar="A.bin,B.bin", help="comma-separated verification packs")
+    options.add_target(p, required=True)
     _device(p)
     p.add_argument("--nfolds", type=int, default=10, help="cross-validation folds (default: %(default)s)")
     p.add_argument("--roc", metavar="PATH", help="draw the ROC curves (TAR against FAR, log scale) to this PNG")
@@ -42,7 +42,7 @@ def register(subparsers):
                     "a finished OUT is replaced only with --overwrite.")
     f.add_argument("image_list", metavar="LIST", help="test file list, one image path per line")
     _model(f)
-    f.add_argument("--root", default=".", help="folder the listed paths are relative to (default: .)")
+    options.add_root(f)
     options.add_out(f, "output feature file")
     options.add_overwrite(f)
     _device(f)
@@ -125,11 +125,13 @@ def _verify(args):
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        from vargface.eval.tar_at_far import no_tar_reason
+
         for name, r in summary.items():
             tars = ", ".join(f"{t['far']:.0e}: {t['tar']:.5f}" for t in r["tar_at_far"])
             print(f"[{name}] Accuracy-Flip: {r['accuracy']:.5f}+-{r['std']:.5f}  best threshold "
                   f"{r['best_threshold']:.2f}  ({r['pairs']} pairs)")
-            print(f"[{name}] TAR@FAR: {tars or 'no impostor pairs'}")
+            print(f"[{name}] TAR@FAR: {tars or no_tar_reason(int((~results[name]['issame']).sum()))}")
     sys.stdout.flush()
     if args.roc:  # after the results, so a plot that cannot be written does not lose them
         _plot_roc(results, args.roc)
@@ -171,10 +173,12 @@ def _plot_roc(results, path):
 
 def _lfr_features(args):
     from vargface.eval.lfr import extract_features
+    from vargface.locks import OutputLock
 
-    options.refuse_existing(args.out, args.overwrite)
-    embedder = _embedder(args)
-    computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
+    with OutputLock(args.out):  # the output and its resume files: one writer at a time
+        options.refuse_existing(args.out, args.overwrite)
+        embedder = _embedder(args)
+        computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
     options.emit(args, f"wrote {args.out} ({computed} rows computed in this run, {embedder.embedding_size}-d)",
                  {"out": args.out, "computed": computed, "embedding_size": embedder.embedding_size})
     return 0

@@ -22,11 +22,15 @@ import time
 
 import numpy as np
 
+from vargface import options
 from vargface.errors import VargfaceError
+from vargface.pipeline import PIPELINE_OVERWRITE
+from vargface.train.distill_loss import DEFAULT_TERM
+from vargface.train.run_files import LATEST, RunFiles
 
 FARS = (1e-3, 1e-4, 1e-5)
 HELDOUT_FIRST_IDENTITY = 1_000_000  # training identities are numbered from 0: no face is shared
-BASELINE_KD = "angular:embedding@7"  # VarGFaceNet's objective: L_arc + 7 L_s
+BASELINE_KD = DEFAULT_TERM  # VarGFaceNet's objective: L_arc + 7 L_s
 # Ablations of VarGFaceNet's distillation, each a generation-1 run compared with generation 1.
 VARIANTS = {
     "alpha1": ["--kd", "angular:embedding@1"],
@@ -60,16 +64,23 @@ SIZE_OPTIONS = ("identities", "per_identity", "heldout_identities", "heldout_per
 
 def add_options(p, profile):
     """The options `experiment distill` and `demo` share."""
+    from vargface.train.schema import BY_NAME
+
+    options.add_out(p, "output directory; a rerun continues it", required=False, default=f"{profile}_out")
     p.add_argument("--quick", action="store_true", help="a drastically shrunk run that only checks the pipeline")
-    p.add_argument("--seed", type=int, default=0, help="the first seed: runs use SEED..SEED+SEEDS-1 (default: 0)")
-    p.add_argument("--ctx", default="cpu", help="devices for training and evaluation (default: %(default)s)")
-    p.add_argument("--train-graph", default="auto", choices=("auto", "faithful", "fast"),
+    options.add_seed(p, help="the first seed: runs use SEED..SEED+SEEDS-1")
+    options.add_ctx(p, help="devices for training and evaluation")
+    train_graph = BY_NAME["train_graph"]
+    p.add_argument("--train-graph", default=train_graph.default, choices=train_graph.choices,
                    help="the graph every training run trains (as in `vargface train`; default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="delete OUT first instead of continuing it")
+    options.add_overwrite(p, help=PIPELINE_OVERWRITE)
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     for name in SIZE_OPTIONS:
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help=f"override the profile ({profile}: {PROFILES[profile][name]})")
+        help = f"override the profile ({profile}: {PROFILES[profile][name]})"
+        if name == "input_size":
+            options.add_image_size(p, help=help + "; the side of every image and network input")
+        else:
+            p.add_argument("--" + name.replace("_", "-"), type=int, default=None, metavar="N", help=help)
 
 
 def register(subparsers):
@@ -80,7 +91,6 @@ def register(subparsers):
     p = sub.add_parser("distill", help="what distillation does: generations and ablations over seeds, paired "
                        "differences with 95%% intervals", description=__doc__.split("\n\n")[0] + "\n\n"
                        + "\n\n".join(__doc__.split("\n\n")[1:3]), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="experiment_out", help="output directory (default: %(default)s)")
     p.add_argument("--variants", default=None, help=f"comma-separated ablations, each compared with generation 1 "
                    f"(default: none; 'all' for {', '.join(VARIANTS)})")
     add_options(p, "experiment")
@@ -96,7 +106,7 @@ def settings_from_args(args, profile):
     settings = dict(base, profile="quick" if args.quick else profile, ctx=args.ctx, first_seed=args.seed,
                     train_graph=args.train_graph)
     for name in SIZE_OPTIONS:
-        value = getattr(args, name)
+        value = getattr(args, "image_size" if name == "input_size" else name)
         if value is not None:
             if value < 1:
                 raise VargfaceError(f"--{name.replace('_', '-')}: must be >= 1 (got {value})")
@@ -145,6 +155,9 @@ def paired_difference(values, baselines, confidence=0.95):
     return result
 
 
+REPORT_FILES = ("results.md", "results.json", "results.png")
+
+
 # ---- the experiment --------------------------------------------------------------------------------------------
 class Experiment:
     """The steps of one experiment (see the module docstring), run by `vargface.pipeline`, then the report."""
@@ -157,7 +170,8 @@ class Experiment:
         self.out, self.settings, self.dry_run = out, settings, dry_run
         self.seeds = list(range(settings["first_seed"], settings["first_seed"] + settings["seeds"]))
         self.pipeline = Pipeline(out, self.state_file, settings, self.name, overwrite=overwrite, dry_run=dry_run,
-                                 hint="pass --overwrite to start again or choose another --out")
+                                 hint="pass --overwrite to start again or choose another --out",
+                                 outputs=[self.path(name) for name in REPORT_FILES])
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)
@@ -166,12 +180,12 @@ class Experiment:
         return self.path("models", run, "model")
 
     def checkpoint(self, model, seed=None):
-        """'prefix,1' of a model: 'teacher', or a student run of one seed."""
+        """'PREFIX,1' of a model: 'teacher', or a student run of one seed (every run keeps its latest weights)."""
         if model == "teacher":
-            return self.prefix("teacher") + ",1"
+            return RunFiles(self.prefix("teacher")).model(LATEST)
         if model in ("gen1", "gen2"):
-            return f"{self.prefix(f'seed{seed}/distill')}-{model},1"
-        return self.prefix(f"seed{seed}/{model}") + ",1"
+            return RunFiles(self.prefix(f"seed{seed}/distill")).generation(int(model[3:])).model(LATEST)
+        return RunFiles(self.prefix(f"seed{seed}/{model}")).model(LATEST)
 
     def students(self):
         """(model, title, updates, baseline, comparison title) of every student run of one seed."""
@@ -204,24 +218,24 @@ class Experiment:
         return [
             Step("synth", "render synthetic training identities (one folder per identity)",
                  [["data", "synth", "--out", self.path("faces"), "--identities", str(s["identities"]), "--per-identity",
-                   str(s["per_identity"]), "--size", size] + common], outputs=[self.path("faces")]),
+                   str(s["per_identity"]), "--image-size", size] + common], outputs=[self.path("faces")]),
             Step("rec", "convert the image folders to RecordIO (train.rec, train.idx, property)",
-                 [["data", "rec", self.path("faces"), "--out", self.path("data"), "--size", size]],
+                 [["data", "rec", self.path("faces"), "--out", self.path("data"), "--image-size", size]],
                  outputs=[self.path("data")]),
             Step("heldout", "render held-out identities (never seen in training)",
                  [["data", "synth", "--out", self.path("heldout_faces"), "--identities", str(s["heldout_identities"]),
-                   "--per-identity", str(s["heldout_per_identity"]), "--size", size, "--first-identity",
+                   "--per-identity", str(s["heldout_per_identity"]), "--image-size", size, "--first-identity",
                    str(HELDOUT_FIRST_IDENTITY)] + common], outputs=[self.path("heldout_faces")]),
             Step("pairs", "make the held-out pair set (half same, half different identity)",
                  [["data", "pairs", self.path("heldout_faces"), "--out", self.path("data", "heldout.bin"), "--pairs",
-                   str(s["pairs"]), "--seed", "0", "--size", size]], outputs=[self.path("data", "heldout.bin")]),
+                   str(s["pairs"]), "--seed", "0", "--image-size", size]], outputs=[self.path("data", "heldout.bin")]),
         ]
 
     def train_options(self, seed, steps, teacher=False):
         s = self.settings
         # ArcFace with a softer scale and margin than the 64/0.5 of full-scale runs: a few hundred updates on a
         # small set do not get past the large-margin plateau otherwise. Warm-up + cosine, as advised for
-        # VarGFaceNet. Verification runs once per model, after training (--val-targets '').
+        # VarGFaceNet. Verification runs once per model, after training (--target '').
         network = ["--network", "r18_tiny", "--net-multiplier", str(s["teacher_multiplier"])] if teacher else [
             "--network", "vargfacenet_tiny", "--net-multiplier", str(s["student_multiplier"])]
         return network + [
@@ -229,7 +243,7 @@ class Experiment:
             "--emb-size", str(s["emb_size"]), "--image-size", str(s["input_size"]), "--per-batch-size",
             str(s["per_batch_size"]), "--ctx", s["ctx"], "--lr", str(s["lr"]), "--lr-schedule", "cosine",
             "--warmup-steps", str(s["warmup"]), "--lr-total-steps", str(steps), "--max-steps", str(steps),
-            "--seed", str(seed), "--val-targets", "", "--frequent", str(max(1, min(20, steps // 6))), "--verbose",
+            "--seed", str(seed), "--target", "", "--frequent", str(max(1, min(20, steps // 6))), "--verbose",
             str(steps), "--ckpt", "3", "--train-graph", s.get("train_graph", "auto")]
 
     def train_step(self, run, title, seed, pretrained=None):
@@ -288,7 +302,7 @@ class Experiment:
 
     def variant_checkpoint(self, model, seed):
         if model in self.settings["variants"]:
-            return f"{self.prefix(f'seed{seed}/{model}')}-gen1,1"
+            return RunFiles(self.prefix(f"seed{seed}/{model}")).generation(1).model(LATEST)
         return self.checkpoint(model, seed)
 
     def evaluate_step(self, model, seed):
@@ -320,11 +334,12 @@ class Experiment:
               f"training identities x {s['per_identity']} images; held-out {s['heldout_identities']} identities x "
               f"{s['heldout_per_identity']} images; N = {s['student_steps']} student updates per round, teacher "
               f"{s['teacher_steps']}; output in {self.out}", flush=True)
-        results = self.pipeline.run(self.steps())
-        if self.dry_run:
-            return None
-        report = self.report(results)
-        self.write(report, time.time() - tic)
+        with self.pipeline:
+            results = self.pipeline.run(self.steps())
+            if self.dry_run:
+                return None
+            report = self.report(results)
+            self.write(report, time.time() - tic)
         return report
 
     def report(self, results):
@@ -351,14 +366,14 @@ class Experiment:
         from vargface.atomic import atomic_path
 
         text = markdown_report(report, self.name)
-        with atomic_path(self.path("results.md")) as tmp, open(tmp, "w") as f:
+        markdown, data, chart = (self.path(name) for name in REPORT_FILES)
+        with atomic_path(markdown) as tmp, open(tmp, "w") as f:
             f.write(text)
-        with atomic_path(self.path("results.json")) as tmp, open(tmp, "w") as f:
+        with atomic_path(data) as tmp, open(tmp, "w") as f:
             json.dump(report, f, indent=1)
-        draw_chart(report, self.path("results.png"), f"vargface {self.name} ({self.settings['profile']})")
+        draw_chart(report, chart, f"vargface {self.name} ({self.settings['profile']})")
         print("\n" + text)
-        print(f"wrote {self.path('results.md')}, {self.path('results.json')}, {self.path('results.png')} "
-              f"({seconds / 60:.1f} min in this run)", flush=True)
+        print(f"wrote {markdown}, {data}, {chart} ({seconds / 60:.1f} min in this run)", flush=True)
 
 
 def tar_key(far):
