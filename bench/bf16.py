@@ -13,7 +13,7 @@ import time
 from vargface.openmp import configure  # noqa: E402
 
 configure(cpu_only=True)
-os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"  # as the runner binds
+os.environ.update(MXNET_SUBGRAPH_BACKEND="default", MXNET_SUBGRAPH_VERBOSE="0")  # as the runner binds
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -76,7 +76,8 @@ def speed(presets, batch, rounds, seconds):
 
 
 def accuracy(model, target, batch):
-    from vargface.eval.verification import evaluate, flip_sum_embeddings, load_pairs
+    from vargface.eval.runner import flip_sum_embeddings
+    from vargface.eval.verification import evaluate, load_pairs
     from vargface.symbols.checkpoint import input_size_of, load_checkpoint, parse_model_arg
 
     sym, arg, aux = load_checkpoint(*parse_model_arg(model))

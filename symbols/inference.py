@@ -165,7 +165,8 @@ class InferenceGraph:
         folds = {}
         for node_id, node in enumerate(graph.nodes):
             source = graph.source(node_id) if node["inputs"] else None
-            if node["op"] in ("Convolution", "FullyConnected"):
+            if node["op"] in ("Convolution", "FullyConnected") and all(
+                    graph.nodes[i[0]]["op"] == "null" for i in node["inputs"][1:]):  # weights are arrays
                 fold = _Fold(graph, node_id)
                 if source and source[0] in folds and fold.takes(graph, folds[source[0]]):
                     fold.before = folds.pop(source[0])

@@ -139,7 +139,8 @@ def test_mobilefacenet_outputs_read_on_every_pass(preset):
 def test_trained_checkpoint_verifies_as_on_the_faithful_graph(tmp_path, run_cli):
     from vargface.data.synth import make_synthetic_rec
     from vargface.data.verification import make_synthetic_bin
-    from vargface.eval.verification import evaluate, flip_sum_embeddings, load_pairs
+    from vargface.eval.runner import flip_sum_embeddings
+    from vargface.eval.verification import evaluate, load_pairs
     from vargface.symbols.checkpoint import load_checkpoint
     from vargface.train.config import generate_config
     from vargface.train.trainer import fit
