@@ -25,10 +25,11 @@ RETIRED = {"--batch-size", "--data-dir", "--data", "--work", "--output", "--out-
 # Commands that write an output: each takes --overwrite (train/distill write their run under --prefix).
 WRITERS = {"data synth", "data lst", "data rec", "data unpack", "data pairs", "verify", "lfr features", "export",
            "embed", "plot-log", "distill cache", "train", "distill", "demo", "experiment distill", "recipe lfr-light",
-           "recipe recursive"}
+           "recipe recursive", "data synth-ijb", "ijb", "identify"}
 READS_DATASET = {"data unpack", "data check", "distill cache", "train", "distill"}
 PRINTS_JSON = {"data synth", "data lst", "data rec", "data unpack", "data check", "data pairs", "flops", "verify",
-               "tar-at-far", "export", "embed", "compare", "lfr features", "distill cache"}
+               "tar-at-far", "export", "embed", "compare", "lfr features", "distill cache", "data synth-ijb", "ijb",
+               "identify"}
 
 
 def leaf_parsers(parser, path=()):
@@ -85,6 +86,8 @@ def inputs(tmp_path_factory):
 OUTPUT_COMMANDS = {
     "data synth": (lambda i: ["data", "synth", "--out", "OUT", "--identities", 2, "--per-identity", 2, "--size", 32,
                               "--workers", 1], "output", True),
+    "data synth-ijb": (lambda i: ["data", "synth-ijb", "--out", "OUT", "--subjects", 2, "--templates-per-subject", 2,
+                                  "--workers", 1], "output", True),
     "data lst": (lambda i: ["data", "lst", i["faces"], "--out", "OUT"], "output", False),
     "data rec": (lambda i: ["data", "rec", i["faces"], "--out", "OUT", "--size", 32, "--workers", 1], "output", True),
     "data unpack": (lambda i: ["data", "unpack", "--dataset", i["data"], "--out", "OUT"], "output", True),
