@@ -153,9 +153,9 @@ def _synth(args):
 
 def _synth_ijb(args):
     from vargface.data.synth_ijb import make_synthetic_ijb
-    from vargface.eval.ijb import output_lock
+    from vargface.locks import OutputLock
 
-    with output_lock(args.out):
+    with OutputLock(args.out):
         summary = make_synthetic_ijb(args.out, args.target, args.subjects, args.templates_per_subject, args.pairs,
                                      seed=args.seed, difficulty=args.difficulty, first_identity=args.first_identity,
                                      quality=args.quality, workers=args.workers, overwrite=args.overwrite)

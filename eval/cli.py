@@ -1,4 +1,5 @@
 """`vargface` subcommands of vargface.eval: verify, lfr features, tar-at-far, export, embed, compare, ijb, identify."""
+import contextlib
 import json
 import sys
 
@@ -299,11 +300,12 @@ def _compare(args):
 
 def _ijb(args):
     from vargface.atomic import atomic_path
-    from vargface.eval.ijb import evaluate, format_result, output_lock
+    from vargface.eval.ijb import evaluate, format_result
     from vargface.eval.templates import parse_mode
+    from vargface.locks import OutputLock
 
     mode = parse_mode(args.mode)
-    with output_lock(args.out, args.roc):
+    with OutputLock(args.out), OutputLock(args.roc) if args.roc else contextlib.nullcontext():
         options.refuse_existing(args.out, args.overwrite)
         options.refuse_existing(args.roc, args.overwrite, option="--roc")
         result, skipped, scores, genuine = evaluate(_embedder(args), args.root, args.target, args.out, mode,
@@ -324,15 +326,15 @@ def _identify(args):
     import numpy as np
 
     from vargface.errors import VargfaceError
-    from vargface.eval.ijb import output_lock
     from vargface.eval.identify import identify, identities_of, is_noise, read_names, read_noise
+    from vargface.locks import OutputLock
 
     sizes = []
     for item in args.sizes.split(","):
         if not item.strip().isdigit() or int(item) < 1:
             raise VargfaceError(f"--sizes: {item!r} is not a positive whole number; expected e.g. 10,100,1000")
         sizes.append(int(item))
-    with output_lock(args.cmc):
+    with OutputLock(args.cmc) if args.cmc else contextlib.nullcontext():
         options.refuse_existing(args.cmc, args.overwrite, option="--cmc")
         probes, distractors = _load_array(args.probes, "PROBES"), _load_array(args.distractors, "DISTRACTORS")
         names = read_names(args.probe_list, "PROBE_LIST")

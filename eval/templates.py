@@ -89,12 +89,30 @@ def rows_of(ids, wanted):
     return pos, ids[pos] == wanted
 
 
-def pair_scores(feats, first, second, chunk=16384):
-    """Dot products of rows ``first[i]`` and ``second[i]`` of ``feats``, gathered ``chunk`` pairs at a time."""
-    scores = np.empty(len(first), np.float64)
-    for start in range(0, len(first), chunk):
-        a, b = feats[first[start:start + chunk]], feats[second[start:start + chunk]]
-        scores[start:start + chunk] = np.einsum("ij,ij->i", a, b)
+def pair_scores(feats, first, second, block=256):
+    """Dot products of rows ``first[i]`` and ``second[i]`` of ``feats``.
+
+    Pairs are grouped by first template, ``block`` first templates at a time, and each group is scored by one
+    matrix product against the second templates it names (every template when it names most): a template row is
+    then read once per group, not once per pair, and no per-pair rows are gathered."""
+    feats = np.ascontiguousarray(feats)
+    first, second = np.asarray(first), np.asarray(second)
+    order = np.argsort(first, kind="stable")
+    bounds = np.searchsorted(first[order], np.arange(0, len(feats) + block, block))
+    scores = np.empty(len(first), feats.dtype)
+    buffer = np.empty(min(block, len(feats)) * len(feats), feats.dtype)  # reused: no page faults per group
+    for start, lo, hi in zip(range(0, len(feats), block), bounds[:-1], bounds[1:]):
+        if lo == hi:
+            continue
+        group = order[lo:hi]
+        rows = feats[start:start + block]
+        names, column = np.unique(second[group], return_inverse=True)
+        if 2 * len(names) > len(feats):
+            names, column = None, second[group]
+        others = feats if names is None else feats[names]
+        products = buffer[:len(rows) * len(others)].reshape(len(rows), len(others))
+        np.dot(rows, others.T, out=products)
+        scores[group] = products[first[group] - start, column.reshape(-1)]
     return scores
 
 

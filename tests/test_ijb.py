@@ -282,12 +282,14 @@ def test_features_are_keyed_on_the_model_and_checked_against_their_inputs(fixtur
 
 
 def test_a_second_writer_is_refused_naming_the_holder(fixture, tmp_path, run_cli):
+    from vargface.locks import OutputLock
+
     out = tmp_path / "r.json"
-    with ijb.output_lock(out):
+    with OutputLock(out):
         done = run_cli("ijb", "--model", fixture["model"], "--root", fixture["root"], "--target", "IJBC",
                        "--out", out)
-        assert done.returncode == 1 and f"{out} is being written by pid {os.getpid()}" in done.stderr
-    assert not os.path.exists(f"{out}.lock")
+        assert done.returncode == 1 and f"another process writes {out} (pid {os.getpid()}" in done.stderr
+    assert not os.path.exists(f"{out}.lock") and not list(tmp_path.glob("r.features-*"))
 
 
 def test_synthetic_fixture_follows_the_layout(tmp_path):
