@@ -105,6 +105,7 @@ def identify(probes, labels, distractors, keep=None, sizes=None, max_rank=10, ti
     mate_score = np.einsum("ij,ij->i", x[probe], x[mate])
     k = int(max_rank)
     top = np.full((len(x), k), -np.inf, np.float32)  # each probe's k highest distractor scores so far, unordered
+    flat = np.empty(len(x) * min(tile, measured[-1]), np.float32)  # one score buffer: no page faults per block
     results, done = {}, 0
     with progress_bar(total=measured[-1], unit="distractor", unit_scale=True, desc="identify",
                       enabled=progress) as bar:
@@ -113,11 +114,13 @@ def identify(probes, labels, distractors, keep=None, sizes=None, max_rank=10, ti
                 stop = min(done + tile, size)
                 block = _unit_rows(distractors[done:stop] if keep is None else distractors[rows[done:stop]],
                                    rows[done:stop], what[1])
-                scores = x @ block.T
-                if scores.shape[1] > k:
-                    scores = np.partition(scores, scores.shape[1] - k, axis=1)[:, -k:]
-                merged = np.concatenate([top, scores], axis=1)
-                top = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
+                scores = flat[:len(x) * len(block)].reshape(len(x), len(block))
+                np.dot(x, block.T, out=scores)
+                # only probes with a score above their current k-th best change their top k
+                rising = np.flatnonzero(scores.max(axis=1) > top.min(axis=1))
+                if rising.size:
+                    merged = np.concatenate([top[rising], scores[rising]], axis=1)
+                    top[rising] = np.partition(merged, merged.shape[1] - k, axis=1)[:, -k:]
                 bar.update(stop - done)
                 done = stop
             # per trial, its probe's distractor scores best first (-inf where the gallery has fewer than k):

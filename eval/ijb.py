@@ -97,34 +97,33 @@ class Images:
 
     def __init__(self, layout):
         self.layout = layout
-        names, marks, faceness, lines = [], [], [], []
+        names, lines, rows = [], [], []
         for number, fields in _lines(layout.images):
-            if len(fields) not in (12, 138):
+            if len(fields) == 12:
+                rows.append(fields[1:])
+            elif len(fields) == 138:
+                rows.append(_five_of_68(fields, layout.images, number))
+            else:
                 raise VargfaceError(f"{layout.images}, line {number}: expected a crop name, 5 landmarks (x y) and a "
                                     f"faceness score (12 fields) or 68 landmarks (138), found {len(fields)} fields")
-            try:
-                values = np.array(fields[1:], dtype=np.float32)
-            except ValueError:
-                raise VargfaceError(f"{layout.images}, line {number}: landmarks and faceness must be numbers") \
-                    from None
-            if not np.all(np.isfinite(values)):
-                raise VargfaceError(f"{layout.images}, line {number}: a landmark or the faceness is not finite")
             names.append(fields[0])
-            marks.append(five_points(values[:-1]))
-            faceness.append(values[-1])
             lines.append(number)
         if not names:
             raise VargfaceError(f"{layout.images}: no crops listed")
         self.names, self.lines = names, lines
-        self.landmarks, self.faceness = np.stack(marks), np.array(faceness, np.float32)
+        values = _numbers(rows, np.float32, layout.images, lines, "landmarks and faceness must be numbers")
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            raise VargfaceError(f"{layout.images}, line {lines[bad[0]]}: a landmark or the faceness is not finite")
+        self.landmarks, self.faceness = values[:, :10].reshape(-1, 5, 2), values[:, 10].copy()
         self.templates, self.medias = self._read_templates(layout)
 
     def _read_templates(self, layout):
-        templates, medias, row = [], [], 0
+        rows, numbers, row = [], [], 0
         for number, fields in _lines(layout.templates):
-            if len(fields) != 3 or not (_is_int(fields[1]) and _is_int(fields[2])):
-                raise VargfaceError(f"{layout.templates}, line {number}: expected 'NAME TEMPLATE MEDIA' (two integers "
-                                    f"after the name), found {' '.join(fields)!r}")
+            if len(fields) != 3:
+                raise VargfaceError(f"{layout.templates}, line {number}: expected 'NAME TEMPLATE MEDIA', found "
+                                    f"{' '.join(fields)!r}")
             if row >= len(self.names):
                 raise VargfaceError(f"{layout.templates}, line {number}: more crops than the {len(self.names)} of "
                                     f"{layout.images}")
@@ -132,13 +131,14 @@ class Images:
                 raise VargfaceError(f"{layout.templates}, line {number}: names {fields[0]}, but line "
                                     f"{self.lines[row]} of {layout.images} names {self.names[row]}; the two files "
                                     f"list the same crops in the same order")
-            templates.append(int(fields[1]))
-            medias.append(int(fields[2]))
+            rows.append(fields[1:])
+            numbers.append(number)
             row += 1
         if row != len(self.names):
             raise VargfaceError(f"{layout.templates}: {row} crops, but {layout.images} lists {len(self.names)} (is "
                                 f"one of them truncated?)")
-        return np.array(templates, np.int64), np.array(medias, np.int64)
+        ids = _numbers(rows, np.int64, layout.templates, numbers, "template and media must be integers")
+        return ids[:, 0].copy(), ids[:, 1].copy()
 
     def __len__(self):
         return len(self.names)
@@ -158,6 +158,29 @@ class Images:
         digest = hashlib.sha1("\n".join(self.names).encode("utf-8"))
         digest.update(np.ascontiguousarray(self.landmarks).tobytes())
         return digest.hexdigest()
+
+
+def _five_of_68(fields, path, number):
+    """The 11 numbers of a 5-point line from a 68-point one."""
+    try:
+        values = np.array(fields[1:], dtype=np.float32)
+    except ValueError:
+        raise VargfaceError(f"{path}, line {number}: landmarks and faceness must be numbers") from None
+    return list(five_points(values[:-1]).reshape(-1)) + [values[-1]]
+
+
+def _numbers(rows, dtype, path, lines, expected):
+    """One array from rows of number strings (one conversion in C); a bad row is an error naming its line."""
+    try:
+        return np.array(rows, dtype=dtype)
+    except ValueError:
+        for row, fields in enumerate(rows):
+            try:
+                np.array(fields, dtype=dtype)
+            except ValueError:
+                raise VargfaceError(f"{path}, line {lines[row]}: {expected}, found {' '.join(map(str, fields))!r}") \
+                    from None
+        raise
 
 
 def _is_int(text):
