@@ -65,7 +65,7 @@ def bench_ijb(work, crops, pairs, feature_crops, batch, workers):
     summary = make_synthetic_ijb(root, "IJBC", subjects, 5, pairs, workers=workers, progress=False)
     print(f"fixture: {summary['crops']} crops, {summary['templates']} templates, {summary['pairs']} pairs "
           f"({time.perf_counter() - start:.0f} s to render)", flush=True)
-    images = ijb.Images(ijb.Layout(root, "IJBC"))
+    images = ijb.Images(ijb.open_layout(root, "IJBC"))
 
     start = time.perf_counter()
     for _ in imap_ordered(lambda row: ijb._load_crop(row, images), range(len(images)), workers):
@@ -73,7 +73,7 @@ def bench_ijb(work, crops, pairs, feature_crops, batch, workers):
     align_rate = len(images) / (time.perf_counter() - start)
 
     # the network's part on the first crops only: on CPU it is the slow part, and its rate does not depend on N
-    head = ijb.Images(ijb.Layout(truncated(root, feature_crops, os.path.join(work, "head")), "IJBC"))
+    head = ijb.Images(ijb.open_layout(truncated(root, feature_crops, os.path.join(work, "head")), "IJBC"))
     embedder = FaceEmbedder(os.path.join(work, "vargfacenet"), 1, batch_size=batch)
     start = time.perf_counter()
     ijb.crop_features(embedder, head, os.path.join(work, "head.json"), workers=workers, progress=False)

@@ -4,6 +4,7 @@ import contextlib
 import sys
 
 from vargface import options
+from vargface.data.ijb_layout import TARGETS as IJB_TARGETS
 
 
 def _int_in(low, high, what):
@@ -63,7 +64,7 @@ def register(subparsers):
                                    "every genuine template pair and impostor pairs, and the 1:N gallery and probe "
                                    "files, named and formatted as InsightFace distributes IJB's meta files.")
     options.add_out(p, "output folder (loose_crop/, meta/): give it to `vargface ijb --root`")
-    p.add_argument("--target", type=str.upper, choices=("IJBB", "IJBC"), default="IJBC",
+    p.add_argument("--target", type=str.upper, choices=IJB_TARGETS, default="IJBC",
                    help="whose file names to use (default: %(default)s)")
     p.add_argument("--subjects", type=options.positive_int, default=8, help="identities (default: %(default)s)")
     p.add_argument("--templates-per-subject", type=options.positive_int, default=3,

@@ -38,7 +38,8 @@ def _crop(job, seed, difficulty, quality):
 
 def plan(subjects, templates_per_subject, pairs=None, seed=0):
     """The fixture's structure, without images: per crop (subject, template, media), per template its subject, the
-    pair list (t1, t2, genuine) and the two galleries."""
+    pair list (t1, t2, genuine) and the two galleries (template lists: the first template of each even, odd
+    subject)."""
     if subjects < 2 or templates_per_subject < 2:
         raise VargfaceError(f"--subjects {subjects}, --templates-per-subject {templates_per_subject}: expected at "
                             f"least 2 of each (impostor pairs need two subjects, 1:N a gallery and a probe template)")
@@ -66,8 +67,8 @@ def plan(subjects, templates_per_subject, pairs=None, seed=0):
     table = np.concatenate([np.c_[genuine + 1, np.ones(len(genuine), int)],
                             np.c_[impostors + 1, np.zeros(len(impostors), int)]])
     table = table[r.permutation(len(table))]
-    gallery = {name: [t for t in range(1, n + 1) if template_subject[t - 1] % 2 == parity
-                      and (t - 1) % templates_per_subject == 0] for name, parity in (("G1", 0), ("G2", 1))}
+    gallery = [[t for t in range(1, n + 1) if template_subject[t - 1] % 2 == parity
+                and (t - 1) % templates_per_subject == 0] for parity in (0, 1)]
     return crops, template_subject, table, gallery
 
 
@@ -75,14 +76,11 @@ def make_synthetic_ijb(out_dir, target="IJBC", subjects=8, templates_per_subject
                        difficulty=1.0, first_identity=0, quality=95, workers=None, overwrite=False, progress=True):
     """Write the fixture to ``out_dir`` (loose_crop/, meta/); returns a summary dict."""
     from vargface.atomic import atomic_dir
+    from vargface.data.ijb_layout import Layout, target_key
     from vargface.data.parallel import imap_processes
-    from vargface.eval.ijb import TARGETS
     from vargface.options import progress_bar
 
-    key = str(target).upper()
-    if key not in TARGETS:
-        raise VargfaceError(f"--target {target}: expected IJBB or IJBC")
-    stem = TARGETS[key]
+    key = target_key(target)
     crops, template_subject, table, gallery = plan(subjects, templates_per_subject, pairs, seed)
     faceness = np.random.default_rng([seed, 4]).uniform(0.5, 1.0, len(crops))
     counts = {}
@@ -93,26 +91,23 @@ def make_synthetic_ijb(out_dir, target="IJBC", subjects=8, templates_per_subject
     names = [f"{i + 1}.jpg" for i in range(len(crops))]
     render = functools.partial(_crop, seed=seed, difficulty=difficulty, quality=quality)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        os.makedirs(os.path.join(tmp, "loose_crop"))
-        os.makedirs(os.path.join(tmp, "meta"))
+        files = Layout(tmp, key)
+        os.makedirs(files.crops)
+        os.makedirs(files.meta)
         lines = []
         for name, score, (jpeg, marks) in zip(names, faceness, progress_bar(
                 imap_processes(render, jobs, workers), total=len(jobs), desc="synth-ijb", unit="crop",
                 enabled=progress)):
-            with open(os.path.join(tmp, "loose_crop", name), "wb") as handle:
+            with open(os.path.join(files.crops, name), "wb") as handle:
                 handle.write(jpeg)
             lines.append(" ".join([name] + [f"{v:.3f}" for v in marks.reshape(-1)] + [f"{score:.6f}"]))
-        meta = functools.partial(os.path.join, tmp, "meta")
-        _write_lines(meta(f"{stem}_name_5pts_score.txt"), lines)
-        _write_lines(meta(f"{stem}_face_tid_mid.txt"),
-                     [f"{name} {template} {media}" for name, (_, template, media) in zip(names, crops)])
-        _write_lines(meta(f"{stem}_template_pair_label.txt"), [f"{a} {b} {label}" for a, b, label in table])
-        spell = {"G1": "S1", "G2": "S2"} if key == "IJBB" else {"G1": "G1", "G2": "G2"}
-        in_gallery = {t for templates in gallery.values() for t in templates}
-        for name, templates in gallery.items():
-            _write_csv(meta(f"{stem}_1N_gallery_{spell[name]}.csv"), set(templates), crops, names)
-        _write_csv(meta(f"{stem}_1N_probe_mixed.csv"), set(range(1, len(template_subject) + 1)) - in_gallery, crops,
-                   names)
+        _write_lines(files.images, lines)
+        _write_lines(files.templates, [f"{name} {template} {media}" for name, (_, template, media) in zip(names, crops)])
+        _write_lines(files.pairs, [f"{a} {b} {label}" for a, b, label in table])
+        for index, templates in enumerate(gallery, 1):
+            _write_csv(files.gallery(index), set(templates), crops, names)
+        in_gallery = {t for templates in gallery for t in templates}
+        _write_csv(files.probes, set(range(1, len(template_subject) + 1)) - in_gallery, crops, names)
     return {"out": os.fspath(out_dir), "target": key, "crops": len(crops), "templates": len(template_subject),
             "subjects": subjects, "pairs": len(table), "genuine": int(table[:, 2].sum())}
 

@@ -23,42 +23,30 @@ import numpy as np
 
 from vargface.errors import VargfaceError
 
-TARGETS = {"IJBB": "ijbb", "IJBC": "ijbc"}
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 ALIGNED_SIDE = 112  # InsightFace aligns IJB crops at 112x112 whatever the network; other inputs are resized after
 CACHE_FORMAT = 1
 
 
-# ---------------------------------------------------------------- layout and meta files
+# ---------------------------------------------------------------- meta files
 
 
-class Layout:
-    """The files of one target under ``root``; the 1:N files are None when absent."""
+def open_layout(root, target):
+    """The target's files (vargface.data.ijb_layout) with ``galleries``: {'G1': path, 'G2': path} of the 1:N
+    gallery files found (either spelling), and ``has_1n``."""
+    from vargface.data.ijb_layout import Layout
 
-    def __init__(self, root, target):
-        key = str(target).upper().replace("-", "")
-        if key not in TARGETS:
-            raise VargfaceError(f"--target {target}: expected IJBB or IJBC")
-        self.root, self.target, stem = os.fspath(root), key, TARGETS[key]
-        meta = os.path.join(self.root, "meta")
-        self.crops = os.path.join(self.root, "loose_crop")
-        self.images = os.path.join(meta, f"{stem}_name_5pts_score.txt")
-        self.templates = os.path.join(meta, f"{stem}_face_tid_mid.txt")
-        self.pairs = os.path.join(meta, f"{stem}_template_pair_label.txt")
-        self.probes = os.path.join(meta, f"{stem}_1N_probe_mixed.csv")
-        self.galleries = {}
-        for name, spellings in (("G1", ("G1", "S1")), ("G2", ("G2", "S2"))):
-            found = [p for p in (os.path.join(meta, f"{stem}_1N_gallery_{s}.csv") for s in spellings)
-                     if os.path.isfile(p)]
-            if found:
-                self.galleries[name] = found[0]
-        if not os.path.isdir(self.crops) or not os.path.isdir(meta):
-            raise VargfaceError(f"--root {self.root}: expected InsightFace's IJB layout, the folders loose_crop/ and "
-                                f"meta/ (e.g. IJB_release/{key})")
-
-    @property
-    def has_1n(self):
-        return len(self.galleries) == 2 and os.path.isfile(self.probes)
+    found = Layout(root, target)
+    if not os.path.isdir(found.crops) or not os.path.isdir(found.meta):
+        raise VargfaceError(f"--root {found.root}: expected InsightFace's IJB layout, the folders loose_crop/ and "
+                            f"meta/ (e.g. IJB_release/{found.target})")
+    found.galleries = {}
+    for index, name in ((1, "G1"), (2, "G2")):
+        paths = [found.gallery(index, s) for s in (f"G{index}", f"S{index}") if os.path.isfile(found.gallery(index, s))]
+        if paths:
+            found.galleries[name] = paths[0]
+    found.has_1n = len(found.galleries) == 2 and os.path.isfile(found.probes)
+    return found
 
 
 def _open_text(path, binary=False):
@@ -467,22 +455,22 @@ def evaluate(embedder, root, target, out, mode, workers=None, overwrite=False, p
     from vargface.eval.templates import mean_identification, mode_name, open_set_identification, pair_scores, \
         template_features
 
-    layout = Layout(root, target)
-    images = Images(layout)
+    files = open_layout(root, target)
+    images = Images(files)
     template_ids = np.unique(images.templates)
-    first, second, genuine = read_pairs(layout, template_ids)
+    first, second, genuine = read_pairs(files, template_ids)
     searches = {}
-    if layout.has_1n:
-        probes = read_subjects(layout.probes, template_ids, layout.templates)
-        searches = {name: read_subjects(path, template_ids, layout.templates, one_per_subject=True)
-                    for name, path in sorted(layout.galleries.items())}
+    if files.has_1n:
+        probes = read_subjects(files.probes, template_ids, files.templates)
+        searches = {name: read_subjects(path, template_ids, files.templates, one_per_subject=True)
+                    for name, path in sorted(files.galleries.items())}
     raw = crop_features(embedder, images, out, workers=workers, overwrite=overwrite, progress=progress)
     ids, feats = template_features(raw, images.faceness, images.templates, images.medias, mode)
     scores = pair_scores(feats, first, second)
     n_impostors = int((~genuine).sum())
     fars, skipped = split_measurable(FARS, n_impostors)
     if not genuine.any() or not fars:
-        raise VargfaceError(f"{layout.pairs}: {int(genuine.sum())} genuine and {n_impostors} impostor pairs; TAR@FAR "
+        raise VargfaceError(f"{files.pairs}: {int(genuine.sum())} genuine and {n_impostors} impostor pairs; TAR@FAR "
                             f"needs both, and at least 10 impostors")
     exact = tar_from_scores(scores[genuine], scores[~genuine], n_impostors, fars)
     identification = {}
@@ -490,7 +478,7 @@ def evaluate(embedder, root, target, out, mode, workers=None, overwrite=False, p
         for name, (rows, subjects) in searches.items():
             identification[name] = open_set_identification(feats[probes[0]], probes[1], feats[rows], subjects)
         identification["mean"] = mean_identification([identification[name] for name in searches])
-    result = {"target": layout.target, "images": len(images), "templates": int(len(ids)), "pairs": int(len(scores)),
+    result = {"target": files.target, "images": len(images), "templates": int(len(ids)), "pairs": int(len(scores)),
               "genuine": int(genuine.sum()), "mode": mode_name(mode),
               "tar_at_far": {f"{r['far']:g}": r["tar"] for r in tar_at_far_nearest(scores, genuine, fars)},
               "tar_at_far_exact": {f"{r['far']:g}": r["tar"] for r in exact},

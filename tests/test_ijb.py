@@ -111,7 +111,7 @@ def test_68_landmarks_are_reduced_to_5_as_insightface_does(fixture, tmp_path):
     many[30], many[48], many[54] = marks[2], marks[3], marks[4]
     lines[0] = " ".join([fields[0]] + [f"{v:g}" for v in many.reshape(-1)] + [fields[-1]])
     meta.write_text("\n".join(lines) + "\n")
-    images = ijb.Images(ijb.Layout(root, "IJBC"))
+    images = ijb.Images(ijb.open_layout(root, "IJBC"))
     np.testing.assert_allclose(images.landmarks[0], marks)
 
 
@@ -173,7 +173,7 @@ def test_the_per_crop_pipeline_is_insightfaces(fixture):
     from vargface.eval.embedder import FaceEmbedder
     from vargface.eval.templates import l2_normalise_rows
 
-    images = ijb.Images(ijb.Layout(fixture["root"], "IJBC"))
+    images = ijb.Images(ijb.open_layout(fixture["root"], "IJBC"))
     image = cv2.imread(images.crop_path(0))
     crop = ijb.aligned_crop(image, images.landmarks[0])
     # the least-squares similarity onto the ArcFace template (x + 8), bilinear, border 0, then RGB
@@ -238,7 +238,7 @@ def test_cli_json_has_exactly_the_keys_and_agrees_with_the_library(fixture, tmp_
 def test_extraction_resumes_after_a_kill_and_equals_an_uninterrupted_one(fixture, tmp_path, monkeypatch):
     from vargface.eval.embedder import FaceEmbedder
 
-    images = ijb.Images(ijb.Layout(fixture["root"], "IJBC"))
+    images = ijb.Images(ijb.open_layout(fixture["root"], "IJBC"))
     embedder = FaceEmbedder(*parse_model_arg(fixture["model"]), batch_size=2)  # chunks of 8 crops
     whole = np.array(ijb.crop_features(embedder, images, tmp_path / "whole.json", workers=2, progress=False))
 
@@ -266,7 +266,7 @@ def test_extraction_resumes_after_a_kill_and_equals_an_uninterrupted_one(fixture
 def test_features_are_keyed_on_the_model_and_checked_against_their_inputs(fixture, tmp_path):
     from vargface.eval.embedder import FaceEmbedder
 
-    images = ijb.Images(ijb.Layout(fixture["root"], "IJBC"))
+    images = ijb.Images(ijb.open_layout(fixture["root"], "IJBC"))
     first = FaceEmbedder(*parse_model_arg(fixture["model"]), batch_size=8)
     other = FaceEmbedder(*parse_model_arg(save_tiny(str(tmp_path / "other"), emb_size=16, seed=5)[0]), batch_size=8)
     a = np.array(ijb.crop_features(first, images, tmp_path / "r.json", progress=False))
@@ -297,7 +297,7 @@ def test_synthetic_fixture_follows_the_layout(tmp_path):
 
     summary = make_synthetic_ijb(tmp_path / "IJBB", "IJBB", subjects=3, templates_per_subject=2, pairs=10, workers=1,
                                  progress=False)
-    layout = ijb.Layout(tmp_path / "IJBB", "IJBB")
+    layout = ijb.open_layout(tmp_path / "IJBB", "IJBB")
     assert layout.has_1n and sorted(os.path.basename(p) for p in layout.galleries.values()) == \
         ["ijbb_1N_gallery_S1.csv", "ijbb_1N_gallery_S2.csv"]
     images = ijb.Images(layout)
