@@ -66,15 +66,16 @@ def register(subparsers):
     options.add_out(p, "output folder (loose_crop/, meta/): give it to `vargface ijb --root`")
     p.add_argument("--target", type=str.upper, choices=IJB_TARGETS, default="IJBC",
                    help="whose file names to use (default: %(default)s)")
-    p.add_argument("--subjects", type=options.positive_int, default=8, help="identities (default: %(default)s)")
-    p.add_argument("--templates-per-subject", type=options.positive_int, default=3,
+    p.add_argument("--subjects", type=options.positive_int, default=8, metavar="N", help="identities (default: %(default)s)")
+    p.add_argument("--templates-per-subject", type=options.positive_int, default=3, metavar="N",
                    help="templates of each identity (default: %(default)s)")
-    p.add_argument("--pairs", type=options.positive_int, default=None,
+    p.add_argument("--pairs", type=options.positive_int, default=None, metavar="N",
                    help="template pairs: every genuine pair plus random impostor pairs up to this many "
                         "(default: every pair of templates)")
     options.add_seed(p)
-    p.add_argument("--difficulty", type=float, default=1.0, help="per-image variation, as `data synth` (default 1.0)")
-    p.add_argument("--first-identity", type=int, default=0, help="number of the first synthetic identity")
+    p.add_argument("--difficulty", type=float, default=1.0, metavar="X",
+                   help="per-image variation, as `data synth` (default 1.0)")
+    p.add_argument("--first-identity", type=int, default=0, metavar="N", help="number of the first synthetic identity")
     p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality")
     common(p)
     p.set_defaults(func=_synth_ijb)

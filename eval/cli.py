@@ -110,7 +110,7 @@ def register(subparsers):
     _model(p)
     p.add_argument("--root", required=True, metavar="DIR", help="the target's folder holding loose_crop/ and meta/")
     p.add_argument("--target", required=True, type=str.upper, choices=IJB_TARGETS, help="IJBB or IJBC")
-    p.add_argument("--mode", default="N1D1F2",
+    p.add_argument("--mode", default="N1D1F2", metavar="NxDyFz",
                    help="N1 keep / N0 remove the feature norm, D1 / D0 weigh by faceness or not, F2 sum / F1 "
                         "concatenate the mirror's feature, F0 no mirror (default: %(default)s)")
     options.add_out(p, "results (JSON); the per-crop features go beside it (OUT-STEM.features-KEY.bin)")
@@ -135,10 +135,10 @@ def register(subparsers):
     p.add_argument("--distractor-list", metavar="LIST", help="one image path per distractor row (for --noise)")
     p.add_argument("--noise", action="append", metavar="FILE",
                    help="a list of mislabelled images to leave out (MegaFace's, FaceScrub's); repeatable")
-    p.add_argument("--sizes", default=",".join(str(10 ** k) for k in range(1, 7)),
+    p.add_argument("--sizes", default=",".join(str(10 ** k) for k in range(1, 7)), metavar="D,D,...",
                    help="comma-separated gallery sizes in distractors (default: %(default)s)")
-    p.add_argument("--rank", type=options.positive_int, default=10, help="highest rank reported (default: 10)")
-    p.add_argument("--tile", type=options.positive_int, default=8192,
+    p.add_argument("--rank", type=options.positive_int, default=10, metavar="K", help="highest rank reported (default: 10)")
+    p.add_argument("--tile", type=options.positive_int, default=8192, metavar="N",
                    help="distractors per matrix block (default: %(default)s)")
     p.add_argument("--cmc", metavar="PATH", help="draw the CMC curves and rank-1 by gallery size to this PNG")
     options.add_overwrite(p, help="replace an existing --cmc file")

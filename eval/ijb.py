@@ -424,8 +424,8 @@ def crop_features(embedder, images, out, workers=None, overwrite=False, progress
     from vargface.data.parallel import imap_ordered
     from vargface.options import progress_bar
 
-    identity = {"format": CACHE_FORMAT, "weights": embedder.checksum, "crops": images.digest(),
-                "root": os.path.abspath(images.layout.crops), "rows": len(images),
+    # not the folder: a moved or copied data set keeps its features
+    identity = {"format": CACHE_FORMAT, "weights": embedder.checksum, "crops": images.digest(), "rows": len(images),
                 "cols": 2 * embedder.embedding_size}
     cache = FeatureCache(cache_path(out, embedder.checksum), identity, overwrite)
     ready = cache.finished()
