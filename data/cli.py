@@ -66,7 +66,8 @@ def register(subparsers):
     options.add_out(p, "output folder (loose_crop/, meta/): give it to `vargface ijb --root`")
     p.add_argument("--target", type=str.upper, choices=IJB_TARGETS, default="IJBC",
                    help="whose file names to use (default: %(default)s)")
-    p.add_argument("--subjects", type=options.positive_int, default=8, metavar="N", help="identities (default: %(default)s)")
+    p.add_argument("--subjects", type=options.positive_int, default=8, metavar="N",
+                   help="identities (default: %(default)s)")
     p.add_argument("--templates-per-subject", type=options.positive_int, default=3, metavar="N",
                    help="templates of each identity (default: %(default)s)")
     p.add_argument("--pairs", type=options.positive_int, default=None, metavar="N",

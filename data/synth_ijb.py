@@ -102,7 +102,8 @@ def make_synthetic_ijb(out_dir, target="IJBC", subjects=8, templates_per_subject
                 handle.write(jpeg)
             lines.append(" ".join([name] + [f"{v:.3f}" for v in marks.reshape(-1)] + [f"{score:.6f}"]))
         _write_lines(files.images, lines)
-        _write_lines(files.templates, [f"{name} {template} {media}" for name, (_, template, media) in zip(names, crops)])
+        _write_lines(files.templates,
+                     [f"{name} {template} {media}" for name, (_, template, media) in zip(names, crops)])
         _write_lines(files.pairs, [f"{a} {b} {label}" for a, b, label in table])
         for index, templates in enumerate(gallery, 1):
             _write_csv(files.gallery(index), set(templates), crops, names)

@@ -137,7 +137,8 @@ def register(subparsers):
                    help="a list of mislabelled images to leave out (MegaFace's, FaceScrub's); repeatable")
     p.add_argument("--sizes", default=",".join(str(10 ** k) for k in range(1, 7)), metavar="D,D,...",
                    help="comma-separated gallery sizes in distractors (default: %(default)s)")
-    p.add_argument("--rank", type=options.positive_int, default=10, metavar="K", help="highest rank reported (default: 10)")
+    p.add_argument("--rank", type=options.positive_int, default=10, metavar="K",
+                   help="highest rank reported (default: 10)")
     p.add_argument("--tile", type=options.positive_int, default=8192, metavar="N",
                    help="distractors per matrix block (default: %(default)s)")
     p.add_argument("--cmc", metavar="PATH", help="draw the CMC curves and rank-1 by gallery size to this PNG")

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -186,7 +187,9 @@ def _int_table(path, columns, chunk_bytes=8 << 20):
                 return
             text += handle.readline()
             try:
-                table = np.loadtxt(io.BytesIO(text), dtype=np.int64, ndmin=2, comments=None)
+                with warnings.catch_warnings():  # a chunk of blank lines is no data, not a fault
+                    warnings.simplefilter("ignore", UserWarning)
+                    table = np.loadtxt(io.BytesIO(text), dtype=np.int64, ndmin=2, comments=None)
             except ValueError:
                 table = None
             if table is None or (table.size and table.shape[1] != columns):

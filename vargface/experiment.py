@@ -11,8 +11,9 @@ each comparison is paired: the same seed sees the same batches.
 Metrics on held-out identities never seen in training: the 10-fold Accuracy-Flip on a pair set, the LFR
 protocol at this scale, the exact TAR at FAR 1e-3, 1e-4 and 1e-5 over ALL pairs of the held-out images
 (`vargface.eval.tar_at_far`), and IJB-style template-to-template TAR at FAR 1e-4 (`vargface ijb`, exact rule) on
-an IJB-layout fixture of held-out identities (loose crops aligned by landmarks, templates pooled). The report gives, per model, the mean and standard deviation over seeds and, per
-comparison, the mean paired difference with its 95% t-interval (Markdown, JSON and one PNG).
+an IJB-layout fixture of held-out identities (loose crops aligned by landmarks, templates pooled). The report
+gives, per model, the mean and standard deviation over seeds and, per comparison, the mean paired difference with
+its 95% t-interval (Markdown, JSON and one PNG).
 
 Every run is a step of `vargface.pipeline` printed as the `vargface` command it runs: an interrupted experiment
 redoes only its unfinished runs."""
