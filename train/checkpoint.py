@@ -38,6 +38,9 @@ def _load_arrays(path):
         raise VargfaceError(f"{path} is not a readable MXNet params file: {last_line(error)}") from None
     arg = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
     aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
+    from vargface.symbols.checkpoint import check_finite
+
+    check_finite({**arg, **aux}, path)
     return arg, aux
 
 

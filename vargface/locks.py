@@ -62,7 +62,7 @@ class OutputLock:
     ``what`` says in the refusal who is in the way (default: 'another process writes OUTPUT'), ``hint`` what to
     do about it. Locks are per open file, so a second lock of the same output in the same process is refused too."""
 
-    def __init__(self, output, what=None, hint="wait for it to finish, or write elsewhere"):
+    def __init__(self, output, what=None, hint="wait for it to finish, or choose another --out"):
         self.output, self.path = os.fspath(output), lock_path(output)
         self.what, self.hint = what or f"another process writes {self.output}", hint
         self.holder = {"pid": os.getpid(), "host": socket.gethostname(),
