@@ -159,12 +159,10 @@ def _synth(args):
 
 def _synth_ijb(args):
     from vargface.data.synth_ijb import make_synthetic_ijb
-    from vargface.locks import OutputLock
 
-    with OutputLock(args.out):
-        summary = make_synthetic_ijb(args.out, args.target, args.subjects, args.templates_per_subject, args.pairs,
-                                     seed=args.seed, difficulty=args.difficulty, first_identity=args.first_identity,
-                                     quality=args.quality, workers=args.workers, overwrite=args.overwrite)
+    summary = make_synthetic_ijb(args.out, args.target, args.subjects, args.templates_per_subject, args.pairs,
+                                 seed=args.seed, difficulty=args.difficulty, first_identity=args.first_identity,
+                                 quality=args.quality, workers=args.workers, overwrite=args.overwrite)
     options.emit(args, f"wrote {summary['crops']} crops, {summary['templates']} templates of {args.subjects} "
                        f"identities and {summary['pairs']} template pairs to {args.out}", summary)
     return 0

@@ -8,11 +8,13 @@ galleries of one template each (G1, G2; S1, S2 for IJB-B), every other template 
 named and formatted as InsightFace distributes IJB's meta files (docs/formats.md)."""
 import functools
 import os
+import re
 
 import numpy as np
 
 from vargface.errors import VargfaceError
 
+OWN = re.compile("loose_crop|meta")  # what the fixture folder holds: --overwrite replaces it, and nothing else
 FRAMES = (1, 3)  # frames per media and media per template: 1..3, as the protocol's templates mix photos and videos
 
 
@@ -90,7 +92,7 @@ def make_synthetic_ijb(out_dir, target="IJBC", subjects=8, templates_per_subject
         counts[subject] = counts.get(subject, 0) + 1
     names = [f"{i + 1}.jpg" for i in range(len(crops))]
     render = functools.partial(_crop, seed=seed, difficulty=difficulty, quality=quality)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, own=OWN) as tmp:  # locked while written
         files = Layout(tmp, key)
         os.makedirs(files.crops)
         os.makedirs(files.meta)
