@@ -313,7 +313,7 @@ class Experiment:
         checkpoint = self.variant_checkpoint(model, seed)
         where = "teacher" if seed is None else f"seed {seed}: {model}"
         name = f"evaluate-{model}" + ("" if seed is None else f"-seed{seed}")
-        ijb_out = self.path("ijb", f"{name}.json")
+        ijb_folder = self.path("ijb", name)  # its result and the per-crop features beside it
 
         def measure(printed):
             verify, flops, ijb = (json.loads(text) for text in printed)
@@ -330,7 +330,8 @@ class Experiment:
                     [["verify", "--model", checkpoint, "--target", self.path("data", "heldout.bin"), "--ctx",
                       self.settings["ctx"], "--json"], ["flops", "--model", checkpoint, "--json"],
                      ["ijb", "--model", checkpoint, "--root", self.path("heldout_ijb"), "--target", "IJBC", "--out",
-                      ijb_out, "--ctx", self.settings["ctx"], "--json"]], outputs=[ijb_out], capture=True,
+                      os.path.join(ijb_folder, "result.json"), "--ctx", self.settings["ctx"], "--json"]],
+                    outputs=[ijb_folder], capture=True,
                     result=measure)
 
     # -- run and report ----------------------------------------------------------------------------------------
