@@ -73,7 +73,8 @@ def arcneg_logits(embedding, label, config, num_classes):
     return (positive + (1.0 - one_hot) * negative) * float(config.loss_s)
 
 
-# config.loss_name -> its logits; a new loss is one function here plus a preset in train/config.py's `loss` table.
+# config.loss_name -> its logits; a new loss is one function here, its loss_name choice and, if it has settings,
+# a preset in LOSSES of train/schema.py (docs/README.md#where-a-new-piece-goes).
 LOGITS = {"softmax": softmax_logits, "margin_softmax": margin_softmax_logits, "arcneg": arcneg_logits}
 
 
