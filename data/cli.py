@@ -66,7 +66,7 @@ def register(subparsers):
                                    "every genuine template pair and impostor pairs, and the 1:N gallery and probe "
                                    "files, named and formatted as InsightFace distributes IJB's meta files.")
     options.add_out(p, "output folder (loose_crop/, meta/): give it to `vargface ijb --root`")
-    p.add_argument("--target", type=str.upper, choices=IJB_TARGETS, default="IJBC",
+    p.add_argument("--target", type=str.upper, choices=IJB_TARGETS, default="IJBC", metavar="IJBB|IJBC",
                    help="whose file names to use (default: %(default)s)")
     p.add_argument("--subjects", type=options.positive_int, default=8, metavar="N",
                    help="identities (default: %(default)s)")

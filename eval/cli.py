@@ -109,7 +109,8 @@ def register(subparsers):
                     "checksum, reused by later runs of the same model and resumed after an interruption.")
     _model(p)
     p.add_argument("--root", required=True, metavar="DIR", help="the target's folder holding loose_crop/ and meta/")
-    p.add_argument("--target", required=True, type=str.upper, choices=IJB_TARGETS, help="IJBB or IJBC")
+    p.add_argument("--target", required=True, type=str.upper, choices=IJB_TARGETS, metavar="IJBB|IJBC",
+                   help="the benchmark: IJBB or IJBC")
     p.add_argument("--mode", default="N1D1F2", metavar="NxDyFz",
                    help="N1 keep / N0 remove the feature norm, D1 / D0 weigh by faceness or not, F2 sum / F1 "
                         "concatenate the mirror's feature, F0 no mirror (default: %(default)s)")
