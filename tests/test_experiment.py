@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from vargface.errors import VargfaceError
-from vargface.experiment import FARS, VARIANTS, paired_difference, summary, tar_key
+from vargface.experiment import VARIANTS, metric_keys, paired_difference, summary
 
 
 def test_paired_difference_equals_the_t_interval_by_hand():
@@ -65,7 +65,7 @@ def test_quick_experiment_reports_paired_differences(quick_experiment):
     assert [m["model"] for m in result["models"]] == ["teacher", "scratch", "gen1", "control", "gen2", "kd_only"]
     state = json.loads((out / "experiment-state.json").read_text())["steps"]
     for comparison in result["comparisons"]:
-        for key in ["accuracy"] + [tar_key(far) for far in FARS]:
+        for key in metric_keys():
             runs = [[state[f"evaluate-{m}-seed{seed}"]["result"][key] for seed in (0, 1)]
                     for m in (comparison["model"], comparison["baseline"])]
             if None in runs[0] + runs[1]:
