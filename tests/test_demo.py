@@ -53,6 +53,7 @@ def test_quick_demo_writes_table_json_and_chart(quick_demo):
         assert 0.0 <= m["accuracy"]["mean"] <= 1.0 and m["accuracy"]["n"] == 1
         assert m["params"] > 0 and m["flops"] > 0
         assert m["tar@0.001"] is None or 0.0 <= m["tar@0.001"]["mean"] <= 1.0
+        assert "ijb_tar@0.0001" in m  # the quick fixture's 153 template pairs cannot resolve 1e-4: None
     by = {m["model"]: m for m in result["models"]}
     assert by["gen2"]["updates"] == by["control"]["updates"] == 2 * by["scratch"]["updates"]
     # one seed: each comparison is one paired difference, without an interval
@@ -65,7 +66,7 @@ def test_quick_demo_writes_table_json_and_chart(quick_demo):
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(MODELS) + 1 + 2  # two tables: models, comparisons
-    assert "TAR@FAR=0.001" in rows[0] and "FLOPs" in rows[0]
+    assert "TAR@FAR=0.001" in rows[0] and "IJB TAR@FAR=0.0001" in rows[0] and "FLOPs" in rows[0]
     assert f"{by['teacher']['accuracy']['mean']:.4f}" in table
 
     image = cv2.imread(str(out / "results.png"))
@@ -83,7 +84,7 @@ def test_every_printed_command_parses(quick_demo):
     commands = [shlex.split(line[len("$ vargface "):]) for line in log.splitlines() if line.startswith("$ vargface ")]
     kinds = {tuple(c[:2]) if c[0] in ("data", "distill") else (c[0],) for c in commands}
     assert {("data", "synth"), ("data", "rec"), ("data", "pairs"), ("train",), ("distill", "cache"),
-            ("distill", "--teacher"), ("verify",), ("flops",)} <= kinds
+            ("distill", "--teacher"), ("verify",), ("flops",), ("data", "synth-ijb"), ("ijb",)} <= kinds
     parser = build_parser()
     for argv in commands:
         parser.parse_args(argv)
