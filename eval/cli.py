@@ -77,7 +77,10 @@ def register(subparsers):
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("embed", help="embed aligned face images into an .npy file",
-                              description="L2-normalised embeddings (image + flip) of aligned 112x112 faces.")
+                              description="L2-normalised embeddings (image + flip) of aligned faces, one row per "
+                                          "image file in argument order. Images of any side are resized to the "
+                                          "checkpoint's input side (OpenCV area when shrinking, bilinear when "
+                                          "enlarging).")
     _model(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     options.add_out(p, "output .npy, one row per image in argument order")
@@ -88,7 +91,11 @@ def register(subparsers):
     p.set_defaults(func=_embed)
 
     p = subparsers.add_parser("compare", help="cosine similarity of two aligned face images",
-                              description="Cosine similarity of the L2-normalised (image + flip) embeddings.")
+                              description="Cosine similarity of the L2-normalised (image + flip) embeddings of two "
+                                          "aligned faces: 1 for the same direction, 0 for unrelated ones. Where "
+                                          "'same person' begins depends on the model: `vargface verify` finds that "
+                                          "threshold on a labelled pair set, as a squared distance d between the "
+                                          "unit embeddings (cosine = 1 - d/2).")
     _model(p)
     p.add_argument("image_a", metavar="A")
     p.add_argument("image_b", metavar="B")
@@ -284,11 +291,25 @@ def _export(args):
     return 0
 
 
+def _refuse_folders(paths):
+    """Image arguments that are folders: name the first and show how to pass its images (rows follow the
+    argument order, so a folder's files are listed explicitly, in the order wanted)."""
+    import os
+
+    from vargface.errors import VargfaceError
+
+    folder = next((p for p in paths if os.path.isdir(p)), None)
+    if folder is not None:
+        raise VargfaceError(f"IMAGE {folder} is a folder; pass image files, e.g. {os.path.join(folder, '*.jpg')} "
+                            f"(one output row per file, in the order given)")
+
+
 def _embed(args):
     import numpy as np
 
     from vargface.atomic import atomic_path
 
+    _refuse_folders(args.images)
     options.refuse_existing(args.out, args.overwrite)
     embeddings = _embedder(args).embed_files(args.images, flip=not args.no_flip, progress=not args.json)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
@@ -299,9 +320,13 @@ def _embed(args):
 
 
 def _compare(args):
+    _refuse_folders([args.image_a, args.image_b])
     embeddings = _embedder(args).embed_files([args.image_a, args.image_b], flip=not args.no_flip)
     similarity = float(embeddings[0] @ embeddings[1])
-    options.emit(args, f"{similarity:.6f}", {"a": args.image_a, "b": args.image_b, "cosine": similarity})
+    embedded = "image" if args.no_flip else "image + mirror"
+    options.emit(args, f"cosine similarity {similarity:.6f} of {args.image_a} and {args.image_b} (embeddings of "
+                       f"{embedded}; 1 = same direction, 0 = unrelated)",
+                 {"a": args.image_a, "b": args.image_b, "cosine": similarity})
     return 0
 
 

@@ -102,11 +102,28 @@ def test_every_option_of_every_command_is_in_the_vocabulary():
     assert set(OWN) <= used and set(VOCABULARY) <= used
 
 
+def listed_commands(cell):
+    """The commands a table cell names: `data synth/rec`, `train` -> ['data synth', 'data rec', 'train']."""
+    commands = []
+    for item in re.findall(r"`([^`]+)`", cell):
+        group, _, subs = item.rpartition(" ")
+        commands += [f"{group} {sub}".strip() for sub in subs.split("/")]
+    return commands
+
+
 def test_the_readme_table_is_the_vocabulary():
+    """One row per vocabulary option, naming exactly the commands that take it."""
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("### CLI vocabulary"):].split("\n## ")[0]
     rows = re.findall(r"^\| `(--[\w-]+)[^`]*` \|", table, re.M)
     assert sorted(rows) == sorted(VOCABULARY)
+    leaves = dict(leaf_parsers(build_parser()))
+    for option in VOCABULARY:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{option}"))
+        listed = listed_commands(row.rstrip(" |").rpartition(" | ")[2])
+        taking = [command for command, parser in leaves.items()
+                  if any(option in action.option_strings for action in parser._actions)]
+        assert sorted(listed) == sorted(taking), (option, "listed", listed, "taken by", taking)
     for option, aliases in ALIASES.items():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{option}"))
         assert all(f"`{alias}`" in row for alias in aliases), row

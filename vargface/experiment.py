@@ -19,6 +19,7 @@ Every run is a step of `vargface.pipeline` printed as the `vargface` command it 
 redoes only its unfinished runs."""
 import argparse
 import json
+import math
 import os
 import time
 
@@ -46,7 +47,8 @@ VARIANT_TITLES = {"alpha1": "weight 1", "alpha20": "weight 20", "kd_only": "no m
                   "shrink": "ShrinkTeaNet form (1-cos)^2", "intermediate": "+ stride-8 term"}
 # Sizes, from the step times of one run on two idle cores (fast CPU graph): the teacher 2.3 min (600 updates), a
 # student round of 150 updates about 22 s, an evaluation about 12 s. `experiment` (three seeds) about 10 minutes,
-# each ablation adding about 2 (all five: 19 minutes); `demo` (one seed) about 5; `quick` only checks the pipeline.
+# each ablation adding about 2 (all five: 19 minutes); `demo` (one seed) about 5; `quick` only checks the pipeline,
+# with the others' teacher width so that its teacher still outweighs the student.
 # The IJB fixture: 60 held-out subjects x 3 templates (about 720 crops, 16,110 template pairs) resolve FAR 1e-4 and
 # add a few seconds per evaluation.
 PROFILES = {
@@ -60,7 +62,7 @@ PROFILES = {
                  variants=[], ijb_subjects=60),
     "quick": dict(identities=6, per_identity=4, heldout_identities=40, heldout_per_identity=4, pairs=20,
                   input_size=32, difficulty=0.5, per_batch_size=8, teacher_steps=3, student_steps=2,
-                  teacher_multiplier=0.125, student_multiplier=0.25, emb_size=16, lr=0.05, warmup=0, seeds=2,
+                  teacher_multiplier=0.5, student_multiplier=0.25, emb_size=16, lr=0.05, warmup=0, seeds=2,
                   variants=["kd_only"], ijb_subjects=6),
 }
 SIZE_OPTIONS = ("identities", "per_identity", "heldout_identities", "heldout_per_identity", "pairs", "input_size",
@@ -331,7 +333,7 @@ class Experiment:
                       **all_pairs_tar(checkpoint, self.path("heldout_faces"), self.settings["ctx"]),
                       IJB_KEY: ijb["tar_at_far_exact"].get(f"{IJB_FAR:g}")}
             print(f"{where}: accuracy {result['accuracy']:.4f}, " + ", ".join(
-                f"{title} " + ("-" if result[key] is None else f"{result[key]:.4f}")
+                f"{title} " + ("n/a" if result[key] is None else f"{result[key]:.4f}")
                 for key, title in zip(metric_keys()[1:], metric_titles()[1:])), flush=True)
             return result
 
@@ -425,13 +427,13 @@ def all_pairs_tar(checkpoint, image_root, ctx):
 
 def _cell(stat, digits=4):
     if stat is None:
-        return "-"
+        return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
 
 
 def _interval(diff):
     if diff is None:
-        return "-"
+        return "n/a"
     if diff["low"] is None:
         return f"{diff['mean']:+.4f}"
     mark = " *" if diff["low"] > 0 or diff["high"] < 0 else ""
@@ -444,7 +446,8 @@ def markdown_report(report, name):
     lines = [f"# vargface {name}: distillation on synthetic faces ({report['settings']['profile']} profile)", "",
              f"Seeds {', '.join(map(str, seeds))}. Accuracy: 10-fold Accuracy-Flip on the held-out pair set. TAR: "
              f"exact, over all pairs of the held-out images. IJB TAR: exact, template to template on an IJB-layout "
-             f"set of held-out identities (`vargface ijb`). Values are mean ± standard deviation over seeds.", "",
+             f"set of held-out identities (`vargface ijb`). n/a: a FAR below 1/(impostor pairs), which the set cannot "
+             f"measure. Values are mean ± standard deviation over seeds.", "",
              "| model | parameters | FLOPs | updates | " + " | ".join(heads) + " |",
              "|" + " --- |" * (4 + len(heads))]
     for m in report["models"]:
@@ -460,15 +463,23 @@ def markdown_report(report, name):
     return "\n".join(lines + [""])
 
 
-def draw_chart(report, path, title):
-    """Top row: per model, the mean of each metric with its standard deviation over seeds. Bottom row: per
-    comparison, the mean paired difference with its 95% interval (a bare bar for one seed), one panel per metric."""
+def not_measured(key):
+    """Why a TAR has no value: a FAR below 1/(impostor pairs) of the held-out images or of the IJB-layout set."""
+    far = float(key.rpartition("@")[2])
+    where = "IJB-layout set has too few impostor template pairs" if key == IJB_KEY else \
+        "held-out images have too few impostor pairs"
+    return f"n/a: the {where} for FAR {far:g} (it needs {math.ceil(1 / far - 1e-6):,})"
+
+
+def chart_figure(report, title):
+    """Top row: per model, the mean of each metric with its standard deviation over seeds (the accuracy axis
+    zoomed to the data, the TAR axes from 0). Bottom row: per comparison, the mean paired difference with its 95%
+    interval (a bare bar for one seed), one panel per metric, centred on 0. A metric the held-out set cannot
+    measure is written "n/a" with the reason instead of an empty panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from vargface.atomic import atomic_path
 
     keys, titles = metric_keys(), metric_titles()
     models, comparisons = report["models"], report["comparisons"]
@@ -478,10 +489,19 @@ def draw_chart(report, path, title):
     x = np.arange(len(models))
     for column, key in enumerate(keys):
         ax = axes[0, column]
-        stats = [m[key] or {"mean": np.nan, "std": 0.0} for m in models]
-        ax.bar(x, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], capsize=3,
-               color=["tab:gray"] + ["tab:blue"] * (len(models) - 1))
         ax.set_title(titles[column])
+        if all(m[key] is None for m in models):
+            _write_not_measured(ax, not_measured(key))
+            _write_not_measured(axes[1, column], "n/a")
+            continue
+        stats = [m[key] or {"mean": np.nan, "std": 0.0} for m in models]
+        means, stds = np.array([s["mean"] for s in stats]), np.array([s["std"] for s in stats])
+        bars = ax.bar(x, means, yerr=stds, capsize=3, color=["tab:gray"] + ["tab:blue"] * (len(models) - 1))
+        ax.bar_label(bars, labels=["n/a" if np.isnan(m) else f"{m:.3f}" for m in means], fontsize=7, padding=2)
+        low, high = np.nanmin(means - stds), np.nanmax(means + stds)
+        top = min(1.0, high + 0.15 * max(high - low, 0.02))
+        bottom = max(0.0, low - 0.15 * max(high - low, 0.02)) if key == "accuracy" else 0.0
+        ax.set_ylim(bottom, top + 0.08 * (top - bottom))  # room for the value labels
         ax.set_xticks(x)
         ax.set_xticklabels([m["model"] for m in models], rotation=45, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
@@ -493,6 +513,9 @@ def draw_chart(report, path, title):
         y = np.arange(len(comparisons))
         ax.barh(y, means, xerr=errors, capsize=3, color=["tab:green" if m >= 0 else "tab:red" for m in means])
         ax.axvline(0.0, color="black", linewidth=0.8)
+        reach = np.nanmax(np.abs(np.concatenate([means - errors[0], means + errors[1]])))
+        reach = 0.01 if not np.isfinite(reach) or reach == 0 else reach
+        ax.set_xlim(-1.15 * reach, 1.15 * reach)
         ax.set_yticks(y)
         ax.set_yticklabels([f"{c['model']} - {c['baseline']}" for c in comparisons] if column == 0 else [],
                            fontsize=8)
@@ -501,6 +524,26 @@ def draw_chart(report, path, title):
         ax.set_xlabel("paired difference" + (" [95% interval]" if len(report["seeds"]) > 1 else ""), fontsize=8)
     fig.suptitle(f"{title}: mean ± std over {len(report['seeds'])} seed(s); paired differences below")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def _write_not_measured(ax, text):
+    import textwrap
+
+    ax.text(0.5, 0.5, textwrap.fill(text, 30), transform=ax.transAxes, ha="center", va="center", color="dimgray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def draw_chart(report, path, title):
+    """`chart_figure` written atomically to ``path`` as PNG."""
+    import matplotlib.pyplot as plt
+
+    from vargface.atomic import atomic_path
+
+    fig = chart_figure(report, title)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
