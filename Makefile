@@ -33,6 +33,7 @@ bench: install
 	$(PY) bench/distill.py
 	$(PY) bench/precision.py
 	$(PY) bench/tar_at_far.py
+	$(PY) bench/ijb.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache demo_out experiment_out bench_out
