@@ -41,6 +41,25 @@ def test_cpu_only_decision_for_every_way_to_ask_for_gpus(argv, environment, cpu_
     assert _cpu_only(build_parser().parse_args(argv)) is cpu_only
 
 
+@pytest.mark.parametrize("files, affinity, cores", [
+    ({"cpu.max": "150000 100000\n"}, 64, 2),  # cgroup v2: 1.5 cores' quota -> 2 threads
+    ({"cpu.max": "max 100000\n"}, 64, 64),  # no quota: the affinity
+    ({"cpu.max": "800000 100000\n"}, 4, 4),  # a quota above the affinity: the affinity
+    ({"quota": "300000\n", "period": "100000\n"}, 256, 3),  # cgroup v1
+    ({"quota": "-1\n", "period": "100000\n"}, 256, 256),
+    ({}, 12, 12),  # no cgroup files
+])
+def test_usable_cores_are_the_affinity_within_the_container_quota(files, affinity, cores, tmp_path, monkeypatch):
+    from vargface import openmp
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    quotas = ((str(tmp_path / "cpu.max"), None), (str(tmp_path / "quota"), str(tmp_path / "period")))
+    monkeypatch.setattr(openmp, "CGROUP_QUOTAS", quotas)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    assert openmp.usable_cores() == cores
+
+
 # ---- eight GPUs ---------------------------------------------------------------------------------------------------
 def test_eight_gpus_parse_a_ninth_is_refused_and_auto_trains_the_rewrite(monkeypatch):
     from vargface.context import parse_ctx

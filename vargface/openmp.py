@@ -17,9 +17,9 @@ CGROUP_QUOTAS = (("/sys/fs/cgroup/cpu.max", None),
                  ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
 
 
-def _cgroup_limit(quotas=CGROUP_QUOTAS):
+def _cgroup_limit():
     """Cores a container's CPU quota allows (rounded up), or None when there is no quota."""
-    for quota_path, period_path in quotas:
+    for quota_path, period_path in CGROUP_QUOTAS:
         try:
             with open(quota_path) as f:
                 fields = f.read().split()
