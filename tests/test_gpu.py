@@ -177,3 +177,16 @@ def test_a_recipe_on_fewer_devices_says_how_to_keep_the_batch(tmp_path, run_cli,
     done = run_cli("recipe", "recursive", "--dry-run", "--out", str(tmp_path / "w"), "--dataset", "d", "--ctx",
                    "gpu:0,1,2,3", "--set", "per_batch_size=128")
     assert "note: " not in done.stdout
+
+
+# ---- bench/gpu_check.py, run on CPUs standing in for GPUs ----------------------------------------------------------
+def test_the_gpu_check_compares_two_devices_with_one_and_finds_the_prelu_kernel_here_wrong():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "bench", "gpu_check.py"))
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    (kernel_right, _), (rewrite_right, rewrite_ratio) = gpu_check.prelu_check(mx.cpu())
+    assert not kernel_right and rewrite_right  # the defect this build has; the rewrite's ratios are 1
+    assert abs(rewrite_ratio - 1).max() < 1e-3
+    assert gpu_check.two_device_step([mx.cpu(0), mx.cpu(1)], "r18_tiny", 2, 32) < 1e-4
