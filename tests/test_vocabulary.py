@@ -47,7 +47,7 @@ OWN = {
     "--strict": "data: refuse what would be skipped", "--student-steps": "experiment: updates per student round",
     "--taps": "flops: list the taps", "--teacher-steps": "experiment: the teacher's updates",
     "--tile": "tar-at-far: block size", "--tolerance": "export: the parity bound",
-    "--variants": "experiment: the ablations",
+    "--variants": "experiment: the ablations", "--budgets": "experiment: the budgets of a sweep",
 }
 # Spellings the shared names replaced: none may come back.
 RETIRED = {"--batch-size", "--data-dir", "--data", "--work", "--output", "--out-dir", "--force", "--data-root"}
