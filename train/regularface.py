@@ -10,7 +10,8 @@ sampled."""
 import mxnet as mx
 import numpy as np
 
-# Cosines of one block of rows against every centre: C x (rows in the block) float32 at most this large.
+# Cosines of one block of rows against every centre: C x (rows in the block) float32 at most this large (with the
+# mask of the rows' own columns and their difference, three such arrays exist at once).
 BLOCK_BYTES = 64 << 20
 # Keeps the norm of an all-zero row finite (its unit vector is then zero).
 TINY = 1e-24
