@@ -84,6 +84,8 @@ class Key:
         return value
 
     def _convert(self, value):
+        if value == "" and self.kind in ("names", "terms"):  # '' names none, also where unset means a default
+            return []
         if value is None or (self.optional and value == ""):
             if self.optional or self.kind in ("names", "terms"):
                 return None if self.optional else []
@@ -404,8 +406,8 @@ KEYS = [
     Key("generations", 1, "int", "number of recursive generations", commands=(DISTILL,), low=1),
     Key("init", "", "model", "initial student weights of generation 1 (default: from scratch)",
         commands=(DISTILL,), rule=_model),
-    Key("teacher_cache", "", "path", "teacher-embedding cache from `vargface distill cache` ('auto': the default "
-        "path beside train.rec); embedding terms under one fixed teacher, mirror-only augmentation",
+    Key("teacher_cache", "", "path", "teacher-embedding cache from `vargface distill cache` ('auto': its default "
+        "path, beside the teacher's checkpoint); embedding terms under one fixed teacher, mirror-only augmentation",
         commands=(DISTILL,), rule=_path),
     Key("teacher_schedule", "", "path", "PREFIX of the teacher's per-epoch checkpoints: student epoch e trains "
         "under PREFIX-(e+1) (multi-step distillation; instead of --teacher)", commands=(DISTILL,), rule=_path),

@@ -450,7 +450,7 @@ def _fit(run):
         run.save_state(state)  # the rollback target before the first checkpoint
     history, rollbacks = [], 0
     if run.resume_from is None and run.val_sets:
-        _verify_round(run, state, history, baseline=True)  # the untrained network: the baseline of the curves
+        _verify_round(run, state, history, baseline=True)  # the initial weights: the baseline of the curves
     with _StopFlag() as stop:
         while True:
             try:
@@ -479,7 +479,8 @@ def _fit(run):
 
 def _verify_round(run, state, history, baseline=False):
     """Verify on every target, log it; returns the mean accuracy (the score the best checkpoint is chosen by).
-    The ``baseline`` round (the untrained network) is logged but never counts as the best."""
+    The ``baseline`` round (the weights before the first update: untrained, or --pretrained as a later
+    distillation generation starts) is logged but never counts as the best."""
     results = run.last_results = run.verify()
     score = float(np.mean([r["accuracy"] for r in results.values()]))
     run.record({"type": "verify", "step": state.num_update, "epoch": state.epoch, "score": score,
@@ -487,7 +488,7 @@ def _verify_round(run, state, history, baseline=False):
     best = max(score, state.best["score"]) if state.best else score
     run.log(f"[{state.num_update}] verification: " + "  ".join(
         f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items())
-        + ("  (baseline: the untrained network)" if baseline else f"  (best {best:.5f})"))
+        + ("  (baseline: before the first update)" if baseline else f"  (best {best:.5f})"))
     return score
 
 

@@ -11,15 +11,18 @@ data order, so each comparison is paired: the same seed sees the same batches. W
 (``--budgets``) every student run and comparison is repeated at each N under the one teacher, trained long enough
 to stay ahead of the students of the largest N, and the report adds each gain against N.
 
-Metrics on held-out identities never seen in training: the 10-fold Accuracy-Flip on a pair set, and the LFR
+Metrics on held-out identities never seen in training: the 10-fold Accuracy-Flip on a pair set, the LFR
 protocol at this scale, the exact TAR at FAR 1e-3, 1e-4 and 1e-5 over ALL pairs of the held-out images
-(`vargface.eval.tar_at_far`). The report gives, per model, the mean and standard deviation over seeds and, per
-comparison, the mean paired difference with its 95% t-interval (Markdown, JSON and one PNG).
+(`vargface.eval.tar_at_far`), and IJB-style template-to-template TAR at FAR 1e-4 (`vargface ijb`, exact rule) on
+an IJB-layout fixture of held-out identities (loose crops aligned by landmarks, templates pooled). The report
+gives, per model, the mean and standard deviation over seeds and, per comparison, the mean paired difference with
+its 95% t-interval (Markdown, JSON and one PNG).
 
 Every run is a step of `vargface.pipeline` printed as the `vargface` command it runs: an interrupted experiment
 redoes only its unfinished runs."""
 import argparse
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from vargface.train.distill_loss import DEFAULT_TERM
 from vargface.train.run_files import LATEST, RunFiles
 
 FARS = (1e-3, 1e-4, 1e-5)
+IJB_FAR = 1e-4  # template pairs: PocketNet's and ShrinkTeaNet's IJB-B/C operating point
 HELDOUT_FIRST_IDENTITY = 1_000_000  # training identities are numbered from 0: no face is shared
 BASELINE_KD = DEFAULT_TERM  # VarGFaceNet's objective: L_arc + 7 L_s
 
@@ -66,20 +70,22 @@ TEACHER_PER_BUDGET = 4
 # Sizes, from the step times of one run on two idle cores (fast CPU graph): the teacher 2.3 min (600 updates), a
 # student round of 150 updates about 22 s, an evaluation about 12 s. `experiment` (three seeds) about 10 minutes,
 # each ablation adding about 2 (the five of the distillation: 19 minutes); `demo` (one seed) about 5; `quick` only
-# checks the pipeline.
+# checks the pipeline, with the others' teacher width so that its teacher still outweighs the student.
+# The IJB fixture: 60 held-out subjects x 3 templates (about 720 crops, 16,110 template pairs) resolve FAR 1e-4 and
+# add a few seconds per evaluation.
 PROFILES = {
     "experiment": dict(identities=150, per_identity=16, heldout_identities=300, heldout_per_identity=8, pairs=2000,
                        input_size=48, difficulty=0.5, per_batch_size=32, teacher_steps=600, student_steps=150,
                        teacher_multiplier=0.5, student_multiplier=0.25, emb_size=64, lr=0.1, warmup=20,
-                       seeds=3, variants=[]),
+                       seeds=3, variants=[], ijb_subjects=60),
     "demo": dict(identities=150, per_identity=16, heldout_identities=300, heldout_per_identity=8, pairs=2000,
                  input_size=48, difficulty=0.5, per_batch_size=32, teacher_steps=400, student_steps=150,
                  teacher_multiplier=0.5, student_multiplier=0.25, emb_size=64, lr=0.1, warmup=20, seeds=1,
-                 variants=[]),
+                 variants=[], ijb_subjects=60),
     "quick": dict(identities=6, per_identity=4, heldout_identities=40, heldout_per_identity=4, pairs=20,
                   input_size=32, difficulty=0.5, per_batch_size=8, teacher_steps=3, student_steps=2,
-                  teacher_multiplier=0.125, student_multiplier=0.25, emb_size=16, lr=0.05, warmup=0, seeds=2,
-                  variants=["kd_only"]),
+                  teacher_multiplier=0.5, student_multiplier=0.25, emb_size=16, lr=0.05, warmup=0, seeds=2,
+                  variants=["kd_only"], ijb_subjects=6),
 }
 SIZE_OPTIONS = ("identities", "per_identity", "heldout_identities", "heldout_per_identity", "pairs", "input_size",
                 "teacher_steps", "student_steps", "per_batch_size", "seeds")
@@ -304,6 +310,10 @@ class Experiment:
             Step("pairs", "make the held-out pair set (half same, half different identity)",
                  [["data", "pairs", self.path("heldout_faces"), "--out", self.path("data", "heldout.bin"), "--pairs",
                    str(s["pairs"]), "--seed", "0", "--image-size", size]], outputs=[self.path("data", "heldout.bin")]),
+            Step("ijb-fixture", "render an IJB-layout fixture of held-out identities (loose crops, templates, pairs)",
+                 [["data", "synth-ijb", "--out", self.path("heldout_ijb"), "--subjects", str(s["ijb_subjects"]),
+                   "--templates-per-subject", "3", "--first-identity", str(HELDOUT_FIRST_IDENTITY)] + common],
+                 outputs=[self.path("heldout_ijb")]),
         ]
 
     def train_options(self, seed, steps, teacher=False):
@@ -392,26 +402,33 @@ class Experiment:
         return steps
 
     def evaluate_step(self, model, seed, budget):
-        """Accuracy-Flip on the pair set (`vargface verify`), FLOPs, and the all-pairs TAR of the held-out images."""
+        """Accuracy-Flip on the pair set (`vargface verify`), FLOPs, the all-pairs TAR of the held-out images and the
+        IJB-style template TAR (`vargface ijb`) on the held-out fixture."""
         from vargface.pipeline import Step
 
         checkpoint = self.checkpoint(model, seed, budget)
         where = "teacher" if seed is None else f"seed {seed}" + (f", N = {budget}" if self.sweep else "") + \
             f": {model}"
+        name = "evaluate-teacher" if seed is None else self.evaluation(model, seed, budget)
+        ijb_folder = self.path("ijb", name)  # its result and the per-crop features beside it
 
         def measure(printed):
-            verify, flops = json.loads(printed[0])["heldout"], json.loads(printed[1])
-            result = {"accuracy": verify["accuracy"], "accuracy_std": verify["std"], "params": flops["params"],
-                      "flops": flops["flops"], **all_pairs_tar(checkpoint, self.path("heldout_faces"),
-                                                                self.settings["ctx"])}
+            verify, flops, ijb = (json.loads(text) for text in printed)
+            result = {"accuracy": verify["heldout"]["accuracy"], "accuracy_std": verify["heldout"]["std"],
+                      "params": flops["params"], "flops": flops["flops"],
+                      **all_pairs_tar(checkpoint, self.path("heldout_faces"), self.settings["ctx"]),
+                      IJB_KEY: ijb["tar_at_far_exact"].get(f"{IJB_FAR:g}")}
             print(f"{where}: accuracy {result['accuracy']:.4f}, " + ", ".join(
-                f"TAR@{far:g} " + ("-" if result[tar_key(far)] is None else f"{result[tar_key(far)]:.4f}")
-                for far in FARS), flush=True)
+                f"{title} " + ("n/a" if result[key] is None else f"{result[key]:.4f}")
+                for key, title in zip(metric_keys()[1:], metric_titles()[1:])), flush=True)
             return result
 
-        return Step("evaluate-teacher" if seed is None else self.evaluation(model, seed, budget), f"evaluate {where}",
+        return Step(name, f"evaluate {where}",
                     [["verify", "--model", checkpoint, "--target", self.path("data", "heldout.bin"), "--ctx",
-                      self.settings["ctx"], "--json"], ["flops", "--model", checkpoint, "--json"]], capture=True,
+                      self.settings["ctx"], "--json"], ["flops", "--model", checkpoint, "--json"],
+                     ["ijb", "--model", checkpoint, "--root", self.path("heldout_ijb"), "--target", "IJBC", "--out",
+                      os.path.join(ijb_folder, "result.json"), "--ctx", self.settings["ctx"], "--json"]],
+                    outputs=[ijb_folder], capture=True,
                     result=measure)
 
     # -- run and report ----------------------------------------------------------------------------------------
@@ -437,13 +454,14 @@ class Experiment:
         teacher = results["evaluate-teacher"]
         teacher_row = dict(model="teacher", title="teacher ResNet-18-IR", updates=self.settings["teacher_steps"],
                            params=teacher["params"], flops=teacher["flops"],
-                           **{k: summary([teacher[k]]) for k in METRIC_KEYS})
+                           **{k: summary([teacher[k]]) for k in metric_keys()})
         parts = [dict(budget=budget, **self.budget_report(results, budget, teacher_row)) for budget in self.budgets]
-        head = {"settings": self.settings, "seeds": self.seeds, "fars": list(FARS)}
+        head = {"settings": self.settings, "seeds": self.seeds, "fars": list(FARS), "ijb_far": IJB_FAR}
         if not self.sweep:
             return {**head, "models": parts[0]["models"], "comparisons": parts[0]["comparisons"]}
         behind = [f"{m['title']} at N = {part['budget']} ({key})" for part in parts for m in part["models"][1:]
-                  for key in METRIC_KEYS if m[key] and teacher_row[key] and m[key]["mean"] >= teacher_row[key]["mean"]]
+                  for key in metric_keys()
+                  if m[key] and teacher_row[key] and m[key]["mean"] >= teacher_row[key]["mean"]]
         return {**head, "budgets": parts, "teacher_not_ahead": behind}
 
     def budget_report(self, results, budget, teacher_row):
@@ -453,10 +471,10 @@ class Experiment:
             runs = [results[self.evaluation(model, seed, budget)] for seed in self.seeds]
             per_seed[model] = runs
             models.append(dict(model=model, title=title, updates=updates, params=runs[0]["params"],
-                               flops=runs[0]["flops"], **{k: summary([r[k] for r in runs]) for k in METRIC_KEYS}))
+                               flops=runs[0]["flops"], **{k: summary([r[k] for r in runs]) for k in metric_keys()}))
         comparisons = [dict(model=model, baseline=baseline, title=comparison,
                             **{k: paired_difference([r[k] for r in per_seed[model]],
-                                                    [r[k] for r in per_seed[baseline]]) for k in METRIC_KEYS})
+                                                    [r[k] for r in per_seed[baseline]]) for k in metric_keys()})
                        for model, _, _, baseline, comparison in self.students(budget) if baseline]
         return {"models": models, "comparisons": comparisons}
 
@@ -478,8 +496,16 @@ def tar_key(far):
     return f"tar@{far:g}"
 
 
-METRIC_KEYS = ("accuracy",) + tuple(map(tar_key, FARS))
-METRIC_HEADS = ("accuracy",) + tuple(f"TAR@FAR={far:g}" for far in FARS)
+IJB_KEY = f"ijb_tar@{IJB_FAR:g}"
+
+
+def metric_keys():
+    """The report's metrics, in table order: accuracy, the all-pairs TARs, the IJB-style template TAR."""
+    return ["accuracy"] + [tar_key(far) for far in FARS] + [IJB_KEY]
+
+
+def metric_titles():
+    return ["accuracy"] + [f"TAR@FAR={far:g}" for far in FARS] + [f"IJB TAR@FAR={IJB_FAR:g}"]
 
 
 def all_pairs_tar(checkpoint, image_root, ctx):
@@ -499,13 +525,13 @@ def all_pairs_tar(checkpoint, image_root, ctx):
 
 def _cell(stat, digits=4):
     if stat is None:
-        return "-"
+        return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if stat["n"] > 1 else f"{stat['mean']:.{digits}f}"
 
 
 def _interval(diff):
     if diff is None:
-        return "-"
+        return "n/a"
     if diff["low"] is None:
         return f"{diff['mean']:+.4f}"
     mark = " *" if diff["low"] > 0 or diff["high"] < 0 else ""
@@ -514,7 +540,9 @@ def _interval(diff):
 
 def _preamble(report):
     return (f"Seeds {', '.join(map(str, report['seeds']))}. Accuracy: 10-fold Accuracy-Flip on the held-out pair set. "
-            "TAR: exact, over all pairs of the held-out images. Values are mean ± standard deviation over seeds.")
+            "TAR: exact, over all pairs of the held-out images. IJB TAR: exact, template to template on an IJB-layout "
+            "set of held-out identities (`vargface ijb`). n/a: a FAR below 1/(impostor pairs), which the set cannot "
+            "measure. Values are mean ± standard deviation over seeds.")
 
 
 def _explained(seeds):
@@ -525,14 +553,14 @@ def _explained(seeds):
 
 def _tables(part, seeds):
     """The models table and the paired comparisons table of one budget, as Markdown lines."""
-    lines = ["| model | parameters | FLOPs | updates | " + " | ".join(METRIC_HEADS) + " |",
-             "|" + " --- |" * (4 + len(METRIC_HEADS))]
+    lines = ["| model | parameters | FLOPs | updates | " + " | ".join(metric_titles()) + " |",
+             "|" + " --- |" * (4 + len(metric_titles()))]
     for m in part["models"]:
         lines.append(f"| {m['title']} | {m['params']:,} | {m['flops'] / 1e6:.1f}M | {m['updates']} | "
-                     + " | ".join(_cell(m[k]) for k in METRIC_KEYS) + " |")
+                     + " | ".join(_cell(m[k]) for k in metric_keys()) + " |")
     lines += ["", f"Paired differences (same seed, same data order): {_explained(seeds)}",
-              "", "| comparison | " + " | ".join(METRIC_HEADS) + " |", "|" + " --- |" * (1 + len(METRIC_HEADS))]
-    lines += [f"| {c['title']} | " + " | ".join(_interval(c[k]) for k in METRIC_KEYS) + " |"
+              "", "| comparison | " + " | ".join(metric_titles()) + " |", "|" + " --- |" * (1 + len(metric_titles()))]
+    lines += [f"| {c['title']} | " + " | ".join(_interval(c[k]) for k in metric_keys()) + " |"
               for c in part["comparisons"]]
     return lines
 
@@ -550,12 +578,12 @@ def sweep_markdown(report, name):
              f"({report['settings']['profile']} profile)", "", _preamble(report) + " N: student updates per round; "
              f"one teacher for every N ({report['settings']['teacher_steps']} updates).", "",
              "## Each gain against N", "", f"Paired differences: {_explained(report['seeds'])}", "",
-             "| comparison | N | " + " | ".join(METRIC_HEADS) + " |", "|" + " --- |" * (2 + len(METRIC_HEADS))]
+             "| comparison | N | " + " | ".join(metric_titles()) + " |", "|" + " --- |" * (2 + len(metric_titles()))]
     for index, first in enumerate(parts[0]["comparisons"]):
         for part in parts:
             c = part["comparisons"][index]
             lines.append(f"| {first['title']} | {part['budget']} | "
-                         + " | ".join(_interval(c[k]) for k in METRIC_KEYS) + " |")
+                         + " | ".join(_interval(c[k]) for k in metric_keys()) + " |")
     behind = report["teacher_not_ahead"]
     lines += ["", "The teacher is ahead of every student at every N on every metric." if not behind else
               f"The teacher is NOT ahead of: {'; '.join(behind)} (train it longer with --teacher-steps)."]
@@ -564,17 +592,25 @@ def sweep_markdown(report, name):
     return "\n".join(lines + [""])
 
 
-def draw_chart(report, path, title):
-    """Top row: per model, the mean of each metric with its standard deviation over seeds. Bottom row: per
-    comparison, the mean paired difference with its 95% interval (a bare bar for one seed), one panel per metric."""
+def not_measured(key):
+    """Why a TAR has no value: a FAR below 1/(impostor pairs) of the held-out images or of the IJB-layout set."""
+    far = float(key.rpartition("@")[2])
+    where = "IJB-layout set has too few impostor template pairs" if key == IJB_KEY else \
+        "held-out images have too few impostor pairs"
+    return f"n/a: the {where} for FAR {far:g} (it needs {math.ceil(1 / far - 1e-6):,})"
+
+
+def chart_figure(report, title):
+    """Top row: per model, the mean of each metric with its standard deviation over seeds (the accuracy axis
+    zoomed to the data, the TAR axes from 0). Bottom row: per comparison, the mean paired difference with its 95%
+    interval (a bare bar for one seed), one panel per metric, centred on 0. A metric the held-out set cannot
+    measure is written "n/a" with the reason instead of an empty panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vargface.atomic import atomic_path
-
-    keys = METRIC_KEYS
+    keys, titles = metric_keys(), metric_titles()
     models, comparisons = report["models"], report["comparisons"]
     heights = [4.5, 1.5 + 0.35 * len(comparisons)]  # inches: the model bars, then one row per comparison
     fig, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), sum(heights)),
@@ -582,10 +618,19 @@ def draw_chart(report, path, title):
     x = np.arange(len(models))
     for column, key in enumerate(keys):
         ax = axes[0, column]
+        ax.set_title(titles[column])
+        if all(m[key] is None for m in models):
+            _write_not_measured(ax, not_measured(key))
+            _write_not_measured(axes[1, column], "n/a")
+            continue
         stats = [m[key] or {"mean": np.nan, "std": 0.0} for m in models]
-        ax.bar(x, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], capsize=3,
-               color=["tab:gray"] + ["tab:blue"] * (len(models) - 1))
-        ax.set_title(key.replace("tar@", "TAR@FAR="))
+        means, stds = np.array([s["mean"] for s in stats]), np.array([s["std"] for s in stats])
+        bars = ax.bar(x, means, yerr=stds, capsize=3, color=["tab:gray"] + ["tab:blue"] * (len(models) - 1))
+        ax.bar_label(bars, labels=["n/a" if np.isnan(m) else f"{m:.3f}" for m in means], fontsize=7, padding=2)
+        low, high = np.nanmin(means - stds), np.nanmax(means + stds)
+        top = min(1.0, high + 0.15 * max(high - low, 0.02))
+        bottom = max(0.0, low - 0.15 * max(high - low, 0.02)) if key == "accuracy" else 0.0
+        ax.set_ylim(bottom, top + 0.08 * (top - bottom))  # room for the value labels
         ax.set_xticks(x)
         ax.set_xticklabels([m["model"] for m in models], rotation=45, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
@@ -597,6 +642,9 @@ def draw_chart(report, path, title):
         y = np.arange(len(comparisons))
         ax.barh(y, means, xerr=errors, capsize=3, color=["tab:green" if m >= 0 else "tab:red" for m in means])
         ax.axvline(0.0, color="black", linewidth=0.8)
+        reach = np.nanmax(np.abs(np.concatenate([means - errors[0], means + errors[1]])))
+        reach = 0.01 if not np.isfinite(reach) or reach == 0 else reach
+        ax.set_xlim(-1.15 * reach, 1.15 * reach)
         ax.set_yticks(y)
         ax.set_yticklabels([f"{c['model']} - {c['baseline']}" for c in comparisons] if column == 0 else [],
                            fontsize=8)
@@ -605,9 +653,29 @@ def draw_chart(report, path, title):
         ax.set_xlabel("paired difference" + (" [95% interval]" if len(report["seeds"]) > 1 else ""), fontsize=8)
     fig.suptitle(f"{title}: mean ± std over {len(report['seeds'])} seed(s); paired differences below")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def _write_not_measured(ax, text):
+    import textwrap
+
+    ax.text(0.5, 0.5, textwrap.fill(text, 30), transform=ax.transAxes, ha="center", va="center", color="dimgray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def draw_chart(report, path, title):
+    """`chart_figure` written atomically to ``path`` as PNG."""
+    import matplotlib.pyplot as plt
+
+    from vargface.atomic import atomic_path
+
+    fig = chart_figure(report, title)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def draw_sweep(report, path, title):
@@ -623,9 +691,9 @@ def draw_sweep(report, path, title):
     parts = report["budgets"]
     budgets = np.array([part["budget"] for part in parts], np.float64)
     titles = [c["title"] for c in parts[0]["comparisons"]]
-    fig, axes = plt.subplots(1, len(METRIC_KEYS), figsize=(4.5 * len(METRIC_KEYS), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(metric_keys()), figsize=(4.5 * len(metric_keys()), 4.8), squeeze=False)
     spread = np.exp(0.04 * (np.arange(len(titles)) - (len(titles) - 1) / 2))  # side by side on the log axis
-    for ax, key, head in zip(axes[0], METRIC_KEYS, METRIC_HEADS):
+    for ax, key, head in zip(axes[0], metric_keys(), metric_titles()):
         for index, label in enumerate(titles):
             diffs = [part["comparisons"][index][key] or {"mean": np.nan, "low": None, "high": None} for part in parts]
             means = np.array([d["mean"] for d in diffs])
