@@ -116,7 +116,7 @@ class TrainingGraph:
     train_sym: object
     data_shapes: list
     label_shapes: list
-    extra_names: list
+    extra_names: list  # the training log's name of each output after the class probabilities
 
     def bind(self, contexts):
         """A Module of the training Symbol bound for training on ``contexts`` (the batch split across them)."""
@@ -134,17 +134,19 @@ def training_graph(config, plugin, batch_size, contexts):
     ``contexts``."""
     import mxnet as mx
 
-    from vargface.train.losses import loss_head
+    from vargface.train.losses import head_outputs
 
     side = int(config.image_size[0])
     emb_sym = embedding_symbol(config)
     train_emb = training_embedding(emb_sym, config.train_graph, contexts)
     extra_losses = plugin.extra_losses(train_emb, config)
     head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
-    train_sym = mx.sym.Group([loss_head(head_input, config)] + [loss for loss, _ in extra_losses])
+    head = head_outputs(head_input, config)
+    extras = head[1:] + extra_losses  # (Symbol, metric name) after the class probabilities
+    train_sym = mx.sym.Group([head[0][0]] + [symbol for symbol, _ in extras])
     extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(batch_size)]
     return TrainingGraph(emb_sym, train_sym, [("data", (batch_size, 3, side, side))] + extra_inputs,
-                         [("softmax_label", (batch_size,))], [name for _, name in extra_losses])
+                         [("softmax_label", (batch_size,))], [name for _, name in extras])
 
 
 def build_training_module(config, plugin=None, contexts=None):
