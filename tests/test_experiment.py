@@ -80,7 +80,7 @@ def test_quick_experiment_reports_paired_differences(quick_experiment):
     assert teacher["params"] > student["params"] and teacher["flops"] > student["flops"]
     table = (out / "results.md").read_text()
     assert "95% interval" in table and "no margin loss" in table and (out / "results.png").stat().st_size > 1000
-    assert "--kd-only" in logs[0][1] and " ".join(VARIANTS["kd_only"]) in logs[0][1]
+    assert "--kd-only" in logs[0][1] and " ".join(VARIANTS["kd_only"].options) in logs[0][1]
 
 
 def test_an_interrupted_experiment_redoes_only_unfinished_runs(quick_experiment):
@@ -93,6 +93,72 @@ def test_an_interrupted_experiment_redoes_only_unfinished_runs(quick_experiment)
     rerun = [line for line in second.splitlines() if line.startswith("$ vargface ")]
     assert "seed1/kd_only" in rerun[0] and not any("seed0/" in line and "train" in line for line in rerun)
     assert "simulated crash" not in second
+
+
+def test_a_budget_sweep_in_miniature(tmp_path, capsys):
+    """`--budgets`: every student run and comparison at each N under one teacher (trained 4 x the largest N), the
+    gains against N in the table and the plot, each paired difference recomputed from the evaluations."""
+    from vargface.cli import main
+
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as exit:
+        main(["experiment", "distill", "--quick", "--budgets", "3,2", "--variants", "smoothing", "--seeds", "1",
+              "--heldout-identities", "12", "--pairs", "12", "--out", str(out)])
+    assert exit.value.code == 0
+    result = json.loads((out / "results.json").read_text())
+    state = json.loads((out / "experiment-state.json").read_text())["steps"]
+    assert [part["budget"] for part in result["budgets"]] == [2, 3] and result["settings"]["teacher_steps"] == 12
+    for part in result["budgets"]:
+        n = part["budget"]
+        assert [(m["model"], m["updates"]) for m in part["models"]] == [
+            ("teacher", 12), ("scratch", n), ("gen1", n), ("control", 2 * n), ("gen2", 2 * n), ("smoothing", n)]
+        assert {c["model"]: c["baseline"] for c in part["comparisons"]} == {"gen1": "scratch", "gen2": "control",
+                                                                            "smoothing": "scratch"}
+        for c in part["comparisons"]:
+            runs = [state[f"evaluate-{m}-seed0-n{n}"]["result"]["accuracy"] for m in (c["model"], c["baseline"])]
+            assert c["accuracy"]["differences"] == pytest.approx([runs[0] - runs[1]])
+        # each budget trained its own students, the smoothing run with the smoothed loss and no teacher
+        saved = (out / "models" / f"n{n}" / "seed0" / "smoothing" / "model-config.py").read_text()
+        assert "label_smoothing = 0.1" in saved and f"max_steps = {n}" in saved
+    table = (out / "results.md").read_text()
+    gains = table[table.index("## Each gain against N"):table.index("## N = 2")]
+    assert gains.count("| label smoothing ε=0.1 vs scratch (N each) | ") == 2 and "no interval" in gains
+    assert (out / "results.png").stat().st_size > 1000
+
+
+def test_a_sweep_report_names_students_that_reach_the_teacher(tmp_path):
+    from vargface.experiment import Experiment, draw_sweep, sweep_markdown
+
+    settings = dict(first_seed=0, seeds=2, variants=["regularface"], student_steps=150, budgets=[10, 20],
+                    teacher_steps=80, profile="quick")
+    experiment = Experiment("unused", settings, dry_run=True)
+    keys = metric_keys()
+    results = {"evaluate-teacher": {"params": 1, "flops": 1, **dict.fromkeys(keys, 0.9)}}
+    for budget in (10, 20):
+        for seed in (0, 1):
+            for model, *_ in experiment.students(budget):
+                value = 0.95 if (model, budget) == ("gen2", 20) else 0.8 + 0.01 * seed
+                results[experiment.evaluation(model, seed, budget)] = {"params": 1, "flops": 1,
+                                                                       **dict.fromkeys(keys, value)}
+    report = experiment.report(results)
+    assert [c["model"] for c in report["budgets"][0]["comparisons"]] == ["gen1", "gen2", "regularface"]
+    assert report["teacher_not_ahead"] == [f"distillation gen 2 at N = 20 ({key})" for key in keys]
+    assert report["budgets"][1]["comparisons"][1]["accuracy"]["mean"] == pytest.approx(0.95 - 0.805)
+    table = sweep_markdown(report, "experiment")
+    assert "| RegularFace λ=1 vs scratch (N each) | 20 | +0.0000 [+0.0000, +0.0000] |" in table
+    assert "NOT ahead of: distillation gen 2 at N = 20 (accuracy);" in table
+    draw_sweep(report, str(tmp_path / "sweep.png"), "test")
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [(["--budgets", "0,10"], "--budgets 0,10: expected"),
+                                           (["--budgets", "1,10"], "at least 2"),
+                                           (["--budgets", "a"], "--budgets a: expected"),
+                                           (["--budgets", "5", "--student-steps", "5"], "drop --student-steps"),
+                                           (["--variants", "regularface,nope"], "unknown 'nope'")])
+def test_bad_sweep_options_are_refused(argv, message, run_cli, tmp_path):
+    code, _, err = run_cli("experiment", "distill", "--quick", "--dry-run", "--out", tmp_path / "x", *argv)
+    assert code != 0 and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

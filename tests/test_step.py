@@ -204,3 +204,31 @@ def test_bfloat16_trains_skips_an_overflow_and_resumes_exactly(data_dir, tmp_pat
         np.testing.assert_allclose(momentum[1][key].asnumpy(), momentum[0][key].asnumpy(), rtol=1e-5, atol=1e-6)
     logged = [json.loads(line) for line in open(f"{tmp_path / 'part'}-log.jsonl")]
     assert [e["type"] for e in logged].count("overflow") == 1
+
+
+def test_loss_scaling_scales_every_loss_gradient_a_scalar_one_too_and_keeps_a_blocked_output():
+    """The heads label smoothing and RegularFace add: a logged BlockGrad output (no gradient) and a one-number
+    MakeLoss; with the loss scale S every gradient is S times the unscaled one, the forward values unchanged."""
+    from vargface.train import precision
+
+    x, label = mx.sym.Variable("x"), mx.sym.Variable("softmax_label")
+    heads = [mx.sym.SoftmaxOutput(x, label, name="softmax"), mx.sym.BlockGrad(mx.sym.sum(x, axis=1), name="logged"),
+             mx.sym.MakeLoss(mx.sym.sum(mx.sym.square(x)).reshape((1,)), name="scalar")]
+    scaled = mx.sym.Group(precision.scale_loss_gradients(heads))
+    rng = np.random.RandomState(0)
+    values = {"x": mx.nd.array(rng.randn(4, 5)), "softmax_label": mx.nd.array([0, 1, 2, 3])}
+
+    def run(symbol, scale=None):
+        args = dict(values, **({precision.SCALE_INPUT: mx.nd.full((4,), scale)} if scale else {}))
+        grad = mx.nd.zeros((4, 5))
+        exe = symbol.bind(mx.cpu(), args, args_grad={"x": grad})
+        outs = [o.asnumpy() for o in exe.forward(is_train=True)]
+        exe.backward()
+        return outs, grad.asnumpy()
+
+    plain_outs, plain = run(mx.sym.Group(heads))
+    outs, grad = run(scaled, 8.0)
+    for a, b in zip(plain_outs, outs):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(grad, 8.0 * plain, rtol=1e-6)
+    assert np.abs(plain).max() > 0

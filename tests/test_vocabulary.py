@@ -47,7 +47,7 @@ OWN = {
     "--strict": "data: refuse what would be skipped", "--student-steps": "experiment: updates per student round",
     "--taps": "flops: list the taps", "--teacher-steps": "experiment: the teacher's updates",
     "--tile": "tar-at-far, identify: block size", "--tolerance": "export: the parity bound",
-    "--variants": "experiment: the ablations",
+    "--variants": "experiment: the ablations", "--budgets": "experiment: the budgets of a sweep",
     "--subjects": "data synth-ijb: identities", "--templates-per-subject": "data synth-ijb: templates of each",
     "--mode": "ijb: the test mode NxDyFz", "--distractor-list": "identify: the distractors' image paths",
     "--noise": "identify: lists of mislabelled images", "--sizes": "identify: gallery sizes in distractors",

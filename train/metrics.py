@@ -85,6 +85,8 @@ class Window:
             check_row(self.names, values, where)
 
     def averages(self):
+        """{name: mean over the window}; an output named ``loss`` (label smoothing's objective) comes after the
+        first column and so replaces −log p(label) under that name."""
         values = self.read()
         return {name: float(np.mean([row[i] for row in values])) for i, name in enumerate(self.names)} \
             if values else {}

@@ -39,24 +39,28 @@ def check_devices(dtype, contexts, kvstore):
 
 
 def _scaled_gradient(x, scale):
-    """``x`` in the forward pass; ``scale * dL/dx`` (scale per sample, batch-major ``x``) in the backward pass:
-    x + (scale - 1) * (x - BlockGrad(x)), where the difference is exactly 0 for finite x."""
+    """``x`` in the forward pass; ``scale * dL/dx`` in the backward pass: x + (scale - 1) * (x - BlockGrad(x)),
+    where the difference is exactly 0 for finite x. ``scale`` holds one value per sample, all equal, so its first
+    serves any ``x``, batch-major or not (RegularFace's term is one number)."""
     import mxnet as mx
 
-    zero = x - mx.sym.BlockGrad(x)
-    weighted = mx.sym.broadcast_mul(mx.sym.reshape(zero, shape=(0, -1)), mx.sym.reshape(scale - 1.0, shape=(-1, 1)))
-    return x + mx.sym.reshape_like(weighted, x)
+    zero = mx.sym.reshape(x - mx.sym.BlockGrad(x), shape=(-1,))
+    factor = mx.sym.slice_axis(scale, axis=0, begin=0, end=1) - 1.0
+    return x + mx.sym.reshape_like(mx.sym.broadcast_mul(zero, factor), x)
 
 
 def scale_loss_gradients(heads):
     """The loss Symbols ``heads``, each back-propagating its gradient times the input `SCALE_INPUT` (one value per
-    sample, the same for all)."""
+    sample, the same for all); an output under BlockGrad back-propagates nothing and is kept as it is."""
     import mxnet as mx
 
     scale = mx.sym.Variable(SCALE_INPUT)
     scaled = []
     for head in heads:
         node = json.loads(head.tojson())["nodes"][-1]
+        if node["op"] == "BlockGrad":  # a logged value with no gradient (label smoothing's loss): as it is
+            scaled.append(head)
+            continue
         if node["op"] not in LOSS_OPS:
             raise VargfaceError(f"mixed precision: the training output {head.name} is a {node['op']}, not a loss op "
                                 f"({', '.join(LOSS_OPS)}); its gradient cannot be scaled")

@@ -193,6 +193,10 @@ def _increasing(steps):
     return None
 
 
+def _below_one(value):
+    return "must be < 1 (1 would leave no target on the true class)" if value >= 1 else None
+
+
 _INIT = re.compile(r"^xavier_(uniform|gaussian)_(in|out|avg)_([0-9.eE+-]+)$")
 
 
@@ -319,6 +323,12 @@ KEYS = [
     Key("fc7_init_sigma", 0.01, "float", "standard deviation of the classifier's initial weights", low=0),
     Key("fc7_lr_mult", 1.0, "float", "learning-rate multiplier of the classifier", low=0),
     Key("fc7_wd_mult", 1.0, "float", "weight-decay multiplier of the classifier", low=0),
+    Key("label_smoothing", 0.0, "float", "label smoothing ε of the softmax cross-entropy: target 1-ε on the class, "
+        "ε/(C-1) on each other; the margin stays on the true logit (0: off)", low=0, rule=_below_one, resume=True,
+        placeholder="EPS"),
+    Key("regularface", 0.0, "float", "weight λ of RegularFace's exclusive regularization (λ/C)·Σ_i max_{j≠i} "
+        "cos(W_i, W_j) on the classifier's centres, added to the loss and logged as 'regularface' (0: off)", low=0,
+        resume=True, placeholder="LAMBDA"),
     # -- data -----------------------------------------------------------------------------------------------------
     Key("dataset_path", "", "path", "folder with train.rec, train.idx, property and the verification packs",
         group="dataset", rule=_path),

@@ -90,7 +90,7 @@ class TrainingGraph:
     train_sym: object
     data_shapes: list
     label_shapes: list
-    extra_names: list
+    extra_names: list  # the training log's name of each output after the class probabilities
 
     def bind(self, contexts):
         """A Module of the training Symbol bound for training on ``contexts`` (the batch split across them)."""
@@ -110,14 +110,16 @@ def training_graph(config, plugin, batch_size, contexts):
     import mxnet as mx
 
     from vargface.train import precision
-    from vargface.train.losses import loss_head
+    from vargface.train.losses import head_outputs
 
     side = int(config.image_size[0])
     emb_sym = embedding_symbol(config)
     train_emb = training_embedding(emb_sym, config.train_graph, contexts)
     extra_losses = plugin.extra_losses(train_emb, config)
     head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
-    heads = [loss_head(head_input, config)] + [loss for loss, _ in extra_losses]
+    head = head_outputs(head_input, config)
+    extras = head[1:] + extra_losses  # (Symbol, metric name) after the class probabilities
+    heads = [head[0][0]] + [symbol for symbol, _ in extras]
     data_shapes = [("data", (batch_size, 3, side, side))] + [(n, tuple(s)) for n, s in plugin.extra_inputs(batch_size)]
     label_shapes = [("softmax_label", (batch_size,))]
     if config.dtype == precision.FLOAT32:
@@ -126,7 +128,7 @@ def training_graph(config, plugin, batch_size, contexts):
         data_shapes.append((precision.SCALE_INPUT, (batch_size,)))
         train_sym = precision.convert(mx.sym.Group(precision.scale_loss_gradients(heads)), config.dtype,
                                       [name for name, _ in data_shapes + label_shapes])
-    return TrainingGraph(emb_sym, train_sym, data_shapes, label_shapes, [name for _, name in extra_losses])
+    return TrainingGraph(emb_sym, train_sym, data_shapes, label_shapes, [name for _, name in extras])
 
 
 def build_training_module(config, plugin=None, contexts=None):
