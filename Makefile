@@ -32,6 +32,7 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/distill.py
 	$(PY) bench/tar_at_far.py
+	$(PY) bench/partial_fc.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache demo_out experiment_out bench_out

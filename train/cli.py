@@ -1,8 +1,8 @@
-"""`vargface` subcommands of vargface.train: `train`, `plot-log`, and the `distill` group."""
+"""`vargface` subcommands of vargface.train: `train`, `plot-log`, the `distill` group and `merge-fc7`."""
 import difflib
 
 from vargface import options
-from vargface.train import distill_cli
+from vargface.train import distill_cli, partial_fc
 
 PRESET_DEFAULTS = {"network": "vargfacenet", "dataset": "emore", "loss": "arcface"}
 HELP = {
@@ -139,6 +139,7 @@ def register(subparsers):
     options.add_overwrite(q)
     q.set_defaults(func=_plot)
     distill_cli.register(subparsers)
+    partial_fc.register(subparsers)
 
 
 def refuse_existing_run(config, overwrite):
