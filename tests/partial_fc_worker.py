@@ -11,7 +11,8 @@ import numpy as np
 
 from vargface.train.config import generate_config
 from vargface.train.losses import loss_head
-from vargface.train.partial_fc import PartialFC, WorkerGroup, workers_update
+from vargface.train.partial_fc import PartialFC
+from vargface.train.workers import WorkerGroup, workers_update
 
 PER_DEVICE, D, C, IN = 3, 6, 13, 5
 

@@ -10,11 +10,9 @@ stays exact through a global maximum and sum over the shards; at ``sample_ratio`
 updates equal the full head's. Only the sampled centres and their momentum are read and updated (SGD with
 momentum and weight decay, ``fc7_lr_mult``/``fc7_wd_mult``, the trainer's learning rate).
 
-Across workers the sums and gathers go through the run's dist kvstore (`WorkerGroup`): its servers must only sum,
-so the backbone's Module then updates on the workers (``update_on_kvstore`` off, see `workers_update`)."""
-import contextlib
+Across workers the sums and gathers go through the run's dist kvstore (`vargface.train.workers`), whose servers
+must only sum: the backbone's Module then updates on the workers."""
 import os
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,60 +78,6 @@ def sample_rows(positives, rows, ratio, seed, update, shard):
     return np.sort(np.concatenate([positives, drawn]))
 
 
-_KEYS = weakref.WeakKeyDictionary()  # kvstore -> the keys made on it
-
-
-class WorkerGroup:
-    """Sums and all-gathers across the workers of a dist kvstore through ``pushpull`` (an all-gather is a sum over
-    zero-padded slots); with one worker (``kv`` None) both are the identity. Every worker must make the same
-    calls in the same order: a key is created (a barrier) at its first use."""
-
-    def __init__(self, kv=None):
-        self.kv = kv
-        self.rank, self.size = (kv.rank, kv.num_workers) if kv is not None else (0, 1)
-
-    def sum(self, name, array):
-        if self.size == 1:
-            return array
-        import mxnet as mx
-
-        key = f"partial_fc:{name}:{'x'.join(map(str, array.shape))}:{array.dtype.__name__}"
-        created = _KEYS.setdefault(self.kv, set())  # per kvstore: a second group on it reuses the keys
-        if key not in created:
-            self.kv.init(key, mx.nd.zeros(array.shape, array.context, dtype=array.dtype))
-            created.add(key)
-        out = mx.nd.zeros(array.shape, array.context, dtype=array.dtype)
-        self.kv.pushpull(key, array, out=out)
-        return out
-
-    def gather(self, name, array):
-        """(n, ...) on every worker -> (workers·n, ...), worker r's rows at [r·n, (r+1)·n)."""
-        if self.size == 1:
-            return array
-        import mxnet as mx
-
-        n = array.shape[0]
-        slots = mx.nd.zeros((self.size * n,) + array.shape[1:], array.context, dtype=array.dtype)
-        slots[self.rank * n:(self.rank + 1) * n] = array
-        return self.sum(name, slots)
-
-
-@contextlib.contextmanager
-def workers_update():
-    """Around ``Module.init_optimizer`` with a dist kvstore: the optimizer runs on the workers (each applies the
-    same update to the summed gradient), not on the servers. Servers that hold an optimizer apply it to every key
-    pushed to them, the sums of `WorkerGroup` included; on the workers the momentum is also theirs to save."""
-    old = os.environ.get("MXNET_UPDATE_ON_KVSTORE")
-    os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["MXNET_UPDATE_ON_KVSTORE"]
-        else:
-            os.environ["MXNET_UPDATE_ON_KVSTORE"] = old
-
-
 @dataclass
 class StepResult:
     """One step's outcome; the arrays stay on the devices (no host synchronisation here).
@@ -173,6 +117,8 @@ class PartialFC:
             raise VargfaceError(f"--sample-ratio must be in (0, 1], got {sample_ratio}")
         self.config, self.contexts = config, list(contexts)
         self.sample_ratio = float(sample_ratio)
+        from vargface.train.workers import WorkerGroup
+
         self.group = group or WorkerGroup()
         self.layout = ShardLayout(int(config.num_classes), int(config.emb_size), len(self.contexts),
                                   self.group.size)

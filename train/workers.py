@@ -1,0 +1,72 @@
+"""The workers of a dist kvstore run as one group: sums, all-gathers and agreed decisions through the run's own
+KVStore (``pushpull``), without Horovod or MPI (docs/partial_fc.md#across-workers-dist-kvstore).
+
+The servers must only sum for this: a server that holds an optimizer applies it to every key pushed to it. So a
+dist run updates on the workers (`workers_update`), which also keeps the optimizer's momentum where a training
+state can save it."""
+import contextlib
+import os
+import weakref
+
+_KEYS = weakref.WeakKeyDictionary()  # kvstore -> the keys made on it
+
+
+class WorkerGroup:
+    """Sums and all-gathers across the workers of a dist kvstore through ``pushpull`` (an all-gather is a sum over
+    zero-padded slots); with one worker (``kv`` None) both are the identity. Every worker must make the same
+    calls in the same order: a key is created (a barrier) at its first use."""
+
+    def __init__(self, kv=None):
+        self.kv = kv
+        self.rank, self.size = (kv.rank, kv.num_workers) if kv is not None else (0, 1)
+
+    def sum(self, name, array):
+        if self.size == 1:
+            return array
+        import mxnet as mx
+
+        key = f"workers:{name}:{'x'.join(map(str, array.shape))}:{array.dtype.__name__}"
+        created = _KEYS.setdefault(self.kv, set())  # per kvstore: a second group on it reuses the keys
+        if key not in created:
+            self.kv.init(key, mx.nd.zeros(array.shape, array.context, dtype=array.dtype))
+            created.add(key)
+        out = mx.nd.zeros(array.shape, array.context, dtype=array.dtype)
+        self.kv.pushpull(key, array, out=out)
+        return out
+
+    def gather(self, name, array):
+        """(n, ...) on every worker -> (workers·n, ...), worker r's rows at [r·n, (r+1)·n)."""
+        if self.size == 1:
+            return array
+        import mxnet as mx
+
+        n = array.shape[0]
+        slots = mx.nd.zeros((self.size * n,) + array.shape[1:], array.context, dtype=array.dtype)
+        slots[self.rank * n:(self.rank + 1) * n] = array
+        return self.sum(name, slots)
+
+    def any(self, name, flags):
+        """{flag: bool} -> {flag: whether any worker raised it}: every worker gets the same answer, so all of
+        them take the same branch (a worker that left alone would leave the others waiting in pushpull)."""
+        if self.size == 1:
+            return dict(flags)
+        import mxnet as mx
+
+        names = sorted(flags)
+        raised = self.sum(name, mx.nd.array([float(bool(flags[k])) for k in names], dtype="float64")).asnumpy()
+        return {k: bool(v > 0) for k, v in zip(names, raised)}
+
+
+@contextlib.contextmanager
+def workers_update():
+    """Around ``Module.init_optimizer`` with a dist kvstore: the optimizer runs on the workers (each applies the
+    same update to the summed gradient), not on the servers (MXNET_UPDATE_ON_KVSTORE=0 while it runs)."""
+    old = os.environ.get("MXNET_UPDATE_ON_KVSTORE")
+    os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MXNET_UPDATE_ON_KVSTORE"]
+        else:
+            os.environ["MXNET_UPDATE_ON_KVSTORE"] = old
