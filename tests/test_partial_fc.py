@@ -117,9 +117,7 @@ def test_ratio_one_trains_like_the_full_head(loss):
         ref_loss = loss_from_probabilities(reference.get_outputs()[0].asnumpy(), label)
         reference.update()
 
-        backbone.forward(mx.io.DataBatch([mx.nd.array(x)]), is_train=True)
-        result = engine.forward_backward(backbone.get_outputs(merge_multi_context=False)[0], label, update)
-        backbone.backward(out_grads=[mx.nd.concat(*[g.as_in_context(CONTEXTS[0]) for g in result.grads], dim=0)])
+        result = engine.train_step(backbone, mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(label)]), update)
         backbone.update()
         engine.update(schedule(update))
         assert abs(float(result.loss.asscalar()) - ref_loss) < 1e-5, update
@@ -154,6 +152,41 @@ def test_a_sampled_step_is_the_full_head_over_the_sampled_centres(loss):
     assert abs(float(result.loss.asscalar()) - loss_from_probabilities(prob, remapped)) < 1e-5
     np.testing.assert_allclose(np.concatenate([g.asnumpy() for g in result.grads]),
                                module.get_input_grads()[0].asnumpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_plugin_losses_and_a_detached_embedding(detach):
+    """A backbone with a second, MakeLoss output (as distillation adds): the backbone's gradient is the margin
+    loss's plus the plugin loss's, as with the full head; ``detach`` (--kd-only) leaves only the plugin's, while
+    the classifier still learns."""
+    config = make_config("arcface")
+    rng = np.random.RandomState(9)
+    init = {"fc1_weight": rng.randn(D, IN).astype(np.float32), "fc1_bias": rng.randn(D).astype(np.float32)}
+    weight = rng.randn(C, D).astype(np.float32)
+    x, label = rng.randn(B, IN).astype(np.float32), rng.randint(0, C, size=B)
+    embedding = mx.sym.FullyConnected(mx.sym.Variable("data"), num_hidden=D, name="fc1")
+    plugin = mx.sym.MakeLoss(mx.sym.sum(mx.sym.square(embedding), axis=1, keepdims=True) * 0.01,
+                             normalization="batch", name="plugin")
+
+    def fc1_grad(module):
+        group = module._exec_group
+        return sum(g.asnumpy() for g in group.grad_arrays[group.param_names.index("fc1_weight")])
+
+    head = mx.sym.BlockGrad(embedding) if detach else embedding
+    reference = mx.mod.Module(mx.sym.Group([loss_head(head, config), plugin]), context=CONTEXTS)
+    reference.bind(data_shapes=[("data", (B, IN))], label_shapes=[("softmax_label", (B,))])
+    reference.init_params(arg_params={"fc7_weight": mx.nd.array(weight),
+                                      **{k: mx.nd.array(v) for k, v in init.items()}})
+    reference.forward_backward(mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(label)]))
+
+    backbone = mx.mod.Module(mx.sym.Group([embedding, plugin]), label_names=None, context=CONTEXTS)
+    backbone.bind(data_shapes=[("data", (B, IN))])
+    backbone.init_params(arg_params={k: mx.nd.array(v) for k, v in init.items()})
+    engine = PartialFC(config, CONTEXTS)
+    engine.set_weights(weight)
+    engine.train_step(backbone, mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(label)]), 1, detach=detach)
+    np.testing.assert_allclose(fc1_grad(backbone), fc1_grad(reference), atol=1e-4)
+    assert np.abs(np.concatenate([w.grad.asnumpy() for w in engine.weights])).max() > 1e-3
 
 
 def test_layout_splits_in_contiguous_ceil_ranges():

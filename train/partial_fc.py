@@ -254,6 +254,22 @@ class PartialFC:
             momentum[index] = velocity
         self._pending = None
 
+    def train_step(self, module, batch, update, detach=False):
+        """One step of a backbone Module through this classifier: the Module's forward (its first output is the
+        embedding; others, e.g. distillation's MakeLoss terms, carry their own gradients), `forward_backward` on
+        the embeddings of every device and ``batch.label[0]``, then each device's backward with the gradient of
+        its own embeddings (zero with ``detach``: the classifier still learns, the embedding does not). Returns
+        the `StepResult`; the Module's and this classifier's `update` apply it."""
+        import mxnet as mx
+
+        module.forward(batch, is_train=True)
+        outputs = module.get_outputs(merge_multi_context=False)
+        result = self.forward_backward(outputs[0], batch.label[0], update)
+        for d, executor in enumerate(module._exec_group.execs):
+            grad = mx.nd.zeros_like(result.grads[d]) if detach else result.grads[d]
+            executor.backward([grad] + [mx.nd.zeros_like(out[d]) for out in outputs[1:]])
+        return result
+
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _shard_inputs(self, d, batch, all_labels, update):
         """The global batch on device ``d``, its shard's sampled centres (a leaf with a gradient) and the
