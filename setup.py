@@ -26,6 +26,7 @@ setup(
         "easydict",
         "tqdm",
         "matplotlib",
+        "portalocker",
     ],
     extras_require={"onnx": ["onnx==1.18.0", "onnxruntime"]},
     entry_points={"console_scripts": ["vargface=vargface.cli:main"]},

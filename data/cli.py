@@ -21,6 +21,9 @@ def _int_in(low, high, what):
 
 image_side = _int_in(8, 4096, "an image side in pixels")
 jpeg_quality = _int_in(1, 100, "a JPEG quality")
+# What --overwrite replaces: a data set's three files (beside anything else), or an image root as a whole.
+REPLACE_SET = "replace train.rec, train.idx and property in OUT; everything else there stays"
+REPLACE_FOLDER = "replace the image folders in OUT; a folder that holds anything else is refused, naming it"
 
 
 def register(subparsers):
@@ -34,7 +37,7 @@ def register(subparsers):
         if workers:
             options.add_workers(p)
         if overwrite:
-            options.add_overwrite(p)
+            options.add_overwrite(p, **({"help": overwrite} if isinstance(overwrite, str) else {}))
         if strict:
             p.add_argument("--strict", action="store_true",
                            help="reject non-image files, empty identity folders and unreadable images "
@@ -53,7 +56,7 @@ def register(subparsers):
                    help="number of the first identity; disjoint ranges give disjoint identities")
     p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality")
     p.add_argument("--rec", action="store_true", help="write train.rec/train.idx/property instead of folders")
-    common(p)
+    common(p, overwrite=f"{REPLACE_FOLDER} (with --rec: {REPLACE_SET})")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("lst", help="an InsightFace .lst from an image root (one folder per identity)")
@@ -69,13 +72,13 @@ def register(subparsers):
     p.add_argument("--size", type=image_side, default=112, help="output image side (default 112)")
     p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality of re-encoded images")
     p.add_argument("--image-root", default=None, help="base of relative paths in a .lst (default: its folder)")
-    common(p, strict=True)
+    common(p, overwrite=REPLACE_SET, strict=True)
     p.set_defaults(func=_rec)
 
     p = sub.add_parser("unpack", help="a .rec set back to one folder per identity (stored bytes unchanged)")
     options.add_dataset(p)
     options.add_out(p, "output image root, one folder per identity")
-    common(p, workers=False)
+    common(p, workers=False, overwrite=REPLACE_FOLDER)
     p.set_defaults(func=_unpack)
 
     p = sub.add_parser("check", help="verify a .rec set; exit 1 listing the first faults by record index")

@@ -3,6 +3,7 @@
 import collections
 import glob
 import os
+import re
 import warnings
 
 import numpy as np
@@ -154,7 +155,8 @@ def prepared_samples(items, size=112, quality=95, workers=None, strict=False):
 def to_rec(source, out_dir, size=112, quality=95, workers=None, strict=False, overwrite=False, image_root=None,
            progress=True):
     """Image root or ``.lst`` -> ``OUT_DIR/train.rec, train.idx, property``. Returns ``(images, classes)``."""
-    from vargface.data.recordio import write_rec
+    from vargface.atomic import refuse_existing_files
+    from vargface.data.recordio import SET_FILES, write_rec
 
     if os.path.isdir(source):
         items = items_from_root(source, strict)
@@ -162,13 +164,14 @@ def to_rec(source, out_dir, size=112, quality=95, workers=None, strict=False, ov
         items = read_lst(source, image_root)
     else:
         raise VargfaceError(f"{source}: not found; expected an image root (one folder per identity) or a .lst file")
-    _refuse_existing(out_dir, overwrite)  # fail before the work, not after
+    refuse_existing_files(out_dir, SET_FILES, overwrite)  # fail before the work, not after
     num_classes = items[-1].label + 1
     return write_rec(out_dir, prepared_samples(items, size, quality, workers, strict), (size, size), num_classes,
                      overwrite=overwrite, total=len(items), progress=progress, desc="rec")
 
 
 _EXT = ((b"\xff\xd8", ".jpg"), (b"\x89PNG", ".png"), (b"BM", ".bmp"), (b"RIFF", ".webp"))
+UNPACKED = re.compile(r"\d{6,}")  # the identity folders `unpack` writes
 
 
 def unpack(data_dir, out_dir, overwrite=False, progress=True):
@@ -178,7 +181,7 @@ def unpack(data_dir, out_dir, overwrite=False, progress=True):
     from vargface.atomic import atomic_dir
     from vargface.data.recordio import RecReader
 
-    with RecReader(data_dir) as reader, atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with RecReader(data_dir) as reader, atomic_dir(out_dir, overwrite=overwrite, own=UNPACKED) as tmp:
         for key in progress_bar(reader.imgidx, desc="unpack", unit="img", enabled=progress):
             label, payload = reader.read_image(int(key))
             if label != int(label) or label < 0:

@@ -14,10 +14,12 @@ import struct
 
 import numpy as np
 
-from vargface.atomic import atomic_dir
+from vargface.atomic import atomic_files
 from vargface.errors import VargfaceError, last_line
 
 REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
+# The files a data set is made of, ``property`` last: written last and removed first when a set is replaced.
+SET_FILES = (REC_NAME, IDX_NAME, PROPERTY_NAME)
 _MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", _MAGIC)
 _LEN_MASK = (1 << 29) - 1
@@ -40,13 +42,18 @@ def read_property(data_dir):
     if not os.path.isfile(path):
         raise VargfaceError(f"{path}: missing; a RecordIO data set needs a 'property' file holding "
                             "'num_classes,height,width' beside train.rec")
-    with open(path, encoding="utf-8") as f:
-        text = f.read().strip()
+    expected = "expected one line 'num_classes,height,width', e.g. '85742,112,112'"
+    with open(path, "rb") as f:
+        raw = f.read(4096)  # a few bytes; a huge or binary file is refused below, not read whole
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise VargfaceError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); {expected}") from None
     try:
         num_classes, height, width = (int(v) for v in text.split(","))
     except ValueError:
-        raise VargfaceError(f"{path}: cannot parse {text!r}; expected 'num_classes,height,width', "
-                            "e.g. '85742,112,112'") from None
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise VargfaceError(f"{path}: cannot parse {shown!r}; {expected}") from None
     if num_classes <= 0 or height <= 0 or width <= 0:
         raise VargfaceError(f"{path}: {text!r} has a non-positive value")
     return num_classes, height, width
@@ -240,13 +247,14 @@ def write_rec(out_dir, samples, image_size=(112, 112), num_classes=None, overwri
               progress=True, desc="writing train.rec"):
     """Write ``train.rec``/``train.idx``/``property`` from ``samples``, an iterable of ``(label, encoded_bytes)``
     in identity-contiguous order (a ``None`` payload is a skipped image). Labels must be ``0..K-1``; each class
-    one contiguous run. The output directory appears only when complete. Returns ``(num_images, num_classes)``.
+    one contiguous run. The three files appear together when complete, and ``overwrite`` replaces only them:
+    packs, caches and anything else in ``out_dir`` stay. Returns ``(num_images, num_classes)``.
     """
     import mxnet as mx
     from vargface.options import progress_bar
 
     height, width = image_size
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_files(out_dir, SET_FILES, overwrite=overwrite) as tmp:
         rec, idx = os.path.join(tmp, REC_NAME), os.path.join(tmp, IDX_NAME)
         writer = mx.recordio.MXIndexedRecordIO(idx, rec, "w")
         try:

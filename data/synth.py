@@ -12,6 +12,7 @@ real data would be.
 """
 import functools
 import os
+import re
 
 import numpy as np
 
@@ -22,6 +23,7 @@ HAIR = np.array([[20, 20, 25], [30, 45, 70], [40, 70, 120], [90, 140, 200], [40,
                  [60, 60, 60]], np.float64)  # BGR: black, dark brown, brown, blond, red, grey, dark grey
 IRIS = np.array([[30, 50, 80], [140, 100, 40], [80, 120, 60], [50, 40, 30], [120, 110, 90]], np.float64)
 FOLDER_FORMAT = "id_{:06d}"
+FOLDERS = re.compile(r"id_\d{6,}")  # the names FOLDER_FORMAT gives
 
 
 @functools.lru_cache(maxsize=1024)  # read-only; images of one identity are rendered together
@@ -237,7 +239,7 @@ def make_synthetic(out_dir, identities, per_identity, size=112, seed=0, difficul
 
     _check_counts(identities, per_identity, size)
     jobs = _jobs(identities, per_identity, first_identity)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, own=FOLDERS) as tmp:
         for ident in range(first_identity, first_identity + identities):
             os.makedirs(os.path.join(tmp, FOLDER_FORMAT.format(ident)))
         one = functools.partial(_render_file, root=tmp, seed=seed, size=size, difficulty=difficulty, quality=quality)

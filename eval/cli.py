@@ -125,11 +125,13 @@ def _verify(args):
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        from vargface.eval.tar_at_far import no_tar_reason
+
         for name, r in summary.items():
             tars = ", ".join(f"{t['far']:.0e}: {t['tar']:.5f}" for t in r["tar_at_far"])
             print(f"[{name}] Accuracy-Flip: {r['accuracy']:.5f}+-{r['std']:.5f}  best threshold "
                   f"{r['best_threshold']:.2f}  ({r['pairs']} pairs)")
-            print(f"[{name}] TAR@FAR: {tars or 'no impostor pairs'}")
+            print(f"[{name}] TAR@FAR: {tars or no_tar_reason(int((~results[name]['issame']).sum()))}")
     sys.stdout.flush()
     if args.roc:  # after the results, so a plot that cannot be written does not lose them
         _plot_roc(results, args.roc)
@@ -171,10 +173,12 @@ def _plot_roc(results, path):
 
 def _lfr_features(args):
     from vargface.eval.lfr import extract_features
+    from vargface.locks import OutputLock
 
-    options.refuse_existing(args.out, args.overwrite)
-    embedder = _embedder(args)
-    computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
+    with OutputLock(args.out):  # the output and its resume files: one writer at a time
+        options.refuse_existing(args.out, args.overwrite)
+        embedder = _embedder(args)
+        computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
     options.emit(args, f"wrote {args.out} ({computed} rows computed in this run, {embedder.embedding_size}-d)",
                  {"out": args.out, "computed": computed, "embedding_size": embedder.embedding_size})
     return 0

@@ -1,9 +1,10 @@
 """LFR2019 image-track feature files: header of four little-endian int32 (rows, cols, cols*4, 5), then rows x cols
 little-endian float32; row i is the L2-normalised sum of the embeddings of image i of the test list and its flip.
 
-Extraction is resumable: rows go into a preallocated ``OUT.partial`` with a JSON sidecar recording how many rows
-are done and for which weights (checksum), list and root; a rerun with the same ones continues there, with others
-it refuses to append; the finished file is renamed into place."""
+Extraction is resumable: rows go into ``OUT.partial``, allocated whole at the start (a full disk is reported at
+once) and written with plain writes (a failed write is an error; through a memory map it was a SIGBUS), with a
+JSON sidecar recording how many rows are done and for which weights (checksum), list and root; a rerun with the
+same ones continues there, with others it refuses to append; the finished file is renamed into place."""
 import hashlib
 import json
 import os
@@ -69,6 +70,11 @@ def _digest(paths):
     return hashlib.sha1("\n".join(paths).encode("utf-8")).hexdigest()
 
 
+def resume_files(out):
+    """``(OUT.partial, OUT.partial.json)``: the rows so far and the sidecar saying how many and for what."""
+    return out + ".partial", out + ".partial.json"
+
+
 def _resume_point(partial, sidecar, identity, size):
     """Rows already in ``partial`` when its sidecar records this very identity; anything else refuses to append."""
     if not (os.path.exists(partial) and os.path.exists(sidecar)):
@@ -98,35 +104,39 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     root, so a rerun with other weights or images refuses to append. Returns the number of rows computed in this
     run."""
     from vargface.options import progress_bar
-    from vargface.atomic import atomic_path
+    from vargface.atomic import atomic_path, move_into_place, reserve_space, write_errors
 
     paths = read_list(list_file)
     out = os.fspath(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     rows, cols = len(paths), embedder.embedding_size
-    partial, sidecar = out + ".partial", out + ".partial.json"
+    partial, sidecar = resume_files(out)
     identity = {"rows": rows, "cols": cols, "list": _digest(paths), "weights": embedder.checksum,
                 "root": os.path.abspath(os.fspath(root))}
     size = HEADER_BYTES + rows * cols * ROW.itemsize
     done = _resume_point(partial, sidecar, identity, size)
     if done == 0:
-        with open(partial, "wb") as handle:  # preallocate: header, then a sparse body
+        with write_errors(partial), open(partial, "wb") as handle:
             write_header(handle, rows, cols)
-            handle.truncate(size)
-    matrix = np.memmap(partial, dtype=ROW, mode="r+", offset=HEADER_BYTES, shape=(rows, cols))
+        try:
+            reserve_space(partial, size)  # the whole file now: a full disk is reported before any work
+        except VargfaceError:
+            os.remove(partial)
+            raise
     chunk = chunk or embedder.batch_size * 8
     bar = progress_bar(total=rows, initial=done, unit="img", desc="lfr features", enabled=progress)
     start = done
-    while done < rows:
-        names = paths[done:done + chunk]
-        matrix[done:done + len(names)] = embedder.embed_files([os.path.join(root, name) for name in names])
-        matrix.flush()
-        done += len(names)
-        with atomic_path(sidecar) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({**identity, "done": done}, handle)
-        bar.update(len(names))
+    with write_errors(partial), open(partial, "r+b") as handle:
+        while done < rows:  # plain writes, not a memory map: a failed write is an error, never a SIGBUS
+            names = paths[done:done + chunk]
+            block = np.ascontiguousarray(embedder.embed_files([os.path.join(root, name) for name in names]), ROW)
+            os.pwrite(handle.fileno(), block.tobytes(), HEADER_BYTES + done * cols * ROW.itemsize)
+            os.fdatasync(handle.fileno())  # the rows are on disk before the sidecar counts them
+            done += len(names)
+            with atomic_path(sidecar) as tmp, open(tmp, "w", encoding="utf-8") as state:
+                json.dump({**identity, "done": done}, state)
+            bar.update(len(names))
     bar.close()
-    del matrix
-    os.replace(partial, out)
+    move_into_place(partial, out)
     os.remove(sidecar)
     return rows - start

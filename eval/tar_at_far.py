@@ -61,6 +61,13 @@ def split_measurable(fars, n_impostors):
     return measurable, skipped
 
 
+def no_tar_reason(n_impostors, highest=1e-1):
+    """Why a set gives no TAR at any decade of FAR: no impostor pairs at all, or fewer than ``1/highest``."""
+    if n_impostors == 0:
+        return "no impostor pairs"
+    return f"too few impostor pairs for FAR {highest:g}: {n_impostors}, need {math.ceil(1 / highest - 1e-6)}"
+
+
 def decade_fars(n_impostors, highest=1e-1):
     """FARs 1e-1, 1e-2, ... down to the lowest decade that still has at least one allowed false accept."""
     fars, far = [], highest

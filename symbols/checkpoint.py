@@ -2,7 +2,7 @@
 
 Training checkpoints hold the whole training graph (embedding + margin loss); InsightFace users cut it at
 `fc1_output`. `load_checkpoint` does that cut, keeps only the arrays the embedding uses, and checks every
-array's presence and shape against the stored graph at its own input size."""
+array's presence and shape against the stored graph at its own input size, and that every value is finite."""
 import json
 import os
 
@@ -72,7 +72,21 @@ def load_checkpoint(prefix, epoch):
     aux_params = {k: v for k, v in aux_params.items() if k in used_aux}
     size = input_size_of(sym)
     check_params(sym, arg_params, aux_params, (1, 3, size, size), source=params_file)
+    check_finite({**arg_params, **aux_params}, params_file)
     return sym, arg_params, aux_params
+
+
+def check_finite(arrays, source):
+    """Refuse arrays holding NaN or inf (weights of a diverged run), naming the first such array: every output
+    computed from them would be NaN, with nothing to say why."""
+    import numpy as np
+
+    for name, value in arrays.items():
+        values = value.asnumpy()
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise VargfaceError(f"{source}: array '{name}' holds {bad} NaN or infinite value(s) of {values.size}; "
+                                f"these weights cannot be used (the run had diverged when they were saved)")
 
 
 def embedding_output(sym, source="symbol"):

@@ -105,6 +105,18 @@ def test_missing_property(rec):
         read_property(rec)
 
 
+@pytest.mark.parametrize("content, message", [
+    ("4,32,32".encode("utf-16"), "property: not UTF-8 text (invalid start byte at byte 0)"),
+    (b"4,32", "property: cannot parse '4,32'"),
+    (b"\x00" * 100_000, "property: cannot parse '" + "\\x00" * 14)])
+def test_a_property_that_is_not_one_is_named_by_check_and_train(rec, content, message, tmp_path, run_cli):
+    (rec / "property").write_bytes(content)
+    assert_check_fails(rec, message, "expected one line 'num_classes,height,width'")
+    train = run_cli("train", "--network", "r18_tiny", "--dataset", rec, "--image-size", SIZE, "--per-batch-size", 4,
+                    "--max-steps", 1, "--val-targets", "", "--prefix", tmp_path / "run" / "model")
+    assert train.returncode == 1 and message in train.stderr and "Traceback" not in train.stderr, train.stderr
+
+
 def test_label_beyond_num_classes(rec):
     (rec / "property").write_text(f"3,{SIZE},{SIZE}")  # the set has 4 identities: labels 3 are out of range
     err = assert_check_fails(rec, "record 10:", "label 3 is not a class id in 0..2", "property says 3 classes")
@@ -144,11 +156,14 @@ def test_non_images_and_empty_folders_skip_or_strict(source, tmp_path):
 
 def test_existing_output_refused_unless_overwrite(source, rec, tmp_path):
     before = (rec / "train.rec").read_bytes()
-    for args in (("rec", source, "--out", rec), ("synth", "--out", rec, "--identities", 2, "--per-identity", 2),
-                 ("unpack", "--dataset", rec, "--out", rec), ("lst", source, "--out", rec / "property"),
-                 ("pairs", source, "--out", rec / "property", "--pairs", 4)):
+    not_theirs = "holds what this command does not write (property, train.idx, train.rec)"
+    for args, message in ((("rec", source, "--out", rec), "holds train.rec, train.idx, property; pass --overwrite"),
+                          (("synth", "--out", rec, "--identities", 2, "--per-identity", 2, "--overwrite"), not_theirs),
+                          (("unpack", "--dataset", rec, "--out", rec, "--overwrite"), not_theirs),
+                          (("lst", source, "--out", rec / "property"), "exists; pass --overwrite"),
+                          (("pairs", source, "--out", rec / "property", "--pairs", 4), "exists; pass --overwrite")):
         result = vargface(*args)
-        assert result.returncode == 1 and "exists; pass --overwrite" in result.stderr, (args, result.stderr)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
     assert (rec / "train.rec").read_bytes() == before
     result = vargface("synth", "--out", rec, "--identities", 2, "--per-identity", 2, "--size", SIZE, "--rec", "--overwrite")
     assert result.returncode == 0, result.stderr

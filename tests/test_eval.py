@@ -267,6 +267,18 @@ def test_verify_cli_json_and_roc(tiny_model, pack, tmp_path, run_cli):
     assert text.returncode == 0 and "[synth_val] Accuracy-Flip:" in text.stdout and "TAR@FAR" in text.stdout
 
 
+def test_verify_says_how_many_impostor_pairs_a_far_needs(tiny_model, tmp_path, run_cli):
+    from vargface.data.verification import load_bin, make_synthetic_bin, write_bin
+
+    prefix, epoch = tiny_model
+    make_synthetic_bin(tmp_path / "few.bin", identities=4, pairs=10, size=SIZE, seed=0, workers=1)
+    bins, issame = load_bin(tmp_path / "few.bin")
+    write_bin(tmp_path / "none.bin", bins, [True] * len(issame))
+    for name, line in (("few", "too few impostor pairs for FAR 0.1: 5, need 10"), ("none", "no impostor pairs")):
+        done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", tmp_path / f"{name}.bin", "--nfolds", 1)
+        assert done.returncode == 0 and f"[{name}] TAR@FAR: {line}\n" in done.stdout, done.stdout + done.stderr
+
+
 def test_verify_cli_bad_inputs(tiny_model, pack, tmp_path, run_cli):
     prefix, epoch = tiny_model
     junk = tmp_path / "junk.bin"

@@ -1,8 +1,11 @@
 """Hostile and broken input: nothing a third-party file holds is run, every fault is a clear message."""
 import contextlib
+import glob
 import io
+import json
 import os
 import pickle
+import re
 import types
 
 import numpy as np
@@ -233,6 +236,45 @@ def test_damaged_teacher_cache_headers_are_clear_errors(data_dir, teacher, tmp_p
             TeacherCache(str(path), str(data_dir), teacher)
 
 
+def test_a_teacher_cache_is_checked_against_the_checksum_of_its_body(data_dir, teacher, tmp_path, monkeypatch):
+    import errno
+    import struct
+
+    from vargface.train.teacher_cache import MAGIC, TeacherCache, build_cache, read_header
+
+    path = build_cache(teacher, str(data_dir), path=str(tmp_path / "t.kdcache"), batch_size=4, progress=False)
+    cache = TeacherCache(path, str(data_dir), teacher)
+    assert np.isfinite(cache.embeddings).all()
+    rebuild = (f"rebuild it with `vargface distill cache --teacher {teacher.model} --dataset {data_dir} --out {path} "
+               f"--overwrite`")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:  # one embedding, a little off: finite, so only the checksum can tell
+        f.seek(size - 4)
+        value = struct.unpack("<f", f.read(4))[0]
+        f.seek(size - 4)
+        f.write(struct.pack("<f", value + 0.25))
+    with pytest.raises(VargfaceError, match="t.kdcache is damaged: its record indices and embeddings do not "
+                                            "match the checksum in its header; " + re.escape(rebuild)):
+        TeacherCache(path, str(data_dir), teacher)
+
+    header, length = read_header(path)  # a cache of the first format: no checksum
+    old = json.dumps({k: v for k, v in {**header, "version": 1}.items() if k != "body"}).encode()
+    with open(path, "rb") as f:
+        body = f.read()[16 + length:]
+    (tmp_path / "old.kdcache").write_bytes(MAGIC + struct.pack("<Q", len(old)) + old + body)
+    with pytest.raises(VargfaceError, match=r"old.kdcache has no checksum over its embeddings \(an older format\); "
+                                            r"rebuild it with `vargface distill cache .* --overwrite`"):
+        TeacherCache(str(tmp_path / "old.kdcache"), str(data_dir), teacher)
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(VargfaceError, match=r"cannot write .*new.kdcache: the disk is full \(\d[\d,]* bytes needed\)"):
+        build_cache(teacher, str(data_dir), path=str(tmp_path / "new.kdcache"), batch_size=4, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["old.kdcache", "t.kdcache"]
+
+
 def _dies_on_three(item):
     if item == 3:
         os._exit(9)  # as if killed
@@ -378,3 +420,73 @@ def test_a_failing_decode_thread_in_the_iterator_is_an_error(data_dir, monkeypat
         for _ in it:
             pass
     it.close()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_every_command(model, data_dir, faces, tmp_path):
+    """NaN or inf weights (a diverged run) would give NaN embeddings and scores: one check, where checkpoints load."""
+    import shutil
+
+    import mxnet as mx
+
+    from vargface.data.verification import make_synthetic_bin
+
+    prefix = model.rsplit(",", 1)[0]
+    arrays = mx.nd.load(prefix + "-0001.params")
+    name = sorted(k for k in arrays if k.startswith("arg:") and k.endswith("_weight"))[0]
+    bad = tmp_path / "bad"
+    shutil.copy(prefix + "-symbol.json", str(bad) + "-symbol.json")
+    make_synthetic_bin(str(tmp_path / "pack.bin"), identities=4, pairs=4, size=SIZE, seed=0, workers=1)
+    image = next(faces.rglob("*.jpg"))
+    (tmp_path / "list.txt").write_text(str(image.relative_to(faces)) + "\n")
+    commands = {
+        "verify": ["verify", "--target", tmp_path / "pack.bin", "--nfolds", 2],
+        "embed": ["embed", image, "--out", tmp_path / "e.npy"],
+        "compare": ["compare", image, image],
+        "lfr features": ["lfr", "features", tmp_path / "list.txt", "--root", faces, "--out", tmp_path / "f.bin"],
+        "export": ["export", "--out", tmp_path / "m.onnx"],
+        "distill cache": ["distill", "cache", "--dataset", data_dir, "--out", tmp_path / "c.kdcache"],
+        "train --pretrained": ["train", "--network", "r18_tiny", "--dataset", data_dir, "--image-size", SIZE,
+                               "--per-batch-size", 4, "--max-steps", 1, "--val-targets", "", "--prefix",
+                               tmp_path / "run" / "model"],
+    }
+    model_option = {"distill cache": "--teacher", "train --pretrained": "--pretrained"}
+    for value in (float("nan"), float("inf")):
+        values = arrays[name].asnumpy()
+        values.flat[0] = value
+        arrays[name] = mx.nd.array(values)
+        mx.nd.save(str(bad) + "-0001.params", arrays)
+        for command, argv in commands.items():
+            result = run_cli(*argv, model_option.get(command, "--model"), f"{bad},1")
+            assert_clean_failure(result, f"bad-0001.params: array '{name[4:]}' holds 1 NaN or infinite value")
+    assert sorted(os.listdir(tmp_path)) == ["bad-0001.params", "bad-symbol.json", "list.txt", "pack.bin", "run"]
+    assert not glob.glob(str(tmp_path / "run" / "*.params"))  # no output of any command
+
+
+def test_lfr_features_on_a_full_disk_says_so(faces, model, tmp_path, monkeypatch):
+    """The feature file is allocated whole before any work and written without a memory map (a store into a map on
+    a full disk is a SIGBUS, with no message)."""
+    import errno
+    import resource
+    import subprocess
+    import sys
+
+    image = next(faces.rglob("*.jpg"))
+    (tmp_path / "list.txt").write_text((str(image.relative_to(faces)) + "\n") * 2000)  # 128 KB of features
+    argv = ["lfr", "features", tmp_path / "list.txt", "--model", model, "--root", faces, "--out", tmp_path / "f.bin"]
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    assert_clean_failure(run_cli(*argv), "cannot write", "f.bin.partial: the disk is full (128,016 bytes needed)")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["list.txt"]
+
+    def small_files():  # a real limit: `ulimit -f` 64 KB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+    limited = subprocess.run([sys.executable, "-m", "vargface"] + [str(a) for a in argv], preexec_fn=small_files,
+                             capture_output=True, text=True, timeout=300)
+    assert limited.returncode == 1 and "Traceback" not in limited.stderr, limited.stderr
+    assert "f.bin.partial: the file would exceed the file size limit" in limited.stderr, limited.stderr
+    assert sorted(os.listdir(tmp_path)) == ["list.txt"]

@@ -55,14 +55,17 @@ def test_finished_steps_are_skipped_on_a_rerun(tmp_path, fake, capsys):
     assert capsys.readouterr().out.count("done in an earlier run") == 3
 
     with pytest.raises(VargfaceError, match="other settings"):
-        Pipeline(work, "state.json", {"a": 2}, "test")
+        with Pipeline(work, "state.json", {"a": 2}, "test"):
+            pass
     (tmp_path / "stray").mkdir()
     (tmp_path / "stray" / "mine.txt").write_text("keep")
     with pytest.raises(VargfaceError, match="not a test output"):
-        Pipeline(str(tmp_path / "stray"), "state.json", {}, "test")
+        with Pipeline(str(tmp_path / "stray"), "state.json", {}, "test"):
+            pass
     (tmp_path / "work" / "state.json").write_text("{broken")
     with pytest.raises(VargfaceError, match="unreadable test state"):
-        Pipeline(work, "state.json", {"a": 1}, "test")
+        with Pipeline(work, "state.json", {"a": 1}, "test"):
+            pass
 
 
 def test_interrupted_steps_are_redone_and_training_resumes(tmp_path, fake, capsys):
@@ -129,3 +132,48 @@ def test_steps_run_the_real_cli_and_its_errors_surface(tmp_path, capsys):
     with pytest.raises(VargfaceError, match="x.bin"):  # packs are checked before the model loads
         pipeline.run([flops, broken])
     assert "verify" not in json.loads((tmp_path / "work" / "state.json").read_text())["steps"]
+
+
+def test_overwrite_removes_the_pipelines_own_outputs_and_nothing_else(tmp_path, fake, monkeypatch):
+    work = tmp_path / "work"
+    old = [Step("old", "a step the new settings no longer have", [["old"]], outputs=[str(work / "old")])]
+    Pipeline(str(work), "state.json", {"a": 1}, "test").run(old + steps(str(work)))
+    (work / "report.md").write_text("old report")
+    (work / "notes.txt").write_text("mine")
+    (work / "mine").mkdir()
+    pipeline = Pipeline(str(work), "state.json", {"a": 2}, "test", overwrite=True, outputs=[str(work / "report.md")])
+    with pipeline:
+        assert not (work / "old").exists() and not (work / "report.md").exists()  # recorded, declared: removed
+        assert (work / "notes.txt").read_text() == "mine" and (work / "mine").is_dir()  # never the pipeline's
+        pipeline.run(steps(str(work)))
+    state = json.loads((work / "state.json").read_text())
+    assert state["settings"] == {"a": 2} and list(state["steps"]) == ["one", "two", "three"]
+    assert (work / "one" / "out.txt").read_text() == "one --x 1\n"  # from this run only
+    assert sorted(os.listdir(tmp_path)) == ["work"]  # the lock went with the run
+
+    # a folder that holds no state of this pipeline is never emptied, --out . included
+    monkeypatch.chdir(tmp_path / "work" / "mine")
+    (tmp_path / "work" / "mine" / "keep.txt").write_text("mine")
+    for folder in (str(work), "."):
+        if folder == str(work):
+            os.remove(work / "state.json")
+        with pytest.raises(VargfaceError, match=r"is not a test output \(it holds .*(keep\.txt|notes\.txt)"):
+            Pipeline(folder, "state.json", {}, "test", overwrite=True).run(steps(folder))
+    assert (work / "notes.txt").exists() and (work / "mine" / "keep.txt").exists() and (work / "one").is_dir()
+
+
+def test_one_run_per_work_folder(tmp_path, fake, monkeypatch):
+    work = str(tmp_path / "work")
+    refusals = []
+
+    def second_run(pipeline, argv, capture=False):
+        if not refusals:
+            with pytest.raises(VargfaceError) as error:
+                Pipeline(work, "state.json", {}, "test", overwrite=True).run(steps(work))
+            refusals.append(str(error.value))
+        return fake(pipeline, argv, capture)
+
+    monkeypatch.setattr(Pipeline, "vargface", second_run)
+    Pipeline(work, "state.json", {}, "test").run(steps(work))
+    assert f"{work}.lock: another test runs in {work} (pid {os.getpid()} on " in refusals[0]
+    assert list(json.loads((tmp_path / "work" / "state.json").read_text())["steps"]) == ["one", "two", "three"]

@@ -105,20 +105,25 @@ OUTPUT_COMMANDS = {
 def test_an_existing_output_is_refused_then_replaced_with_overwrite(command, inputs, tmp_path, run_cli):
     make_argv, option, folder = OUTPUT_COMMANDS[command]
     out = tmp_path / "existing"
-    if folder:
-        out.mkdir()
-        (out / "old.txt").write_text("old")
+    argv = [str(out) if a == "OUT" else a for a in make_argv(inputs)]
+    if folder:  # the command's own earlier output (what it may replace; tests/test_outputs.py: what it may not)
+        assert run_cli(*argv).returncode == 0
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     else:
         out.write_text("old")
-    argv = [str(out) if a == "OUT" else a for a in make_argv(inputs)]
     refused = run_cli(*argv)
     assert refused.returncode == 1 and option in refused.stderr and "pass --overwrite" in refused.stderr, \
         refused.stderr
-    assert (out / "old.txt" if folder else out).read_text() == "old"
+    if folder:
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    else:
+        assert out.read_text() == "old"
     replaced = run_cli(*argv, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
-    assert not (out / "old.txt").exists() if folder else out.read_bytes() != b"old"
-    assert os.path.getsize(out) > 0
+    if folder:
+        assert all(p.stat().st_mtime_ns != before.get(p) for p in out.rglob("*") if p.is_file())
+    else:
+        assert out.read_bytes() != b"old" and os.path.getsize(out) > 0
 
 
 def test_train_distill_and_plot_log_refuse_an_existing_run_without_resume_or_overwrite(inputs, tmp_path, run_cli):

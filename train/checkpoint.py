@@ -8,14 +8,13 @@ written atomically and the pointer last, so a kill at any moment leaves the prev
 
 No state file is a pickle, so loading one cannot run code. Version-1 states kept the optimizer in MXNet's pickle
 (``prefix-state-%08d.states``); those are loaded only when the user vouches for them (``--trust-states``)."""
-import contextlib
 import glob
 import json
 import os
-import time
 
-from vargface.atomic import atomic_path, os_error_text
+from vargface.atomic import atomic_path
 from vargface.errors import VargfaceError, last_line, summarize
+from vargface.locks import OutputLock
 
 STATE_VERSION = 2
 PICKLED_STATE_VERSION = 1  # optimizer state as MXNet's pickle: read only behind --trust-states
@@ -39,6 +38,9 @@ def _load_arrays(path):
         raise VargfaceError(f"{path} is not a readable MXNet params file: {last_line(error)}") from None
     arg = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
     aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
+    from vargface.symbols.checkpoint import check_finite
+
+    check_finite({**arg, **aux}, path)
     return arg, aux
 
 
@@ -228,76 +230,12 @@ def load_pretrained(spec, emb_sym, data_shape):
     return arg, aux
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-class PrefixLock:
-    """``PREFIX.lock``: one training writes under a prefix at a time. The file names its holder (pid, host, start
-    time); a lock whose holder is gone (pid not alive on this host) is stale and taken over."""
+class PrefixLock(OutputLock):
+    """``PREFIX.lock``: one training writes under a prefix at a time (a `vargface.locks.OutputLock`)."""
 
     def __init__(self, prefix):
-        import socket
-
-        self.path = f"{prefix}.lock"
-        self.holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        self.held = False
-
-    def acquire(self):
-        for _ in range(3):
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            try:
-                with open(tmp, "w") as f:
-                    json.dump(self.holder, f)
-                os.link(tmp, self.path)  # atomic, and the lock is complete the moment it exists
-                self.held = True
-                return self
-            except FileExistsError:
-                pass
-            except OSError as error:
-                raise VargfaceError(f"cannot write {self.path}: {os_error_text(error)}") from None
-            finally:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-            holder = self._read()
-            if holder is not None and not self._stale(holder):
-                raise VargfaceError(f"{self.path}: another training writes to this prefix (pid {holder.get('pid')} "
-                                    f"on {holder.get('host')}, started {holder.get('started')}); wait for it, "
-                                    f"or choose another --prefix")
-            try:
-                os.remove(self.path)  # stale: its holder died without releasing it
-            except FileNotFoundError:
-                pass
-        raise VargfaceError(f"{self.path}: cannot take the lock (other trainings keep racing for it)")
-
-    def _read(self):
-        try:
-            with open(self.path) as f:
-                holder = json.load(f)
-            return holder if isinstance(holder, dict) else {}
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # unreadable: not a lock this code wrote
-
-    def _stale(self, holder):
-        try:
-            pid = int(holder["pid"])
-        except (KeyError, TypeError, ValueError):
-            return True
-        return holder.get("host") == self.holder["host"] and pid != os.getpid() and not _pid_alive(pid)
-
-    def release(self):
-        if self.held and (self._read() or {}).get("pid") == self.holder["pid"]:
-            os.remove(self.path)
-        self.held = False
+        super().__init__(prefix, what="another training writes to this prefix",
+                         hint="wait for it, or choose another --prefix")
 
 
 # Settings a resumed run must share with the interrupted one to continue it exactly: the data order, the batch,

@@ -7,7 +7,10 @@ for other data or another teacher is refused instead of silently teaching the wr
 
 File layout (little-endian): 8-byte magic ``VARGKD01``, uint64 header length, JSON header, then (64-byte
 aligned) the int64 record indices (N,) and the float32 embeddings (N, 2, D) [:, 0] plain, [:, 1] mirrored.
-Embeddings are memory-mapped, so a 5.8M-image data set needs no RAM for them."""
+The header's ``body`` is the SHA-256 of everything after the header, checked whenever the cache is opened, so a
+damaged file is refused even where its values stay finite. The file is allocated whole before the teacher runs (a
+full disk is reported at once) and written with plain writes; readers memory-map the embeddings, so a 5.8M-image
+data set needs no RAM for them."""
 import contextlib
 import json
 import math
@@ -18,10 +21,12 @@ import time
 import numpy as np
 
 from vargface.errors import VargfaceError
+from vargface.locks import OutputLock
 
 MAGIC = b"VARGKD01"
 UNFINISHED = b"VARGKD--"  # the magic while the file is written: an interrupted temporary never loads
-VERSION = 1
+VERSION = 2  # 1 had no checksum over the body
+BODY_PLACEHOLDER = "sha256:" + "0" * 64  # written first, patched in place (same length) once the body is done
 
 
 def data_files(data_dir):
@@ -65,59 +70,84 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     side; default the stored size), so they are decoded and resized exactly as in training; the mirror is the same
     horizontal flip the iterator applies. An existing file is refused, replaced (``overwrite``) or, with
     ``reuse``, kept when it checks out for this data, teacher and image size (a mismatch is an error).
-    Returns the cache path."""
-    import mxnet as mx
-    from vargface.options import progress_bar
-    from vargface.atomic import atomic_path
-    from vargface.data.iterator import FaceRecordIter
+    Returns the cache path. The cache is locked while it is written (`vargface.locks`)."""
     from vargface.data.recordio import read_property
 
     path = path or default_cache_path(data_dir, teacher)
     _, height, width = read_property(data_dir)
     if image_size:
         height = width = int(image_size)
-    if os.path.exists(path) and not overwrite:
-        if reuse:
-            TeacherCache(path, data_dir, teacher, image_shape=(3, height, width))
-            return path
-        raise VargfaceError(f"output {path} exists; pass --overwrite to replace it or --reuse to keep it")
-    checksums = data_checksum(data_dir)
-    it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=(3, height, width),
-                        shuffle=False, rand_mirror=False, last_batch="pad")
-    count = int(it.num_samples)
-    header = {"version": VERSION, "count": count, "emb_size": teacher.emb_size, "image_shape": [3, height, width],
-              "data_dir": os.path.abspath(data_dir), "data": checksums, "teacher": teacher.describe(),
-              "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    header_bytes = json.dumps(header, sort_keys=True).encode()
-    index_offset, emb_offset, end = _layout(len(header_bytes), count, teacher.emb_size)
-    with atomic_path(path) as tmp, contextlib.closing(it):
-        with open(tmp, "wb") as f:
-            f.write(UNFINISHED + struct.pack("<Q", len(header_bytes)) + header_bytes)
-            f.truncate(end)
-        indices = np.memmap(tmp, dtype="<i8", mode="r+", offset=index_offset, shape=(count,))
-        embeddings = np.memmap(tmp, dtype="<f4", mode="r+", offset=emb_offset, shape=(count, 2, teacher.emb_size))
-        row = 0
-        for batch in progress_bar(it, total=math.ceil(count / batch_size), desc="teacher cache", unit="batch",
-                          enabled=progress):
-            valid = batch_size - (batch.pad or 0)
-            data = batch.data[0]
-            both = teacher.embed(mx.nd.concat(data, mx.nd.flip(data, axis=3), dim=0)).asnumpy()  # plain, mirror
-            indices[row:row + valid] = np.asarray(batch.index)[:valid]
-            embeddings[row:row + valid, 0] = both[:valid]
-            embeddings[row:row + valid, 1] = both[batch_size:batch_size + valid]
-            row += valid
-        if row != count:
-            raise VargfaceError(f"{data_files(data_dir)[0]}: read {row} images, but the iterator announced {count}")
-        indices.flush()
-        embeddings.flush()
-        del indices, embeddings
-        with open(tmp, "r+b") as f:  # complete: only now does it carry the magic a reader accepts
-            f.write(MAGIC)
+    with OutputLock(path):
+        if os.path.exists(path) and not overwrite:
+            if reuse:
+                TeacherCache(path, data_dir, teacher, image_shape=(3, height, width), progress=progress)
+                return path
+            raise VargfaceError(f"output {path} exists; pass --overwrite to replace it or --reuse to keep it")
+        _write_cache(teacher, data_dir, path, batch_size, (3, height, width), progress)
     return path
 
 
+def _write_cache(teacher, data_dir, path, batch_size, image_shape, progress):
+    import mxnet as mx
+    from vargface.options import progress_bar
+    from vargface.atomic import atomic_path, reserve_space, write_errors
+    from vargface.data.iterator import FaceRecordIter
+
+    checksums = data_checksum(data_dir)
+    it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=image_shape,
+                        shuffle=False, rand_mirror=False, last_batch="pad")
+    count, emb_size = int(it.num_samples), teacher.emb_size
+    header = {"version": VERSION, "count": count, "emb_size": emb_size, "image_shape": list(image_shape),
+              "data_dir": os.path.abspath(data_dir), "data": checksums, "teacher": teacher.describe(),
+              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "body": BODY_PLACEHOLDER}
+    header_bytes = json.dumps(header, sort_keys=True).encode()
+    index_offset, emb_offset, end = _layout(len(header_bytes), count, emb_size)
+    with atomic_path(path) as tmp, contextlib.closing(it):
+        with open(tmp, "wb") as f:
+            f.write(UNFINISHED + struct.pack("<Q", len(header_bytes)) + header_bytes)
+        reserve_space(tmp, end, target=path)
+        with write_errors(path), open(tmp, "r+b") as f:
+            fd, row = f.fileno(), 0
+            for batch in progress_bar(it, total=math.ceil(count / batch_size), desc="teacher cache", unit="batch",
+                                      enabled=progress):
+                valid = batch_size - (batch.pad or 0)
+                data = batch.data[0]
+                both = teacher.embed(mx.nd.concat(data, mx.nd.flip(data, axis=3), dim=0)).asnumpy()  # plain, mirror
+                pairs = np.stack([both[:valid], both[batch_size:batch_size + valid]], axis=1)  # (valid, 2, D)
+                os.pwrite(fd, np.asarray(batch.index, "<i8")[:valid].tobytes(), index_offset + 8 * row)
+                os.pwrite(fd, np.ascontiguousarray(pairs, "<f4").tobytes(), emb_offset + 8 * emb_size * row)
+                row += valid
+            if row != count:
+                raise VargfaceError(f"{data_files(data_dir)[0]}: read {row} images, but the iterator announced "
+                                    f"{count}")
+            os.pwrite(fd, _body_digest(fd, index_offset, end).encode(),
+                      16 + header_bytes.index(BODY_PLACEHOLDER.encode()))
+            os.fsync(fd)
+            os.pwrite(fd, MAGIC, 0)  # complete: only now does it carry the magic a reader accepts
+
+
+def _body_digest(fd, start, end, progress=False):
+    """'sha256:HEX' of bytes [start, end) of an open cache file: its record indices and embeddings."""
+    import hashlib
+
+    from vargface.options import progress_bar
+
+    digest, offset = hashlib.sha256(), start
+    with progress_bar(total=end - start, unit="B", unit_scale=True, desc="teacher cache checksum",
+                      enabled=progress) as bar:
+        while offset < end:
+            block = os.pread(fd, min(1 << 24, end - offset), offset)
+            if not block:
+                break
+            digest.update(block)
+            offset += len(block)
+            bar.update(len(block))
+    return "sha256:" + digest.hexdigest()
+
+
 def read_header(path):
-    """The JSON header of a cache file (raises a clear error for anything that is not one)."""
+    """The JSON header of a cache file (raises a clear error for anything that is not one; the version and the
+    body are the opener's to check, which can say how to rebuild the cache)."""
     if not os.path.isfile(path):
         raise VargfaceError(f"--teacher-cache: {path} does not exist; make it with `vargface distill cache`")
     size = os.path.getsize(path)
@@ -138,9 +168,6 @@ def read_header(path):
             raise VargfaceError(f"--teacher-cache: {path} has a damaged header") from None
     if not isinstance(header, dict):
         raise VargfaceError(f"--teacher-cache: {path} has a damaged header (not a JSON object)")
-    if header.get("version") != VERSION:
-        raise VargfaceError(f"--teacher-cache: {path} has version {header.get('version')}, expected {VERSION}; "
-                            f"rebuild it with `vargface distill cache`")
     expected = {"count": int, "emb_size": int, "image_shape": list, "data_dir": str, "data": dict, "teacher": dict}
     wrong = [key for key, kind in expected.items() if not isinstance(header.get(key), kind)]
     wrong += [f"data.{k}" for k in ("rec", "idx") if k not in header.get("data", {})]
@@ -154,9 +181,17 @@ def read_header(path):
 class TeacherCache:
     """Read-only view of a cache file, checked against the data and teacher it is used with."""
 
-    def __init__(self, path, data_dir, teacher, image_shape=None):
+    def __init__(self, path, data_dir, teacher, image_shape=None, progress=True):
         header, length = read_header(path)
-        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --dataset {data_dir}`")
+        size = f" --image-size {image_shape[-1]}" if image_shape is not None else ""
+        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --dataset {data_dir}{size} "
+                   f"--out {path} --overwrite`")
+        if header.get("version") != VERSION:
+            found = ("has no checksum over its embeddings (an older format)" if header.get("version") == 1 else
+                     f"has version {header.get('version')}, expected {VERSION}")
+            raise VargfaceError(f"--teacher-cache: {path} {found}{rebuild}")
+        if not isinstance(header.get("body"), str):
+            raise VargfaceError(f"--teacher-cache: {path} has a damaged header (body missing){rebuild}")
         current = data_checksum(data_dir)
         for key in ("rec", "idx"):
             if header["data"][key] != current[key]:
@@ -170,13 +205,17 @@ class TeacherCache:
                                 f"(checksum {teacher.checksum}){rebuild}")
         if image_shape is not None and tuple(header["image_shape"]) != tuple(image_shape):
             raise VargfaceError(f"--teacher-cache: {path} holds embeddings of {tuple(header['image_shape'])} images, "
-                                f"but training feeds {tuple(image_shape)}{rebuild} --image-size {image_shape[-1]}")
+                                f"but training feeds {tuple(image_shape)}{rebuild}")
         self.path, self.header = path, header
         count, emb_size = header["count"], header["emb_size"]
         index_offset, emb_offset, end = _layout(length, count, emb_size)
         if os.path.getsize(path) != end:
             raise VargfaceError(f"--teacher-cache: {path} has {os.path.getsize(path)} bytes, expected {end} "
                                 f"(truncated or damaged){rebuild}")
+        with open(path, "rb") as f:
+            if _body_digest(f.fileno(), index_offset, end, progress) != header["body"]:
+                raise VargfaceError(f"--teacher-cache: {path} is damaged: its record indices and embeddings do not "
+                                    f"match the checksum in its header{rebuild}")
         indices = np.fromfile(path, dtype="<i8", count=count, offset=index_offset)
         self._order = np.argsort(indices, kind="stable")
         self._sorted = indices[self._order]

@@ -5,6 +5,7 @@ own ``cli`` module, so this file only dispatches."""
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 COMMAND_MODULES = [
@@ -45,31 +46,68 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    from vargface.errors import VargfaceError
+class Terminated(BaseException):
+    """SIGTERM, raised where the process happens to be, so that cleanups (locks, temporaries) run on the way out."""
 
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
+def _quiet_shutdown(code):
+    """Further Ctrl-C or SIGTERM while Python shuts down (joining threads) end the process at once with ``code``,
+    instead of printing 'Exception ignored ...' tracebacks."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: os._exit(code))
+
+
+def main(argv=None):
+    """The `vargface` command: exit code 0, 1 with a one-line error, 130 on Ctrl-C, 143 on SIGTERM (each with a
+    message). Without ``argv`` this is the `vargface` process itself and its shutdown is made quiet; a call with
+    ``argv`` (tests, scripts) gets its signal handlers back."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ)}
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over `ulimit -f`: an error naming it, not a kill
+    code = 1
+    try:
+        code = _run(argv)
+    finally:
+        if argv is None:
+            _quiet_shutdown(code)
+        else:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+    sys.exit(code)
+
+
+def _run(argv):
+    """Parse and run one command -> its exit code; user-facing faults become one line on stderr."""
+    from vargface.errors import VargfaceError
     from vargface.options import show_progress
 
-    args = build_parser().parse_args(argv)
-    from vargface.openmp import configure
-
-    configure(cpu_only=_cpu_only(args))
-    show_progress(not getattr(args, "json", False))
+    name = "vargface"
     try:
-        code = args.func(args)
+        args = build_parser().parse_args(argv)
+        name = f"vargface {args.command}"
+        from vargface.openmp import configure
+
+        configure(cpu_only=_cpu_only(args))
+        show_progress(not getattr(args, "json", False))
+        return args.func(args) or 0
     except VargfaceError as error:
-        print(f"vargface {args.command}: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        print(f"{name}: error: {error}", file=sys.stderr)
     except OSError as error:  # a file the command could not read or write: the reason, not a traceback
         from vargface.atomic import os_error_text
 
         where = f"{error.filename}: " if error.filename else ""
-        print(f"vargface {args.command}: error: {where}{os_error_text(error)}", file=sys.stderr)
-        sys.exit(1)
+        print(f"{name}: error: {where}{os_error_text(error)}", file=sys.stderr)
     except KeyboardInterrupt:
-        print(f"vargface {args.command}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{name}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    return 1
 
 
 if __name__ == "__main__":

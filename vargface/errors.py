@@ -14,9 +14,9 @@ def last_line(error):
     return lines[-1].removeprefix("MXNetError: ")
 
 
-def summarize(problems, limit=5):
-    """The first ``limit`` problems joined by '; ', then '... and N more': a wrong file can mismatch hundreds
+def summarize(problems, limit=5, sep="; "):
+    """The first ``limit`` problems joined by ``sep``, then '... and N more': a wrong file can mismatch hundreds
     of arrays, and a message must stay readable."""
     problems = list(problems)
-    text = "; ".join(problems[:limit])
-    return text + (f"; ... and {len(problems) - limit} more" if len(problems) > limit else "")
+    text = sep.join(problems[:limit])
+    return text + (f"{sep}... and {len(problems) - limit} more" if len(problems) > limit else "")

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from vargface.errors import VargfaceError
+from vargface.pipeline import PIPELINE_OVERWRITE
 
 FARS = (1e-3, 1e-4, 1e-5)
 HELDOUT_FIRST_IDENTITY = 1_000_000  # training identities are numbered from 0: no face is shared
@@ -65,7 +66,7 @@ def add_options(p, profile):
     p.add_argument("--ctx", default="cpu", help="devices for training and evaluation (default: %(default)s)")
     p.add_argument("--train-graph", default="auto", choices=("auto", "faithful", "fast"),
                    help="the graph every training run trains (as in `vargface train`; default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="delete OUT first instead of continuing it")
+    p.add_argument("--overwrite", action="store_true", help=PIPELINE_OVERWRITE)
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     for name in SIZE_OPTIONS:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
@@ -145,6 +146,9 @@ def paired_difference(values, baselines, confidence=0.95):
     return result
 
 
+REPORT_FILES = ("results.md", "results.json", "results.png")
+
+
 # ---- the experiment --------------------------------------------------------------------------------------------
 class Experiment:
     """The steps of one experiment (see the module docstring), run by `vargface.pipeline`, then the report."""
@@ -157,7 +161,8 @@ class Experiment:
         self.out, self.settings, self.dry_run = out, settings, dry_run
         self.seeds = list(range(settings["first_seed"], settings["first_seed"] + settings["seeds"]))
         self.pipeline = Pipeline(out, self.state_file, settings, self.name, overwrite=overwrite, dry_run=dry_run,
-                                 hint="pass --overwrite to start again or choose another --out")
+                                 hint="pass --overwrite to start again or choose another --out",
+                                 outputs=[self.path(name) for name in REPORT_FILES])
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)
@@ -320,11 +325,12 @@ class Experiment:
               f"training identities x {s['per_identity']} images; held-out {s['heldout_identities']} identities x "
               f"{s['heldout_per_identity']} images; N = {s['student_steps']} student updates per round, teacher "
               f"{s['teacher_steps']}; output in {self.out}", flush=True)
-        results = self.pipeline.run(self.steps())
-        if self.dry_run:
-            return None
-        report = self.report(results)
-        self.write(report, time.time() - tic)
+        with self.pipeline:
+            results = self.pipeline.run(self.steps())
+            if self.dry_run:
+                return None
+            report = self.report(results)
+            self.write(report, time.time() - tic)
         return report
 
     def report(self, results):
@@ -351,14 +357,14 @@ class Experiment:
         from vargface.atomic import atomic_path
 
         text = markdown_report(report, self.name)
-        with atomic_path(self.path("results.md")) as tmp, open(tmp, "w") as f:
+        markdown, data, chart = (self.path(name) for name in REPORT_FILES)
+        with atomic_path(markdown) as tmp, open(tmp, "w") as f:
             f.write(text)
-        with atomic_path(self.path("results.json")) as tmp, open(tmp, "w") as f:
+        with atomic_path(data) as tmp, open(tmp, "w") as f:
             json.dump(report, f, indent=1)
-        draw_chart(report, self.path("results.png"), f"vargface {self.name} ({self.settings['profile']})")
+        draw_chart(report, chart, f"vargface {self.name} ({self.settings['profile']})")
         print("\n" + text)
-        print(f"wrote {self.path('results.md')}, {self.path('results.json')}, {self.path('results.png')} "
-              f"({seconds / 60:.1f} min in this run)", flush=True)
+        print(f"wrote {markdown}, {data}, {chart} ({seconds / 60:.1f} min in this run)", flush=True)
 
 
 def tar_key(far):

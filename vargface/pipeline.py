@@ -20,6 +20,10 @@ from typing import Callable, List, Optional, Sequence
 from vargface.errors import VargfaceError
 
 
+PIPELINE_OVERWRITE = ("start again instead of continuing: remove what earlier runs wrote in OUT (the state, every "
+                      "step's outputs, the reports) and nothing else")
+
+
 @dataclass
 class Step:
     """One resumable unit of a pipeline.
@@ -51,36 +55,85 @@ def shell_line(argv):
 
 
 class Pipeline:
-    """Runs steps in order against a state file ``work/state_name``.
+    """Runs steps in order against a state file ``work/state_name``; used as ``with Pipeline(...) as p:`` (or by a
+    bare ``run``), which locks the work folder (``WORK.lock``, `vargface.locks`) so one run at a time writes it.
 
     ``settings`` (JSON-able) are stored with the state: a work folder holding a run with other settings is
-    refused, so a rerun never mixes two configurations. ``what`` names the pipeline in messages (e.g. 'demo')."""
+    refused, so a rerun never mixes two configurations. ``what`` names the pipeline in messages (e.g. 'demo').
+    ``outputs`` are the files it writes besides its steps' (reports). The state records every output a step was
+    started for; ``overwrite`` removes those, the steps' and ``outputs``, and the state, and nothing else: a
+    folder that holds no state of this pipeline is never emptied, with or without ``overwrite``."""
 
-    def __init__(self, work, state_name, settings, what, overwrite=False, dry_run=False, hint=""):
+    def __init__(self, work, state_name, settings, what, overwrite=False, dry_run=False, hint="", outputs=()):
         self.work, self.settings, self.what, self.dry_run = work, settings, what, dry_run
+        self.overwrite, self.outputs = overwrite and not dry_run, list(outputs)
         self.state_path = os.path.join(work, state_name)
         self.hint = hint or "choose another output folder"
-        if overwrite and os.path.isdir(work) and not dry_run:
-            shutil.rmtree(work)
+        self.state, self.previous, self.lock, self.parser, self.entered = None, None, None, None, False
+
+    def __enter__(self):
+        from vargface.locks import OutputLock
+
+        if not self.dry_run:
+            self.lock = OutputLock(self.work, what=f"another {self.what} runs in {self.work}").acquire()
+        try:
+            self.state = self._open()
+            if self.previous is not None:  # --overwrite: what the previous run recorded, the reports, its state
+                recorded = [os.path.join(self.work, p) for p in self.previous.get("outputs", [])]
+                self._remove(recorded + self.outputs + [self.state_path])
+                self.overwrite = False  # done: a second `with` continues this run
+        except BaseException:
+            self.__exit__()
+            raise
+        self.entered = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+        self.lock, self.entered = None, False
+
+    def _open(self):
+        """The state to continue (a fresh one under ``overwrite``; the old one is kept in ``previous``)."""
+        work = self.work
         if os.path.exists(work) and not os.path.isdir(work):
             raise VargfaceError(f"{work}: exists and is not a directory")
-        self.state = {"settings": settings, "steps": {}}
+        fresh = {"settings": self.settings, "steps": {}, "outputs": []}
+        state = None
         if os.path.isfile(self.state_path):
             try:
                 with open(self.state_path) as f:
                     state = json.load(f)
-                steps = state["steps"]
-                if not isinstance(steps, dict):
+                if not isinstance(state["steps"], dict):
                     raise ValueError("'steps' is not an object")
+                outputs = state.get("outputs")
+                state["outputs"] = [p for p in outputs if isinstance(p, str)] if isinstance(outputs, list) else []
             except (OSError, ValueError, KeyError, TypeError) as error:
-                raise VargfaceError(f"{self.state_path}: unreadable {what} state ({error}); {self.hint}") from None
-            if state.get("settings") != settings:
-                raise VargfaceError(f"{work} holds a {what} run with other settings ({self.state_path}); "
-                                    f"{self.hint}")
-            self.state = state
+                if not self.overwrite:
+                    raise VargfaceError(f"{self.state_path}: unreadable {self.what} state ({error}); "
+                                        f"{self.hint}") from None
+                state = {}
         elif os.path.isdir(work) and os.listdir(work):
-            raise VargfaceError(f"{work}: exists and is not a {what} output; {self.hint}")
-        self.parser = None
+            from vargface.errors import summarize
+
+            raise VargfaceError(f"{work}: exists and is not a {self.what} output (it holds "
+                                f"{summarize(sorted(os.listdir(work)), sep=', ')}); {self.hint}")
+        if self.overwrite:
+            self.previous = state or {}
+            return fresh
+        if state is not None and state.get("settings") != self.settings:
+            raise VargfaceError(f"{work} holds a {self.what} run with other settings ({self.state_path}); "
+                                f"{self.hint}")
+        return {**fresh, **state} if state is not None else fresh
+
+    def _own(self, paths):
+        """``paths`` inside the work folder, relative to it (nothing outside it is ever the pipeline's to remove)."""
+        inside = (os.path.relpath(os.path.abspath(p), os.path.abspath(self.work)) for p in paths)
+        return sorted({p for p in inside if p != "." and not p.startswith(os.pardir)})
+
+    def _remove(self, paths):
+        """Remove those of ``paths`` that lie in the work folder."""
+        remove_outputs(os.path.join(self.work, p) for p in self._own(paths))
 
     # -- state -----------------------------------------------------------------------------------------------
     def done(self, name):
@@ -91,6 +144,13 @@ class Pipeline:
 
     def seconds(self, name):
         return self.state["steps"][name]["seconds"]
+
+    def record(self, outputs):
+        """Note in the state that these outputs are the pipeline's (what --overwrite later removes)."""
+        known, new = set(self.state["outputs"]), set(self._own(outputs))
+        if not new <= known:
+            self.state["outputs"] = sorted(known | new)
+            self._save_state()
 
     def _save_state(self):
         from vargface.atomic import atomic_path
@@ -117,6 +177,12 @@ class Pipeline:
     def run(self, steps):
         """Run every step not yet finished; returns {name: result}. A failing step stops the run (its error
         propagates) and is not recorded, so the next run starts at it."""
+        if not self.entered:
+            with self:
+                return self.run(steps)
+        if self.previous is not None:  # --overwrite: these steps' outputs too (states older than the record)
+            self._remove([output for step in steps for output in step.outputs])
+            self.previous = None
         results = {}
         for number, step in enumerate(steps, 1):
             progress = f"[{number}/{len(steps)}] "
@@ -141,17 +207,23 @@ class Pipeline:
                 print("$ " + shell_line(argv), flush=True)
             return None
         if not resuming:
-            for output in step.outputs:  # leftovers of an interrupted attempt
-                if os.path.isdir(output):
-                    shutil.rmtree(output)
-                elif os.path.exists(output):
-                    os.remove(output)
+            remove_outputs(step.outputs)  # leftovers of an interrupted attempt
+        self.record(step.outputs)
         tic = time.time()
         printed = [self.vargface(argv, capture=step.capture) for argv in commands]
         result = step.result(printed) if step.result else None
         self.state["steps"][step.name] = {"seconds": time.time() - tic, "result": result}
         self._save_state()
         return result
+
+
+def remove_outputs(paths):
+    """Remove each file or folder of ``paths`` that exists."""
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def write_json(path, text):

@@ -15,7 +15,7 @@ import os
 
 from vargface import options
 from vargface.errors import VargfaceError
-from vargface.pipeline import Pipeline, Step, write_json
+from vargface.pipeline import PIPELINE_OVERWRITE, Pipeline, Step, write_json
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 TEACHER_CONFIG = "r100_retina.py"
@@ -61,7 +61,7 @@ def _common(parser, ctx_default, work_default):
     parser.set_defaults(dataset="../datasets/ms1m-retinaface-t1")
     options.add_out(parser, f"folder of the checkpoints, results and the recipe state; a rerun continues it "
                             f"(default: {work_default})", required=False, default=work_default)
-    options.add_overwrite(parser, help="delete OUT first instead of continuing it")
+    options.add_overwrite(parser, help=PIPELINE_OVERWRITE)
     options.add_ctx(parser, default=ctx_default, help="training devices")
     parser.add_argument("--configs", default=CONFIGS, help="folder of the experiment config files "
                         "(default: the repository's configs/)")
@@ -98,6 +98,7 @@ class Recipe:
     def __init__(self, args):
         self.args = args
         self.work = args.out
+        self.resumable = []  # resume files of steps (removed by --overwrite only, kept for a redo to continue)
         self.flags = parse_overrides(args.overrides)
         for name in (TEACHER_CONFIG, STUDENT_CONFIG, DISTILL_CONFIG):
             if not os.path.isfile(os.path.join(args.configs, name)) and not args.dry_run:
@@ -133,7 +134,8 @@ class Recipe:
                                     f"budget of 1.0 GFLOPs ({path})")
             return {"flops": figures["flops"], "params": figures["params"]}
 
-        return Step("flops_" + name, title, [["flops"] + argv + ["--json"]], capture=True, result=check)
+        return Step("flops_" + name, title, [["flops"] + argv + ["--json"]], outputs=[path], capture=True,
+                    result=check)
 
     def cache_step(self, teacher):
         return Step("cache", "cache the teacher's embeddings of every training image and its mirror",
@@ -157,14 +159,16 @@ class Recipe:
 
         packs = ",".join(os.path.join(self.args.dataset, t + ".bin") for t in targets)
         return Step("verify_" + name, f"verify {title}", [["verify", "--model", model, "--target", packs, "--ctx",
-                                                           self.args.eval_ctx, "--json"]], capture=True, result=keep)
+                                                           self.args.eval_ctx, "--json"]], outputs=[path],
+                    capture=True, result=keep)
 
     def run(self, steps, settings):
         print(f"vargface recipe {self.args.recipe}: {len(steps)} steps, work folder {self.work}"
               + (" (dry run: the commands only)" if self.args.dry_run else ""), flush=True)
-        pipeline = Pipeline(self.work, "recipe-state.json", settings, "recipe", overwrite=self.args.overwrite,
-                            dry_run=self.args.dry_run, hint="pass --overwrite to start again or choose another --out")
-        pipeline.run(steps)
+        with Pipeline(self.work, "recipe-state.json", settings, "recipe", overwrite=self.args.overwrite,
+                      dry_run=self.args.dry_run, hint="pass --overwrite to start again or choose another --out",
+                      outputs=self.resumable) as pipeline:
+            pipeline.run(steps)
         return pipeline
 
 
@@ -202,10 +206,13 @@ def lfr_light_steps(args):
                                ("gen2", "distillation generation 2", student + "-gen2")):
         steps.append(recipe.verify_step(name, title, model + ",1", targets))
     if args.lfr_list:
+        from vargface.eval.lfr import resume_files
+
+        features = recipe.path(f"lfr2019-{net}-gen2.bin")
+        recipe.resumable += resume_files(features)
         steps.append(Step("lfr", "the LFR2019 image-track feature file of generation 2",
                           [["lfr", "features", args.lfr_list, "--model", student + "-gen2,1", "--root",
-                            args.lfr_root, "--out", recipe.path(f"lfr2019-{net}-gen2.bin"), "--ctx",
-                            args.eval_ctx]]))
+                            args.lfr_root, "--out", features, "--ctx", args.eval_ctx]], outputs=[features]))
     return recipe, steps
 
 
