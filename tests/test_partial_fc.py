@@ -343,6 +343,9 @@ def test_shard_files_resume_refuse_another_worker_and_merge(tmp_path, run_cli):
     broken["shard1:momentum"] = mx.nd.zeros((5, D))
     with pytest.raises(VargfaceError, match=r"shard1:momentum has shape \(5, 6\), expected \(6, 6\)"):
         engines[0].load_state_arrays(broken, "broken")
+    broken["shard1:momentum"] = mx.nd.array(np.full((6, D), np.nan))
+    with pytest.raises(VargfaceError, match="broken: array 'shard1:momentum' holds 36 NaN"):
+        engines[0].load_state_arrays(broken, "broken")
 
 
 def test_memory_per_device_falls_with_shards_and_sampling():

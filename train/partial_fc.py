@@ -474,12 +474,16 @@ def merge_shards(paths):
 
 
 def shard_array(arrays, layout, shard, part, source):
-    """``arrays``' 'shard<shard>:<part>' (weight or momentum), checked against the shape ``layout`` gives it."""
+    """``arrays``' 'shard<shard>:<part>' (weight or momentum), checked against the shape ``layout`` gives it and
+    for NaN or inf."""
+    from vargface.symbols.checkpoint import check_finite
+
     key, expected = f"shard{shard}:{part}", (layout.rows(shard)[1], layout.emb_size)
     if key not in arrays:
         raise VargfaceError(f"{source} has no {key} (a shard of {layout})")
     if arrays[key].shape != expected:
         raise VargfaceError(f"{source}: {key} has shape {arrays[key].shape}, expected {expected} for {layout}")
+    check_finite({key: arrays[key]}, source)
     return arrays[key]
 
 
