@@ -40,10 +40,10 @@ def main():
 
     import mxnet as mx
 
-    from vargface.data.iterator import FaceRecordIter
+    from vargface.data.source import open_training_set
     from vargface.data.synth import make_synthetic_rec
     from vargface.train.config import generate_config, resolve_dataset
-    from vargface.train.distill import make_plugin
+    from vargface.train.distill import make_plugin, teacher_taps
     from vargface.train.teacher import Teacher
     from vargface.train.teacher_cache import build_cache, TeacherCache
     from vargface.train.trainer import build_training_module
@@ -53,11 +53,15 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
         data = os.path.join(tmp, "data")
         make_synthetic_rec(data, identities=4, per_identity=batch, size=112, seed=0, progress=False)
-        teacher = Teacher(save_random(args.teacher, os.path.join(tmp, "teacher")))
+        teacher_model = save_random(args.teacher, os.path.join(tmp, "teacher"))
+        teacher = Teacher(teacher_model)
         tic = time.time()
         cache_path = build_cache(teacher, data, batch_size=batch, progress=False)
         cache_seconds = time.time() - tic
-        config = resolve_dataset(generate_config(args.student, data, "arcface", val_targets="", per_batch_size=batch))
+
+        def distill_config(terms, cache=""):
+            return resolve_dataset(generate_config(args.student, data, "arcface", command="distill", kd=terms,
+                                                   teacher_cache=cache, val_targets="", per_batch_size=batch))
 
         def training_module(plugin):
             """The student's training graph under ``plugin`` (the trainer's own), bound and ready for SGD steps."""
@@ -67,16 +71,18 @@ def main():
 
         term_sets = {1: ["angular:embedding@7"], 2: ["angular:embedding@7", "angular:stride16@2"],
                      4: ["angular:embedding@7", "angular:stride16@2", "angular:stride8@1", "angular:stride4@0.5"]}
-        live = make_plugin(config, teacher, term_sets[1], log=quiet)
-        cached = make_plugin(config, teacher, term_sets[1], teacher_cache=cache_path, log=quiet)
+        config = distill_config(term_sets[1])
+        live = make_plugin(config, teacher, log=quiet)
+        cached = make_plugin(distill_config(term_sets[1], cache_path), teacher, log=quiet)
         assert isinstance(cached.cache, TeacherCache)
         module = training_module(live)
         by_terms = {}
         for count, terms in term_sets.items():
-            plugin = make_plugin(config, teacher, terms, log=quiet)  # a teacher with the taps the terms read
+            terms_config = distill_config(terms)  # a teacher with the taps the terms read
+            plugin = make_plugin(terms_config, Teacher(teacher_model, taps=teacher_taps(terms_config.terms)),
+                                 log=quiet)
             by_terms[count] = (plugin, training_module(plugin))
-        it = FaceRecordIter(path_imgrec=data, batch_size=batch, data_shape=(3, 112, 112), shuffle=True,
-                            rand_mirror=True)
+        it = open_training_set(data).iterator(batch, 112, shuffle=True, rand_mirror=True)
 
         def step(plugin, module=module):
             try:

@@ -19,7 +19,6 @@ def _int_in(low, high, what):
     return parse
 
 
-image_side = _int_in(8, 4096, "an image side in pixels")
 jpeg_quality = _int_in(1, 100, "a JPEG quality")
 # What --overwrite replaces: a data set's three files (beside anything else), or an image root as a whole.
 REPLACE_SET = "replace train.rec, train.idx and property in OUT; everything else there stays"
@@ -48,7 +47,7 @@ def register(subparsers):
     options.add_out(p, "output folder (image folders, or train.rec/train.idx/property with --rec)")
     p.add_argument("--identities", type=int, required=True)
     p.add_argument("--per-identity", type=int, required=True)
-    p.add_argument("--size", type=image_side, default=112, help="image side in pixels (default 112)")
+    options.add_image_size(p, default=112)
     options.add_seed(p)
     p.add_argument("--difficulty", type=float, default=1.0,
                    help="scale of per-image variation: pose, lighting, blur, noise, occlusion (default 1.0)")
@@ -69,9 +68,9 @@ def register(subparsers):
                                    "(5-point landmarks in the .lst align to the ArcFace template)")
     p.add_argument("source", metavar="SOURCE", help="image root (one folder per identity) or .lst file")
     options.add_out(p, "output data folder (train.rec, train.idx, property)")
-    p.add_argument("--size", type=image_side, default=112, help="output image side (default 112)")
+    options.add_image_size(p, default=112, help="output image side")
     p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality of re-encoded images")
-    p.add_argument("--image-root", default=None, help="base of relative paths in a .lst (default: its folder)")
+    options.add_root(p, default=None, help="folder the relative paths of a .lst refer to (default: its folder)")
     common(p, overwrite=REPLACE_SET, strict=True)
     p.set_defaults(func=_rec)
 
@@ -92,7 +91,7 @@ def register(subparsers):
     options.add_out(p, "output verification pack (.bin)")
     p.add_argument("--pairs", type=int, required=True, help="number of pairs (half same, half different)")
     options.add_seed(p)
-    p.add_argument("--size", type=image_side, default=112, help="image side in the pack (default 112)")
+    options.add_image_size(p, default=112, help="image side in the pack")
     p.add_argument("--quality", type=jpeg_quality, default=95)
     common(p, strict=True)
     p.set_defaults(func=_pairs)
@@ -123,7 +122,7 @@ def _synth(args):
     from vargface.data import synth
 
     make = synth.make_synthetic_rec if args.rec else synth.make_synthetic
-    result = make(args.out, args.identities, args.per_identity, size=args.size, seed=args.seed,
+    result = make(args.out, args.identities, args.per_identity, size=args.image_size, seed=args.seed,
                   difficulty=args.difficulty, first_identity=args.first_identity, quality=args.quality,
                   workers=args.workers, overwrite=args.overwrite)
     images = result[0] if args.rec else result
@@ -148,9 +147,9 @@ def _rec(args):
     from vargface.data.convert import to_rec
 
     with _warnings_to_stderr(args):
-        images, classes = to_rec(args.source, args.out, size=args.size, quality=args.quality,
+        images, classes = to_rec(args.source, args.out, size=args.image_size, quality=args.quality,
                                  workers=args.workers, strict=args.strict, overwrite=args.overwrite,
-                                 image_root=args.image_root)
+                                 image_root=args.root)
     options.emit(args, f"wrote {images} images of {classes} identities to {args.out}",
                  {"out": args.out, "images": images, "identities": classes})
     return 0
@@ -190,7 +189,7 @@ def _pairs(args):
     from vargface.data.convert import pairs_from_root
 
     with _warnings_to_stderr(args):
-        count = pairs_from_root(args.image_root, args.out, args.pairs, seed=args.seed, size=args.size,
+        count = pairs_from_root(args.image_root, args.out, args.pairs, seed=args.seed, size=args.image_size,
                                 quality=args.quality, workers=args.workers, strict=args.strict,
                                 overwrite=args.overwrite)
     options.emit(args, f"wrote {count} pairs to {args.out}", {"out": args.out, "pairs": count})

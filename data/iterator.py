@@ -21,6 +21,7 @@ import mxnet as mx
 import numpy as np
 
 from vargface.data.images import resize as resize_image
+from vargface.data.parallel import default_workers
 from vargface.data.recordio import RecReader, read_property
 from vargface.errors import VargfaceError, last_line
 
@@ -77,7 +78,7 @@ class FaceRecordIter(mx.io.DataIter):
                                 f"{self.num_parts} are fewer than one batch of {self.batch_size}")
         self.provide_data = [mx.io.DataDesc(data_name, (self.batch_size,) + self.data_shape)]
         self.provide_label = [mx.io.DataDesc(label_name, (self.batch_size,))]
-        workers = int(num_workers or os.cpu_count() or 1)
+        workers = int(num_workers or default_workers())
         self.prefetch = int(prefetch or 2 * workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="FaceRecordIter")
         self._pending = collections.deque()

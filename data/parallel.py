@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 def default_workers():
-    return os.cpu_count() or 1
+    """The cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def imap_ordered(fn, items, workers=None, ahead=None):

@@ -22,7 +22,7 @@ def register(subparsers):
                     "squared L2 distance, thresholds 0..4 step 0.01, 10 folds (best threshold on 9, accuracy on "
                     "the 10th); plus exact TAR at each decade of FAR the set has impostor pairs for.")
     _model(p)
-    p.add_argument("--target", required=True, metavar="A.bin,B.bin", help="comma-separated verification packs")
+    options.add_target(p, required=True)
     _device(p)
     p.add_argument("--nfolds", type=int, default=10, help="cross-validation folds (default: %(default)s)")
     p.add_argument("--roc", metavar="PATH", help="draw the ROC curves (TAR against FAR, log scale) to this PNG")
@@ -42,7 +42,7 @@ def register(subparsers):
                     "a finished OUT is replaced only with --overwrite.")
     f.add_argument("image_list", metavar="LIST", help="test file list, one image path per line")
     _model(f)
-    f.add_argument("--root", default=".", help="folder the listed paths are relative to (default: .)")
+    options.add_root(f)
     options.add_out(f, "output feature file")
     options.add_overwrite(f)
     _device(f)

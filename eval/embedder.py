@@ -21,7 +21,7 @@ class FaceEmbedder(InferenceRunner):
     """
 
     def __init__(self, prefix, epoch, ctx=None, batch_size=32):
-        from vargface.train.teacher import checkpoint_checksum
+        from vargface.symbols.checkpoint import checkpoint_checksum
 
         sym, arg_params, aux_params, _ = load_embedding_model(prefix, epoch)
         super().__init__(sym, arg_params, aux_params, ctx=ctx, batch_size=batch_size,

@@ -9,8 +9,11 @@ default (subgraph backend "MKLDNN": Conv+BN+ReLU folded into one oneDNN op). The
 derived at the first forward pass, so weights copied into the executor later are not fully seen (its embeddings
 then differ from a fresh bind of the same weights: stale in-training verification), and for MobileFaceNet
 (y1, y2) the fused op's output keeps the oneDNN layout, so reading it after the second forward pass fails with
-"We can't generate TBlob for MKLDNN data". ``MXNET_SUBGRAPH_BACKEND=NONE`` while binding turns that pass off for
-these executors only; the unfused oneDNN kernels still run, and training modules keep the default."""
+"We can't generate TBlob for MKLDNN data". Binding these executors under MXNet's ``default`` subgraph backend
+instead of MKLDNN turns that fusion off for them only: that backend fuses only the operators named to it, and none
+are, so the unfused oneDNN kernels run; training modules keep the default. (``MXNET_SUBGRAPH_BACKEND=NONE`` does
+the same but MXNet logs a line for every executor bound with it; MXNET_SUBGRAPH_VERBOSE=0 keeps the backend's own
+line out of the output.)"""
 import contextlib
 import os
 
@@ -23,7 +26,7 @@ from vargface.symbols.checkpoint import OUTPUT
 @contextlib.contextmanager
 def _without_subgraph_fusion():
     """Executors bound inside this block skip MXNet's graph fusion (MXNet reads the variable at bind time)."""
-    settings = {"MXNET_SUBGRAPH_BACKEND": "NONE"}
+    settings = {"MXNET_SUBGRAPH_BACKEND": "default", "MXNET_SUBGRAPH_VERBOSE": "0"}
     old = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
     try:
@@ -52,6 +55,27 @@ def cut_at(symbol, output, source="model"):
             raise VargfaceError(f"{source} has no output named {name!r}; expected '{OUTPUT}' or an internal output "
                                 f"such as {', '.join(close)}")
     return internals[outputs[0]] if len(outputs) == 1 else mx.sym.Group([internals[name] for name in outputs])
+
+
+def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32, progress=False, desc="embed"):
+    """Embeddings of float32 NCHW ``images``: (embedding(x) + embedding(flip(x))) L2-normalised when ``flip``,
+    else embedding(x) L2-normalised. ``forward`` maps a batch of at most ``batch_size`` to (n, D) numpy."""
+    from vargface.options import progress_bar
+
+    images = np.asarray(images, dtype=np.float32)
+    out = None
+    for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
+        batch = images[start:start + batch_size]
+        emb = np.asarray(forward(batch), dtype=np.float64)
+        if flip:
+            emb = emb + np.asarray(forward(np.ascontiguousarray(batch[:, :, :, ::-1])), dtype=np.float64)
+        if out is None:
+            out = np.zeros((len(images), emb.shape[1]), np.float64)
+        out[start:start + len(batch)] = emb
+    if out is None:
+        return np.zeros((0, 0), dtype)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.maximum(norms, 1e-12)).astype(dtype)
 
 
 class InferenceRunner:
@@ -166,7 +190,5 @@ class InferenceRunner:
     def embed_prepared(self, images, flip=True, dtype=np.float32, progress=False, desc="embed"):
         """L2-normalised embeddings of float32 NCHW images at the input side; with ``flip`` each row is the
         image's plus its mirror's, as the verification protocol sums them."""
-        from vargface.eval.verification import flip_sum_embeddings
-
         return flip_sum_embeddings(images, self.forward, self.batch_size or max(len(images), 1), flip=flip,
                                    dtype=dtype, progress=progress, desc=desc)

@@ -67,27 +67,6 @@ def evaluate(embeddings, issame_list, nrof_folds=10, thresholds=THRESHOLDS):
     }
 
 
-def flip_sum_embeddings(images, forward, batch_size, flip=True, dtype=np.float32, progress=False, desc="embed"):
-    """Embeddings of float32 NCHW ``images``: (embedding(x) + embedding(flip(x))) L2-normalised when ``flip``,
-    else embedding(x) L2-normalised. ``forward`` maps a batch of at most ``batch_size`` to (n, D) numpy."""
-    from vargface.options import progress_bar
-
-    images = np.asarray(images, dtype=np.float32)
-    out = None
-    for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch", enabled=progress):
-        batch = images[start:start + batch_size]
-        emb = np.asarray(forward(batch), dtype=np.float64)
-        if flip:
-            emb = emb + np.asarray(forward(np.ascontiguousarray(batch[:, :, :, ::-1])), dtype=np.float64)
-        if out is None:
-            out = np.zeros((len(images), emb.shape[1]), np.float64)
-        out[start:start + len(batch)] = emb
-    if out is None:
-        return np.zeros((0, 0), dtype)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return (out / np.maximum(norms, 1e-12)).astype(dtype)
-
-
 def load_pairs(path, image_size):
     """A verification .bin -> (images float32 NCHW RGB 0..255 at ``image_size``, issame bool array).
 

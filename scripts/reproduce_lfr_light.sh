@@ -16,7 +16,7 @@ set -euo pipefail
 VARGFACE=${VARGFACE:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/vargface}
 options=(--dataset "${DATA:-../datasets/ms1m-retinaface-t1}" --out "${WORK:-./lfr_light}"
          --ctx "${GPUS:-gpu:0,1,2,3,4,5,6,7}" --eval-ctx "${EVAL_CTX:-gpu:0}"
-         --targets "${VAL_TARGETS:-lfw,cfp_fp,agedb_30}" --lfr-root "${LFR_ROOT:-.}")
+         --target "${VAL_TARGETS:-lfw,cfp_fp,agedb_30}" --root "${LFR_ROOT:-.}")
 [ -n "${LFR_LIST:-}" ] && options+=(--lfr-list "$LFR_LIST")
 [ "${DRY_RUN:-0}" = 1 ] && options+=(--dry-run)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}

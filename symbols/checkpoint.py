@@ -24,6 +24,13 @@ def checkpoint_files(prefix, epoch):
     return f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"
 
 
+def checkpoint_checksum(prefix, epoch):
+    """Fingerprint of a checkpoint: its graph and its weights (`vargface.fingerprint.file_checksum`)."""
+    from vargface.fingerprint import file_checksum
+
+    return "+".join(file_checksum(p) for p in checkpoint_files(prefix, epoch))
+
+
 def _require(path, prefix, epoch):
     if not os.path.isfile(path):
         raise VargfaceError(f"checkpoint file {path} does not exist (model {prefix},{epoch})")

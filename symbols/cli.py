@@ -12,7 +12,7 @@ examples:
   vargface flops --list
   vargface flops vargfacenet
   vargface flops vargfacenet --net-opt use_se=False --net-opt fc1_fix_gamma=True
-  vargface flops vargfacenet --input-size 56 --net-opt multiplier=0.25 --json
+  vargface flops vargfacenet --image-size 56 --net-multiplier 0.25 --json
   vargface flops r50 --taps
   vargface flops --model models/vargfacenet,1
 """
@@ -23,6 +23,7 @@ def register(subparsers):
     import argparse
 
     from vargface import options
+    from vargface.symbols.registry import NETWORK_ALIASES
 
     p = subparsers.add_parser(
         "flops", help="parameters and LFR2019 FLOPs of a network", description=FLOPS_HELP,
@@ -32,8 +33,11 @@ def register(subparsers):
     options.add_model(p, required=False, help="count the graph stored in this checkpoint instead")
     p.add_argument("--net-opt", "--opt", dest="net_opt", action="append", default=[], metavar="NAME=VALUE",
                    help="a network option, repeatable (e.g. use_se=False, multiplier=0.25, num_layers=18)")
-    p.add_argument("--input-size", type=int, metavar="S",
-                   help="input side (default: the preset's, or the checkpoint's own size for --model)")
+    for key, (_, kind, text) in NETWORK_ALIASES.items():
+        p.add_argument("--" + key.replace("_", "-"), "--" + key, dest=key, type=kind,
+                       metavar="N" if kind is int else "X", help=text)
+    p.add_argument("--emb-size", "--emb_size", dest="emb_size", type=int, metavar="N", help="embedding size")
+    options.add_image_size(p, help="input side (default: the preset's, or the checkpoint's own size for --model)")
     p.add_argument("--taps", action="store_true", help="also list the named taps with their output shapes")
     p.add_argument("--list", action="store_true", help="list the network presets and exit")
     options.add_json(p, help="print the figures as JSON")
@@ -55,27 +59,32 @@ def flops_command(args):
     from vargface.symbols import get_symbol
     from vargface.symbols.checkpoint import checkpoint_files, input_size_of, load_symbol, parse_model_arg
     from vargface.symbols.flops import BUDGET_GFLOPS, count
-    from vargface.symbols.registry import parse_net_opts
+    from vargface.symbols.registry import NETWORK_ALIASES, parse_net_opts
     from vargface.symbols.taps import tap_shapes
 
     if args.list:
         return _list_presets()
     if bool(args.preset) == bool(args.model):
         raise VargfaceError("give either a PRESET or --model PREFIX,EPOCH (exactly one)")
+    options = {option: getattr(args, key) for key, (option, _, _) in NETWORK_ALIASES.items()
+               if getattr(args, key) is not None}
+    if args.emb_size is not None:
+        options["emb_size"] = args.emb_size
+    options.update(parse_net_opts(args.net_opt))
     if args.model:
-        if args.net_opt:
-            raise VargfaceError("--net-opt applies to presets only; a checkpoint's options are fixed in its graph")
+        if options:
+            raise VargfaceError("the network options apply to presets only; a checkpoint's options are fixed in its "
+                                "graph")
         prefix, epoch = parse_model_arg(args.model)
         sym = load_symbol(prefix, epoch)
-        size = args.input_size or input_size_of(sym)
+        size = args.image_size or input_size_of(sym)
         name = checkpoint_files(prefix, epoch)[0]
     else:
-        options = parse_net_opts(args.net_opt)
         name = args.preset + "".join(f" {k}={v!r}" for k, v in options.items())
-        if args.input_size is not None:
-            options["input_size"] = args.input_size
+        if args.image_size is not None:
+            options["input_size"] = args.image_size
         sym = get_symbol(args.preset, **options)
-        size = args.input_size or input_size_of(sym)
+        size = args.image_size or input_size_of(sym)
     figures = count(sym, (1, 3, size, size))
     figures.update(network=name, input_shape=[1, 3, size, size], budget_gflops=BUDGET_GFLOPS)
     if args.taps:

@@ -21,6 +21,17 @@ BUILDER_MODULES = (
 )
 
 
+# Builder options that every command taking a network preset also accepts as options of their own, InsightFace's
+# --net-multiplier and --net-num-layers and PocketNet's width and depth: config key -> (builder option, type, help).
+# Any other builder option goes through --net-opt NAME=VALUE.
+NETWORK_ALIASES = {
+    "net_multiplier": ("multiplier", float, "width multiplier of VarGFaceNet, ResNet-IR and MobileFaceNet"),
+    "net_num_layers": ("num_layers", int, "depth of a ResNet-IR (18, 34, 50, 100, ...)"),
+    "net_channels": ("channels", int, "PocketNet starting width C"),
+    "net_layers": ("layers", int, "PocketNet number of cells"),
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named network: ``builder(preset=name, **options, **user_options)`` builds it."""

@@ -84,7 +84,8 @@ def check(kv, loss):
 
 
 def schedule(config):
-    return mx.lr_scheduler.MultiFactorScheduler(step=config.lr_steps, factor=config.lr_factor, base_lr=config.lr)
+    return mx.lr_scheduler.MultiFactorScheduler(step=list(config.lr_steps), factor=config.lr_factor,
+                                                base_lr=config.lr)
 
 
 if __name__ == "__main__":

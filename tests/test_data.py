@@ -301,10 +301,10 @@ def test_cli_lst_rec_pairs(folders, rec, tmp_path):
     assert vargface("lst", folders, "--out", tmp_path / "all.lst").returncode == 0
     lines = (tmp_path / "all.lst").read_text().splitlines()
     assert len(lines) == IDS * PER and lines[0].split("\t")[0] == "1" and lines[-1].endswith(f"\t{IDS - 1}")
-    result = vargface("rec", tmp_path / "all.lst", "--out", tmp_path / "from_lst", "--size", SIZE, "--workers", 1)
+    result = vargface("rec", tmp_path / "all.lst", "--out", tmp_path / "from_lst", "--image-size", SIZE, "--workers", 1)
     assert result.returncode == 0 and f"{IDS * PER} images of {IDS} identities" in result.stdout
     assert (tmp_path / "from_lst" / "train.rec").read_bytes() == (rec / "train.rec").read_bytes()
-    result = vargface("pairs", folders, "--out", tmp_path / "p.bin", "--pairs", 10, "--size", 28)
+    result = vargface("pairs", folders, "--out", tmp_path / "p.bin", "--pairs", 10, "--image-size", 28)
     assert result.returncode == 0 and "10 pairs" in result.stdout
     bins, issame = load_bin(tmp_path / "p.bin")
     assert sum(issame) == 5 and mx.image.imdecode(bins[0]).shape == (28, 28, 3)

@@ -165,7 +165,8 @@ def test_existing_output_refused_unless_overwrite(source, rec, tmp_path):
         result = vargface(*args)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
     assert (rec / "train.rec").read_bytes() == before
-    result = vargface("synth", "--out", rec, "--identities", 2, "--per-identity", 2, "--size", SIZE, "--rec", "--overwrite")
+    result = vargface("synth", "--out", rec, "--identities", 2, "--per-identity", 2, "--image-size", SIZE, "--rec",
+                      "--overwrite")
     assert result.returncode == 0, result.stderr
     assert check(rec, progress=False)["images"] == 4
     assert sorted(os.listdir(tmp_path)) == ["set"]

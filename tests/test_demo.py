@@ -145,7 +145,7 @@ def test_recipe_runs_end_to_end_on_tiny_data(quick_demo, tmp_path, capsys):
     overrides += [f"--set=teacher.{key}" for key in TINY["teacher"]]
     work = tmp_path / "work"
     argv = ["recipe", "lfr-light", "--dataset", str(data), "--out", str(work), "--ctx", "cpu", "--eval-ctx", "cpu",
-            "--targets", "heldout", "--lfr-list", str(tmp_path / "list.txt"), "--lfr-root", str(tmp_path)] + overrides
+            "--target", "heldout", "--lfr-list", str(tmp_path / "list.txt"), "--root", str(tmp_path)] + overrides
     code, log, err = run_cli(argv, capsys)
     assert code == 0, err[-3000:]
     assert "[12/12]" not in log and "[11/11] the LFR2019 image-track feature file" in log

@@ -9,9 +9,10 @@ import pytest
 from test_distill_teacher import save_tiny
 
 from vargface.errors import VargfaceError
-from vargface.symbols.checkpoint import load_checkpoint
+from vargface.symbols.checkpoint import load_checkpoint, parse_model_arg
 from vargface.train.config import generate_config
-from vargface.train.distill import DistillPlugin, distill, make_plugin, manifest_path
+from vargface.train.distill import DistillPlugin, distill, make_plugin
+from vargface.train.run_files import RunFiles
 from vargface.train.teacher import Teacher
 from vargface.train.teacher_cache import TeacherCache, build_cache
 
@@ -35,10 +36,15 @@ def teacher_model(tmp_path_factory):
 
 
 def student_config(data_dir, prefix, **overrides):
+    """A `vargface distill` config of a tiny student, resolved as the command line's would be."""
     options = dict(emb_size=EMB, per_batch_size=8, max_steps=8, frequent=1, verbose=8, lr=0.05, ckpt=2,
                    ctx="cpu", prefix=str(prefix), seed=1)
     options.update(overrides)
-    return generate_config("r18_tiny", data_dir, "arcface", **options)
+    return generate_config("r18_tiny", data_dir, "arcface", command="distill", **options)
+
+
+def manifest_path(prefix):
+    return RunFiles(prefix).lineage
 
 
 def _arrays(params):
@@ -46,8 +52,8 @@ def _arrays(params):
 
 
 def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, teacher_model, monkeypatch):
-    teacher = Teacher(teacher_model)
-    arg_before, aux_before = (_arrays(p) for p in teacher.get_params())
+    _, arg_before, aux_before = load_checkpoint(*parse_model_arg(teacher_model))
+    arg_before, aux_before = _arrays(arg_before), _arrays(aux_before)
     params_file = teacher_model.replace(",1", "-0001.params")
     file_before = open(params_file, "rb").read()
 
@@ -65,9 +71,11 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     # stop generation 2 at its 3rd update with SIGINT, as a user would, then resume the chain
     plugin_extra = DistillPlugin.extra_data
     calls = {"n": 0}
+    teachers = set()
 
     def interrupting(self, batch):
         calls["n"] += 1
+        teachers.add(self.teacher)
         if calls["n"] == 8 + 3:
             signal.raise_signal(signal.SIGINT)
         return plugin_extra(self, batch)
@@ -75,20 +83,21 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
     monkeypatch.setattr(DistillPlugin, "extra_data", interrupting)
     prefix = tmp_path / "chain" / "student"
     lines = []
-    config = student_config(data_dir, prefix)
-    first = distill(config, teacher, kd_type="angular", kd_weight=20.0, generations=2, log=lines.append)
+    config = student_config(data_dir, prefix, teacher=teacher_model, kd_type="angular", kd_weight=20.0, generations=2)
+    first = distill(config, log=lines.append)
     assert first["interrupted"]
     assert [g["status"] for g in first["generations"]] == ["done", "running"]
     assert len(starts) == 2
 
-    config.resume = True
-    manifest = distill(config, teacher, kd_type="angular", kd_weight=20.0, generations=2, log=lines.append)
+    manifest = distill(config.replace(resume=True), log=lines.append)
     assert not manifest.get("interrupted")
     # generation 1 is not rerun; generation 2 continues at its 4th batch: 8 + 3 + 5 batches in all
     assert len(starts) == 3 and calls["n"] == 16
     assert any("resuming" in line and "batch 3" in line for line in lines)
 
-    # the teacher never changed: in memory and on disk
+    # the teacher was loaded once for the whole chain and never changed: in memory and on disk
+    assert len(teachers) == 2  # one per distill call
+    teacher = teachers.pop()
     arg_after, aux_after = (_arrays(p) for p in teacher.get_params())
     for before, after in ((arg_before, arg_after), (aux_before, aux_after)):
         assert before.keys() == after.keys()
@@ -123,10 +132,12 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
 
     # a finished chain is not silently overwritten, nor continued with other distillation settings
     with pytest.raises(VargfaceError, match="--kd angular:embedding@20, not angular:embedding@1"):
-        distill(config, teacher, kd_type="angular", kd_weight=1.0, generations=3, log=lines.append)
-    config.resume = False
-    with pytest.raises(VargfaceError, match="lineage manifest .* exists"):
-        distill(config, teacher, generations=1, log=lines.append)
+        distill(config.replace(resume=True, kd_weight=1.0, generations=3), log=lines.append)
+    with pytest.raises(VargfaceError, match=f"--prefix {prefix} already holds a run"):
+        distill(config.replace(generations=1), log=lines.append)
+    lines.clear()
+    assert distill(config.replace(resume=True), log=lines.append)["generations"] == gens
+    assert lines[-1] == f"distill: the chain at {prefix} already finished (2 generations); nothing changed"
 
 
 def test_cache_matches_live_teacher_and_is_used_for_mirror_only(tmp_path, data_dir, teacher_model):
@@ -146,10 +157,10 @@ def test_cache_matches_live_teacher_and_is_used_for_mirror_only(tmp_path, data_d
     it.close()
 
     lines = []
-    config = student_config(data_dir, tmp_path / "s")
-    assert make_plugin(config, teacher, ["angular:embedding@1"], teacher_cache=path, log=lines.append).cache is not None
-    config.data_color = 1
-    assert make_plugin(config, teacher, ["angular:embedding@1"], teacher_cache=path, log=lines.append).cache is None
+    config = student_config(data_dir, tmp_path / "s", kd="angular:embedding@1", teacher_cache=path)
+    assert make_plugin(config, teacher, log=lines.append).cache is not None
+    assert make_plugin(student_config(data_dir, tmp_path / "s", kd="angular:embedding@1", teacher_cache=path,
+                                      data_color=1), teacher, log=lines.append).cache is None
     assert "live teacher runs instead" in lines[-2]
 
 
@@ -178,7 +189,7 @@ def test_cli_cache_then_distill_with_cache(tmp_path, data_dir, teacher_model, ca
     assert "distillation lineage" in out.out
 
 
-def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, capsys):
+def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, capsys, monkeypatch):
     from vargface.data.synth import make_synthetic_rec
 
     from vargface.cli import main
@@ -193,21 +204,31 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, caps
     mx.model.save_checkpoint(str(tmp_path / "cls"), 1, mx.sym.FullyConnected(data, num_hidden=3, name="fc"),
                              {"fc_weight": mx.nd.zeros((3, 3072)), "fc_bias": mx.nd.zeros(3)}, {})
     with pytest.raises(VargfaceError, match="--teacher .*fc1_output"):
-        distill(student_config(data_dir, tmp_path / "a"), str(tmp_path / "cls") + ",1")
+        distill(student_config(data_dir, tmp_path / "a", teacher=str(tmp_path / "cls") + ",1"))
 
     teacher = Teacher(teacher_model)
     # feature maps of different sizes: refused before any checkpoint is written, naming both shapes
     prefix = tmp_path / "b" / "student"
     with pytest.raises(VargfaceError, match=r"--kd angular:stride8=stride16@1: the student's stride8 is 32x4x4 per "
                                             r"image but the teacher's stride16 \(.*\) is 64x2x2"):
-        distill(student_config(data_dir, prefix), teacher, kd=["angular:stride8=stride16"])
+        distill(student_config(data_dir, prefix, teacher=teacher_model, kd=["angular:stride8=stride16"]))
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
-    with pytest.raises(VargfaceError, match="--kd-weight"):
-        distill(student_config(data_dir, prefix), teacher, kd_weight=0)
+    with pytest.raises(VargfaceError, match="--kd-weight 0: must be > 0"):
+        distill(student_config(data_dir, prefix, teacher=teacher_model, kd_weight=0))
+    # a tap the student network does not have (a network without marked taps) is named when the settings resolve
+    with monkeypatch.context() as patch:
+        patch.setattr("vargface.symbols.taps.tap_outputs", lambda sym, size: {"embedding": "fc1_output"})
+        with pytest.raises(VargfaceError, match="--kd angular:stride16@1: the student r18_tiny has no tap 'stride16' "
+                                                r"\(it has embedding\)"):
+            student_config(data_dir, prefix, kd="angular:stride16")
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
-    # an error inside the trainer before training starts leaves no manifest behind either
-    with pytest.raises(VargfaceError, match="--kvstore"):
-        distill(student_config(data_dir, prefix, kvstore="nccl"), teacher)
+    # an error inside the trainer before training starts (here: generation 1's prefix is taken) leaves no
+    # manifest behind either
+    from vargface.train.checkpoint import PrefixLock
+
+    with PrefixLock(f"{prefix}-gen1"):
+        with pytest.raises(VargfaceError, match="another training writes to this prefix"):
+            distill(student_config(data_dir, prefix, teacher=teacher_model))
     assert not os.path.exists(manifest_path(str(prefix)))
 
     # a cache made for other data, or stale after the data changed, is refused with the way out
@@ -223,9 +244,10 @@ def test_bad_input_stops_before_training(tmp_path, data_dir, teacher_model, caps
     with pytest.raises(VargfaceError, match="holds embeddings of"):
         build_cache(teacher, str(other), image_size=40, reuse=True, progress=False)
     with pytest.raises(VargfaceError, match="made for other data.*vargface distill cache"):
-        distill(student_config(data_dir, tmp_path / "c"), teacher, teacher_cache=path)
+        distill(student_config(data_dir, tmp_path / "c", teacher=teacher_model, teacher_cache=path))
     with pytest.raises(VargfaceError, match="does not exist"):
-        distill(student_config(data_dir, tmp_path / "d"), teacher, teacher_cache=str(tmp_path / "nope.kdcache"))
+        distill(student_config(data_dir, tmp_path / "d", teacher=teacher_model,
+                               teacher_cache=str(tmp_path / "nope.kdcache")))
     with pytest.raises(VargfaceError, match="holds embeddings of"):
         TeacherCache(path, str(other), teacher, image_shape=(3, 56, 56))
     with open(path, "r+b") as f:
@@ -247,8 +269,9 @@ def test_feature_map_terms_with_adapters_train_and_stay_out_of_the_checkpoint(tm
     # student: r18_tiny at twice the width (64 channels at stride 8, the teacher has 32) and a 16-d embedding
     # (the teacher's is 32-d): both terms need an adapter
     prefix = tmp_path / "maps" / "student"
-    config = student_config(data_dir, prefix, emb_size=16, net_multiplier=0.25, max_steps=10, verbose=10)
-    manifest = distill(config, teacher_model, kd=["angular:stride8@1", "mse:embedding@100"], log=lambda line: None)
+    config = student_config(data_dir, prefix, emb_size=16, net_multiplier=0.25, max_steps=10, verbose=10,
+                            teacher=teacher_model, kd=["angular:stride8@1", "mse:embedding@100"])
+    manifest = distill(config, log=lambda line: None)
     assert manifest["terms"] == ["angular:stride8@1", "mse:embedding@100"]
     log = [json.loads(line) for line in open(f"{prefix}-gen1-log.jsonl")]
     train = [e for e in log if e["type"] == "train"]
@@ -279,8 +302,9 @@ def _final_weights(prefix):
 
 def test_kd_only_leaves_the_embedding_to_the_distillation_terms(tmp_path, data_dir, teacher_model):
     def run(name, kd_only, loss_s):
-        config = student_config(data_dir, tmp_path / name / "student", max_steps=3, verbose=3, loss_s=loss_s)
-        distill(config, teacher_model, kd_only=kd_only, log=lambda line: None)
+        config = student_config(data_dir, tmp_path / name / "student", max_steps=3, verbose=3, loss_s=loss_s,
+                                teacher=teacher_model, kd_only=kd_only)
+        distill(config, log=lambda line: None)
         return _final_weights(tmp_path / name / "student")
 
     only_a, only_b, both = run("a", True, 32.0), run("b", True, 8.0), run("c", False, 8.0)
@@ -328,8 +352,8 @@ def test_teacher_schedule_per_epoch_and_per_updates(tmp_path, data_dir, teacher_
     # per epoch: 48 images / batch 16 = 3 updates per epoch; epoch e trains under checkpoint e + 1
     prefix = tmp_path / "epochs" / "student"
     config = student_config(data_dir, prefix, per_batch_size=16, max_steps=0, end_epoch=2, verbose=6,
-                            val_targets="")
-    manifest = distill(config, teacher_schedule=teacher_run, kd=["mse:embedding@100"], log=lambda line: None)
+                            val_targets="", teacher_schedule=teacher_run, kd=["mse:embedding@100"])
+    manifest = distill(config, log=lambda line: None)
     spans = [{"teacher": f"{teacher_run},1", "epochs": [0, 0], "updates": [0, 2]},
              {"teacher": f"{teacher_run},2", "epochs": [1, 1], "updates": [3, 5]}]
     on_disk = json.load(open(manifest_path(str(prefix))))
@@ -341,8 +365,9 @@ def test_teacher_schedule_per_epoch_and_per_updates(tmp_path, data_dir, teacher_
     # every 2 updates, two recursive generations: each generation runs the schedule from its start
     seen.clear()
     prefix = tmp_path / "updates" / "student"
-    config = student_config(data_dir, prefix, max_steps=5, verbose=5, val_targets="")
-    manifest = distill(config, teacher_schedule=teacher_run, teacher_every=2, generations=2, log=lambda line: None)
+    config = student_config(data_dir, prefix, max_steps=5, verbose=5, val_targets="", teacher_schedule=teacher_run,
+                            teacher_every=2, generations=2)
+    manifest = distill(config, log=lambda line: None)
     for generation in manifest["generations"]:
         assert [(s["teacher"], s["updates"]) for s in generation["teachers"]] == \
             [(f"{teacher_run},1", [0, 1]), (f"{teacher_run},2", [2, 3]), (f"{teacher_run},3", [4, 4])]
@@ -354,32 +379,21 @@ def test_missing_scheduled_checkpoint_and_cache_refusals_stop_before_training(tm
     prefix = tmp_path / "missing" / "student"
     with pytest.raises(VargfaceError, match=r"--teacher-schedule .*model-0004.params does not exist; the "
                                             r"student's 4 epochs need the teacher checkpoints 1 to 4"):
-        distill(student_config(data_dir, prefix, max_steps=0, end_epoch=4), teacher_schedule=teacher_run)
+        distill(student_config(data_dir, prefix, max_steps=0, end_epoch=4, teacher_schedule=teacher_run))
     with pytest.raises(VargfaceError, match=r"model-0004.params does not exist; the student's 13 updates, a "
                                             r"teacher every 4"):
-        distill(student_config(data_dir, prefix, max_steps=13), teacher_schedule=teacher_run, teacher_every=4)
+        distill(student_config(data_dir, prefix, max_steps=13, teacher_schedule=teacher_run, teacher_every=4))
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
 
     teacher = Teacher(teacher_model)
     path = build_cache(teacher, data_dir, path=str(tmp_path / "t.kdcache"), batch_size=48, progress=False)
     with pytest.raises(VargfaceError, match="--teacher-cache .*one teacher checkpoint, but --teacher-schedule"):
-        distill(student_config(data_dir, prefix), teacher_schedule=teacher_run, teacher_cache=path)
+        distill(student_config(data_dir, prefix, teacher_schedule=teacher_run, teacher_cache=path))
     with pytest.raises(VargfaceError, match="--teacher-cache .*only the teacher's embeddings, but --kd "
                                             "angular:stride8@1 needs its stride8 feature map"):
-        distill(student_config(data_dir, prefix), teacher, kd=["angular:embedding@7", "angular:stride8@1"],
-                teacher_cache=path)
+        distill(student_config(data_dir, prefix, teacher=teacher_model, kd=["angular:embedding@7", "angular:stride8@1"],
+                               teacher_cache=path))
     assert not prefix.parent.exists() or not os.listdir(prefix.parent)
-
-
-def _read_config_file(path):
-    """key -> value of a recipe file: every statement is ``key = literal``."""
-    import ast
-
-    values = {}
-    for node in ast.parse(open(path).read()).body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1, f"{path}: not a key = value line"
-        values[node.targets[0].id] = ast.literal_eval(node.value)
-    return values
 
 
 @pytest.mark.parametrize("name, terms, stage", [
@@ -387,32 +401,29 @@ def _read_config_file(path):
     ("pocketnet_multistep", ["mse:embedding@100"], "teacher_schedule"),
     ("shrinkteanet", ["angular:stride8@1", "angular:stride16@2", "angular:embedding@7"], "teacher")])
 def test_recipe_configs_hold_valid_keys(name, terms, stage):
-    from vargface.train.config import dataset, loss
-    from vargface.train.distill import resolve_terms
+    """Each shipped distillation file resolves as `vargface distill --config FILE` would, into its terms."""
+    from vargface.train.config import resolve
 
-    root = os.path.join(os.path.dirname(__file__), "..", "configs")
-    values = _read_config_file(os.path.join(root, f"{name}.py"))
-    assert values.pop("dataset") in dataset and values.pop("loss") in loss and values.pop("network")
-    # every other key is a training or distillation key of the right type
-    config = generate_config("r18_tiny", "emore", "arcface", with_distillation=True, **values)
-    assert [str(t) for t in resolve_terms(config.kd, config.kd_type, config.kd_weight)] == terms
+    config = resolve({}, file=os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"),
+                     command="distill")
+    assert [str(t) for t in config.terms] == terms
     assert config[stage] and (stage != "generations" or config.generations == 2)
 
 
 def test_distillation_options_are_config_keys_of_distill_only(capsys):
     from vargface.cli import build_parser
-    from vargface.train.cli import config_from_args
-    from vargface.train.distill import resolve_terms
+    from vargface.train.config import config_from_args
+    from vargface.train.distill_loss import resolve_terms
 
     parser = build_parser()
     args = parser.parse_args(["distill", "--teacher-schedule", "runs/t/model", "--teacher-every", "3", "--kd",
                               "shrink:stride8@1", "--kd", "mse:embedding@100", "--kd-only", "--generations", "2",
                               "--network", "r18_tiny", "--dataset", "emore"])
     config = config_from_args(args)
-    assert config.kd == ["shrink:stride8@1", "mse:embedding@100"] and config.kd_only is True
+    assert config.kd == ("shrink:stride8@1", "mse:embedding@100") and config.kd_only is True
     assert (config.teacher_schedule, config.teacher_every, config.generations) == ("runs/t/model", 3, 2)
     default = config_from_args(parser.parse_args(["distill", "--network", "r18_tiny", "--dataset", "emore"]))
-    assert default.kd == ["angular:embedding@7"] and default.kd_only is False and default.teacher_every == 0
+    assert default.kd == ("angular:embedding@7",) and default.kd_only is False and default.teacher_every == 0
     # --kd-type / --kd-weight change the embedding term, or add one
     assert [str(t) for t in resolve_terms(default.kd, None, 5)] == ["angular:embedding@5"]
     assert [str(t) for t in resolve_terms(config.kd, "cosine", None)] == ["shrink:stride8@1", "cosine:embedding@100"]

@@ -5,7 +5,9 @@ import pytest
 
 from vargface.errors import VargfaceError
 from vargface.symbols import get_symbol
-from vargface.train.teacher import Teacher, checkpoint_checksum, file_checksum
+from vargface.fingerprint import file_checksum
+from vargface.symbols.checkpoint import checkpoint_checksum
+from vargface.train.teacher import Teacher
 
 
 def save_tiny(prefix, emb_size=32, input_size=32, seed=0, epoch=1):

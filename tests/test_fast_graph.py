@@ -284,9 +284,9 @@ def test_train_graph_option_is_checked(tmp_path):
     from vargface.train.config import generate_config
     from vargface.train.trainer import fit
 
-    config = generate_config("vargfacenet_tiny", str(tmp_path), "arcface", train_graph="quick", ctx="cpu")
-    with pytest.raises(VargfaceError, match="--train-graph 'quick': expected one of auto, faithful, fast"):
-        fit(config, log=lambda line: None)
+    with pytest.raises(VargfaceError, match="--train-graph quick: expected one of auto, faithful, fast"):
+        fit(generate_config("vargfacenet_tiny", str(tmp_path), "arcface", train_graph="quick", ctx="cpu"),
+            log=lambda line: None)
 
 
 def test_auto_trains_the_fast_graph_on_cpu_only():

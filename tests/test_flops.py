@@ -113,7 +113,7 @@ def test_cli_json_options_and_checkpoint(tmp_path, capsys):
     figures = json.loads(result.stdout)
     assert figures["input_shape"] == [1, 3, 56, 56]
     assert figures["flops"] == count(sym, (1, 3, 56, 56))["flops"]
-    via_options = json.loads(run_cli("vargfacenet", "--input-size", "56", "--opt", "multiplier=0.25",
+    via_options = json.loads(run_cli("vargfacenet", "--image-size", "56", "--opt", "multiplier=0.25",
                                      "--opt", "emb_size=64", "--json", capsys=capsys).stdout)
     assert via_options["flops"] == figures["flops"] and via_options["params"] == figures["params"]
 

@@ -311,7 +311,7 @@ def test_output_under_a_file_and_unwritable_outputs(faces, tmp_path, monkeypatch
     import tempfile
 
     (tmp_path / "plain").write_text("a file")
-    assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "plain" / "set", "--size", SIZE),
+    assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "plain" / "set", "--image-size", SIZE),
                          "plain is a file, not a folder")
     for code, reason in ((errno.EACCES, "permission denied"), (errno.EROFS, "read-only")):
         def refuse(*args, code=code, **kwargs):
@@ -319,8 +319,9 @@ def test_output_under_a_file_and_unwritable_outputs(faces, tmp_path, monkeypatch
 
         monkeypatch.setattr(tempfile, "mkdtemp", refuse)
         monkeypatch.setattr(tempfile, "mkstemp", refuse)
-        assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "set", "--size", SIZE), reason)
-        assert_clean_failure(run_cli("data", "pairs", faces, "--out", tmp_path / "p.bin", "--pairs", 4, "--size", SIZE),
+        assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "set", "--image-size", SIZE), reason)
+        assert_clean_failure(run_cli("data", "pairs", faces, "--out", tmp_path / "p.bin", "--pairs", 4, "--image-size",
+                                     SIZE),
                              reason, "p.bin")
         monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["plain"]
@@ -337,7 +338,8 @@ def test_a_full_disk_during_data_rec_and_checkpoints(faces, tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(mx.recordio.MXIndexedRecordIO, "write_idx", disk_full)
-    assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "set", "--size", SIZE), "set", "disk is full")
+    assert_clean_failure(run_cli("data", "rec", faces, "--out", tmp_path / "set", "--image-size", SIZE), "set",
+                         "disk is full")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []
 
@@ -361,8 +363,8 @@ def test_damaged_inputs_are_named(data_dir, faces, tmp_path):
     lst.write_bytes(b"1\t" + str(faces).encode() + b"/a.jpg\t0\n1\t\xff\xfe.jpg\t0\n")
     assert_clean_failure(run_cli("data", "rec", lst, "--out", tmp_path / "out"), "bad.lst:2: not UTF-8")
     for size in (-5, 100000):
-        result = run_cli("data", "rec", faces, "--out", tmp_path / "out", "--size", size)
-        assert result.code == 2 and "--size" in result.err and "8..4096" in result.err
+        result = run_cli("data", "rec", faces, "--out", tmp_path / "out", "--image-size", size)
+        assert result.code == 2 and "--image-size" in result.err and "8..4096" in result.err
     (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
     assert_clean_failure(run_cli("plot-log", tmp_path / "binary.jsonl", "--out", tmp_path / "c.png"), "not a JSON line")
     (tmp_path / "short.jsonl").write_text('{"type": "verify", "step": 0, "score": 0.5}\n')
@@ -384,7 +386,7 @@ def test_training_inputs_that_cannot_work_are_named(data_dir, model, tmp_path):
     import shutil
 
     base = ["train", "--network", "r18_tiny", "--per-batch-size", "4", "--max-steps", "1", "--ctx", "cpu",
-            "--val-targets", ""]
+            "--target", ""]
     assert_clean_failure(run_cli(*base, "--dataset", tmp_path / "nonexistent", "--prefix", tmp_path / "m"),
                          "nonexistent: the folder does not exist")
     more = tmp_path / "more"

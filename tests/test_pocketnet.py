@@ -273,7 +273,7 @@ def test_clip_grad_norm_refuses_negative_values_and_dist_kvstores(data_dir):
     from vargface.train.trainer import fit
 
     base = dict(val_targets="", per_batch_size=4, max_steps=1, net_channels=4, net_layers=4, image_size=56)
-    with pytest.raises(VargfaceError, match="--clip-grad-norm must be >= 0"):
+    with pytest.raises(VargfaceError, match="--clip-grad-norm -1.0: must be >= 0"):
         fit(generate_config("pocketnet_s128", data_dir, "arcface", clip_grad_norm=-1.0, **base), log=print)
     with pytest.raises(VargfaceError, match="--clip-grad-norm needs the gradient summed over all workers"):
         fit(generate_config("pocketnet_s128", data_dir, "arcface", clip_grad_norm=5.0, kvstore="dist_sync",
@@ -282,7 +282,7 @@ def test_clip_grad_norm_refuses_negative_values_and_dist_kvstores(data_dir):
 
 def test_clip_grad_norm_is_a_config_key_and_cli_option():
     from vargface.cli import build_parser
-    from vargface.train.cli import config_from_args
+    from vargface.train.config import config_from_args
     from vargface.train.config import generate_config
 
     assert generate_config("vargfacenet").clip_grad_norm == 0.0
@@ -301,7 +301,7 @@ def test_emore_recipe_file_holds_the_release_schedule():
     config = generate_config(keys.pop("network"), keys.pop("dataset"), keys.pop("loss"), **keys)
     per_epoch = 5822653 // (128 * 4)  # MS1MV2 images / global batch, last partial batch dropped
     assert config.per_batch_size * len(config.ctx.split(",")) == 512
-    assert config.lr_steps == [per_epoch * e for e in (7, 13, 19, 24)]
+    assert config.lr_steps == tuple(per_epoch * e for e in (7, 13, 19, 24))
     assert config.max_steps == 26 * per_epoch and config.end_epoch == 26
     assert (config.lr, config.mom, config.wd, config.lr_factor, config.lr_schedule) == (0.1, 0.9, 5e-4, 0.1, "step")
     assert (config.loss_s, config.loss_m2, config.clip_grad_norm, config.emb_size) == (64.0, 0.5, 5.0, 128)

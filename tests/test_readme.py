@@ -43,7 +43,7 @@ def check_vargface(argv):
     """Parse `vargface ARGV` with the real parser; train/distill options (with their --config file) must also make
     a valid config."""
     from vargface.cli import build_parser
-    from vargface.train.cli import config_from_args
+    from vargface.train.config import config_from_args
 
     argv = list(argv)
     try:

@@ -32,7 +32,7 @@ def test_lfr_light_dry_run_lists_every_step_with_its_config(tmp_path, monkeypatc
     work = tmp_path / "lfr"
     (tmp_path / "data").mkdir()  # `--dataset DIR` resolves to the folder preset only when DIR exists
     code, out, _ = run(["recipe", "lfr-light", "--dry-run", "--out", str(work), "--dataset", str(tmp_path / "data"),
-                        "--ctx", "cpu", "--eval-ctx", "cpu", "--lfr-list", "list.txt", "--lfr-root", "imgs",
+                        "--ctx", "cpu", "--eval-ctx", "cpu", "--lfr-list", "list.txt", "--root", "imgs",
                         "--set", "student.per_batch_size=32"], capsys)
     assert code == 0 and not work.exists()
     titles = [line for line in out.splitlines() if line.startswith("== [")]
@@ -68,6 +68,23 @@ def test_recursive_dry_run_trains_a_teacher_unless_given(tmp_path, capsys):
     assert commands[0][commands[0].index("--teacher") + 1] == "t/model,3" and commands[1][-2:] == ["--kd-weight", "2"]
 
 
+def test_a_teacher_network_set_on_the_recipe_is_the_one_trained_and_named(tmp_path, monkeypatch, capsys):
+    """--set teacher.network=r18_tiny: the teacher command trains r18_tiny (the command line wins over its config
+    file) into a folder named after it, and the later steps read it from there."""
+    from vargface.train.config import config_from_args
+
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "data").mkdir()
+    code, out, _ = run(["recipe", "recursive", "--dry-run", "--out", str(tmp_path / "w"), "--dataset",
+                        str(tmp_path / "data"), "--set", "teacher.network=r18_tiny"], capsys)
+    assert code == 0
+    teacher, cache, _ = printed_commands(out)
+    prefix = str(tmp_path / "w" / "r18_tiny-arcface" / "model")
+    config = config_from_args(check_vargface(teacher))
+    assert (config.network, config.emb_size, config.prefix) == ("r18_tiny", 64, prefix)
+    assert cache[cache.index("--teacher") + 1] == prefix + ",1" and "teacher: r18_tiny with ArcFace" in out
+
+
 @pytest.mark.parametrize("bad", ["novalue", "=1", "coach.lr=0.1", "student.=3", "teacher.--lr=1"])
 def test_bad_overrides_are_refused(bad, tmp_path, capsys):
     code, _, err = run(["recipe", "lfr-light", "--dry-run", "--out", str(tmp_path), "--set", bad], capsys)
@@ -77,14 +94,13 @@ def test_bad_overrides_are_refused(bad, tmp_path, capsys):
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_config_files_set_known_keys_to_literals(name):
     """Each line is `key = literal`, every key a config key, and the values make a valid config."""
-    from vargface.train.config import generate_config, read_config_file
+    from vargface.train.config import read_config_file, resolve
 
-    values = read_config_file(ROOT / "configs" / name)
-    config = generate_config(values.pop("network"), values.pop("dataset"), values.pop("loss"),
-                             with_distillation="kd" in values, **values)
+    path = ROOT / "configs" / name
+    config = resolve({}, file=path, command="distill" if "kd" in read_config_file(path) else "train")
     assert config.max_steps == 180000 and config.per_batch_size == 64 and config.lr == 0.1
     if name == "r100_retina.py":
-        assert config.network == "r100" and config.lr_schedule == "step" and config.lr_steps == [100000, 160000]
+        assert config.network == "r100" and config.lr_schedule == "step" and config.lr_steps == (100000, 160000)
     else:
         from vargface.recipe import STUDENT_NETWORK
 

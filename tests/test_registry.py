@@ -9,7 +9,7 @@ from vargface.errors import VargfaceError
 from vargface.symbols import get_preset, get_symbol, presets
 from vargface.symbols.flops import count
 from vargface.symbols.taps import TAPS, tap_outputs, tap_shapes
-from vargface.train.cli import config_from_args
+from vargface.train.config import config_from_args
 from vargface.train.config import generate_config, network_options
 from vargface.train.trainer import embedding_symbol
 
@@ -28,7 +28,7 @@ def test_every_preset_trains_and_counts(name, run_cli):
     expected = count(get_symbol(name, input_size=side), shape)["params"]
     assert count(embedding_symbol(config), shape)["params"] == expected
     assert config.emb_size == get_preset(name).resolved_options()["emb_size"]
-    code, out, _ = run_cli("flops", name, "--input-size", str(side), "--json")
+    code, out, _ = run_cli("flops", name, "--image-size", str(side), "--json")
     assert code == 0
     assert json.loads(out)["params"] == expected
 

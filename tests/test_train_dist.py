@@ -49,6 +49,8 @@ def test_dist_sync_workers_end_with_identical_weights(data_dir, tmp_path):
         output = process.communicate()[0]
         pytest.fail("dist_sync run did not finish in 240 s:\n" + output[-3000:])
     assert process.returncode == 0, output[-3000:]
+    # both workers log to one stream: each line says whose it is
+    assert "[worker 0/2] Epoch[" in output and "[worker 1/2] Epoch[" in output
 
     states = [json.load(open(f"{p}-state.json")) for p in (prefix, prefix + "-worker1")]
     assert [s["num_update"] for s in states] == [8, 8]  # 64 images / 2 shards / batch 8, two epochs

@@ -126,8 +126,7 @@ def test_params_read_after_a_step_hold_that_steps_moving_statistics(data_dir):
     from vargface.train.config import resolve_dataset
     from vargface.train.trainer import build_training_module, current_params
 
-    config = tiny_config(data_dir, "unused", ctx="cpu")
-    resolve_dataset(config)
+    config = resolve_dataset(tiny_config(data_dir, "unused", ctx="cpu"))
     module = build_training_module(config)[1]
     module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.01})
     batch = mx.io.DataBatch([mx.nd.random.uniform(0, 255, (8, 3, SIZE, SIZE))], [mx.nd.array(np.arange(8))])

@@ -2,11 +2,17 @@
 import argparse
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 from test_distill_teacher import save_tiny
 
 from vargface.cli import build_parser
+from vargface.options import ALIASES, VOCABULARY
+from vargface.train.schema import KEYS, option_strings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Each shared option: the attributes it must have wherever it appears.
 SHARED = {
@@ -18,7 +24,30 @@ SHARED = {
     "--json": dict(nargs=0, const=True),
     "--workers": dict(metavar="N"),
     "--seed": dict(nargs=None),
-    "--per-batch-size": dict(nargs=None),
+    "--per-batch-size": dict(nargs=None, metavar="N"),
+    "--image-size": dict(metavar="N"),
+    "--target": dict(metavar="PACKS"),
+    "--root": dict(metavar="DIR"),
+}
+# Options of one command or a few, each with what it means; every other option is in the vocabulary (or an alias of
+# it) or a config key's (`vargface.train.schema`).
+OWN = {
+    "--config": "train/distill: an experiment config file", "--configs": "recipe: the folder of the config files",
+    "--difficulty": "data synth: per-image variation", "--dry-run": "pipelines: print the commands only",
+    "--eval-ctx": "recipe: devices of verification", "--far": "tar-at-far: the FARs",
+    "--first-identity": "data synth: number of the first identity", "--identities": "synthetic identities",
+    "--heldout-identities": "experiment: held-out identities", "--heldout-per-identity": "experiment: their images",
+    "--per-identity": "images per synthetic identity", "--pairs": "pairs in a verification pack",
+    "--lfr-list": "recipe: the LFR2019 test list", "--list": "flops: list the presets",
+    "--max-faults": "data check: faults listed", "--nfolds": "verify: cross-validation folds",
+    "--no-flip": "embed/compare: without the mirror", "--opt": "flops: the old spelling of --net-opt",
+    "--quality": "JPEG quality", "--quick": "experiment: a smoke run", "--rec": "data synth: write a .rec",
+    "--reuse": "distill cache: keep a cache that checks out", "--roc": "verify: the ROC curve PNG",
+    "--seeds": "experiment: number of seeds", "--set": "recipe: --KEY VALUE for the training commands",
+    "--strict": "data: refuse what would be skipped", "--student-steps": "experiment: updates per student round",
+    "--taps": "flops: list the taps", "--teacher-steps": "experiment: the teacher's updates",
+    "--tile": "tar-at-far: block size", "--tolerance": "export: the parity bound",
+    "--variants": "experiment: the ablations",
 }
 # Spellings the shared names replaced: none may come back.
 RETIRED = {"--batch-size", "--data-dir", "--data", "--work", "--output", "--out-dir", "--force", "--data-root"}
@@ -41,7 +70,70 @@ def leaf_parsers(parser, path=()):
             yield from leaf_parsers(sub, path + (name,))
 
 
+def test_every_option_of_every_command_is_in_the_vocabulary():
+    """Each option is a vocabulary option (with its one meaning and attributes), an older spelling attached to
+    it, a config key's option, or one command's own; no retired spelling is left."""
+    schema = {spelling for key in KEYS for spelling in option_strings(key)}
+    canonical = {alias: option for option, aliases in ALIASES.items() for alias in aliases}
+    used = set()
+    for command, parser in leaf_parsers(build_parser()):
+        for action in parser._actions:
+            strings = [o for o in action.option_strings if o not in ("-h", "--help")]
+            for option in strings:
+                used.add(option)
+                if option in canonical:
+                    assert canonical[option] in strings, (command, option, "is an alias of", canonical[option])
+                else:
+                    assert option in VOCABULARY or option in schema or option in OWN, (command, option)
+            if strings and strings[0] in SHARED:
+                for attribute, value in SHARED[strings[0]].items():
+                    assert getattr(action, attribute) == value, (command, strings[0], attribute)
+    assert set(OWN) <= used and set(VOCABULARY) <= used
+
+
+def test_the_readme_table_is_the_vocabulary():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### CLI vocabulary"):].split("\n## ")[0]
+    rows = re.findall(r"^\| `(--[\w-]+)[^`]*` \|", table, re.M)
+    assert sorted(rows) == sorted(VOCABULARY)
+    for option, aliases in ALIASES.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{option}"))
+        assert all(f"`{alias}`" in row for alias in aliases), row
+
+
+def test_every_config_key_has_help_and_a_check():
+    from vargface.train.schema import BY_NAME, RESUME_KEYS
+
+    for key in KEYS:
+        assert len(key.help) > 10, key.name
+        assert key.checked(), f"{key.name}: no range, choices or rule"
+        assert not key.cli_only or key.kind == "bool", key.name
+    assert {"resume", "trust_states", "overwrite"} == {key.name for key in KEYS if key.cli_only}
+    assert {"per_batch_size", "seed", "network", "image_size", "emb_size", "loss_m2"} <= set(RESUME_KEYS)
+    assert BY_NAME["data_workers"].option == "--workers" and BY_NAME["val_targets"].option == "--target"
+    # the checks can fail: a value outside each kind of check is refused
+    from vargface.errors import VargfaceError
+
+    for name, bad in (("lr", "inf"), ("kvstore", "nccl"), ("image_size", "32,48"), ("lr_steps", "3,3"),
+                      ("ctx", "tpu:0"), ("pretrained", "no-epoch"), ("kd", ["kl:embedding"])):
+        with pytest.raises(VargfaceError, match=re.escape(BY_NAME[name].option)):
+            BY_NAME[name].read(bad)
+
+
+def test_old_spellings_still_work():
+    parser = build_parser()
+    for argv, dest, value in ((["data", "synth", "--out", "o", "--identities", "1", "--per-identity", "1", "--size",
+                                "40"], "image_size", 40),
+                              (["data", "rec", "src", "--out", "o", "--image-root", "r"], "root", "r"),
+                              (["flops", "r50", "--input-size", "56"], "image_size", 56),
+                              (["recipe", "lfr-light", "--targets", "lfw", "--lfr-root", "r"], "target", "lfw"),
+                              (["train", "--val-targets", "a,b"], "val_targets", "a,b"),
+                              (["verify", "--model", "m,1", "--targets", "a.bin"], "target", "a.bin")):
+        assert getattr(parser.parse_args(argv), dest) == value, argv
+
+
 def test_every_subcommand_speaks_one_vocabulary():
+    config_keys = {spelling: key.name for key in KEYS for spelling in option_strings(key)}
     leaves = dict(leaf_parsers(build_parser()))
     assert {"data synth", "data check", "verify", "lfr features", "distill cache", "distill", "plot-log"} <= set(leaves)
     for command, parser in leaves.items():
@@ -53,7 +145,7 @@ def test_every_subcommand_speaks_one_vocabulary():
         for flag, expected in SHARED.items():
             if flag in options:
                 action = options[flag]
-                assert action.dest == flag[2:].replace("-", "_"), (command, flag)
+                assert action.dest in (flag[2:].replace("-", "_"), config_keys.get(flag)), (command, flag)
                 for attribute, value in expected.items():
                     assert getattr(action, attribute) == value, (command, flag, attribute)
         assert ("--overwrite" in options) == (command in WRITERS), command
@@ -83,12 +175,13 @@ def inputs(tmp_path_factory):
 
 # command -> (argv with OUT for the output, the option that names it, output is a folder)
 OUTPUT_COMMANDS = {
-    "data synth": (lambda i: ["data", "synth", "--out", "OUT", "--identities", 2, "--per-identity", 2, "--size", 32,
-                              "--workers", 1], "output", True),
+    "data synth": (lambda i: ["data", "synth", "--out", "OUT", "--identities", 2, "--per-identity", 2, "--image-size",
+                              32, "--workers", 1], "output", True),
     "data lst": (lambda i: ["data", "lst", i["faces"], "--out", "OUT"], "output", False),
-    "data rec": (lambda i: ["data", "rec", i["faces"], "--out", "OUT", "--size", 32, "--workers", 1], "output", True),
+    "data rec": (lambda i: ["data", "rec", i["faces"], "--out", "OUT", "--image-size", 32, "--workers", 1], "output",
+                 True),
     "data unpack": (lambda i: ["data", "unpack", "--dataset", i["data"], "--out", "OUT"], "output", True),
-    "data pairs": (lambda i: ["data", "pairs", i["faces"], "--out", "OUT", "--pairs", 4, "--size", 32,
+    "data pairs": (lambda i: ["data", "pairs", i["faces"], "--out", "OUT", "--pairs", 4, "--image-size", 32,
                               "--workers", 1], "output", False),
     "embed": (lambda i: ["embed", "--model", i["model"], "--out", "OUT", *i["images"]], "--out", False),
     "export": (lambda i: ["export", "--model", i["model"], "--out", "OUT"], "--out", False),
@@ -129,7 +222,7 @@ def test_an_existing_output_is_refused_then_replaced_with_overwrite(command, inp
 def test_train_distill_and_plot_log_refuse_an_existing_run_without_resume_or_overwrite(inputs, tmp_path, run_cli):
     prefix = tmp_path / "run" / "model"
     train = ["train", "--network", "r18_tiny", "--dataset", inputs["data"], "--image-size", 32, "--emb-size", 16,
-             "--per-batch-size", 4, "--max-steps", 1, "--verbose", 1, "--frequent", 1, "--val-targets", "",
+             "--per-batch-size", 4, "--max-steps", 1, "--verbose", 1, "--frequent", 1, "--target", "",
              "--prefix", prefix]
     assert run_cli(*train).returncode == 0
     refused = run_cli(*train)
@@ -151,7 +244,7 @@ def test_train_distill_and_plot_log_refuse_an_existing_run_without_resume_or_ove
     student = tmp_path / "student" / "model"
     distill = ["distill", "--teacher", inputs["model"], "--network", "r18_tiny", "--dataset", inputs["data"],
                "--image-size", 32, "--emb-size", 16, "--per-batch-size", 4, "--max-steps", 1, "--verbose", 1,
-               "--val-targets", "", "--prefix", student]
+               "--target", "", "--prefix", student]
     assert run_cli(*distill).returncode == 0
     lineage = tmp_path / "student" / "model-lineage.json"
     lineage.write_text(lineage.read_text().replace('"done"', '"old"'))  # marks the first chain's record

@@ -3,18 +3,20 @@ the embedding only, loadable by any MXNet/InsightFace tool), and a training stat
 
 The state is ``prefix-state-%08d.params`` (every training array, classifier ``fc7`` included),
 ``prefix-state-%08d-optimizer.params`` (the optimizer's momentum arrays, an MXNet NDArray file) and the pointer
-``prefix-state.json`` (epoch, batch, update counts, seeds, schedule scale, best results, network). Each file is
-written atomically and the pointer last, so a kill at any moment leaves the previous state complete and readable.
+``prefix-state.json`` (epoch, batch, update counts, schedule scale, best results, and the settings ``--resume``
+must find unchanged). Each file is written atomically and the pointer last, so a kill at any moment leaves the
+previous state complete and readable. File names come from `vargface.train.run_files.RunFiles`.
 
 No state file is a pickle, so loading one cannot run code. Version-1 states kept the optimizer in MXNet's pickle
 (``prefix-state-%08d.states``); those are loaded only when the user vouches for them (``--trust-states``)."""
-import glob
 import json
 import os
+from dataclasses import asdict, dataclass, fields
 
 from vargface.atomic import atomic_path
 from vargface.errors import VargfaceError, last_line, summarize
 from vargface.locks import OutputLock
+from vargface.train.run_files import RunFiles
 
 STATE_VERSION = 2
 PICKLED_STATE_VERSION = 1  # optimizer state as MXNet's pickle: read only behind --trust-states
@@ -46,10 +48,11 @@ def _load_arrays(path):
 
 def save_embedding(prefix, number, emb_sym, arg_params, aux_params):
     """Write ``prefix-symbol.json`` and ``prefix-%04d.params`` holding only the embedding's arrays."""
+    files = _files(prefix)
     args, auxs = set(emb_sym.list_arguments()), set(emb_sym.list_auxiliary_states())
-    with atomic_path(f"{prefix}-symbol.json") as tmp:
+    with atomic_path(files.symbol) as tmp:
         emb_sym.save(tmp)
-    _save_arrays(f"{prefix}-{number:04d}.params", {k: v for k, v in arg_params.items() if k in args},
+    _save_arrays(files.params(number), {k: v for k, v in arg_params.items() if k in args},
                  {k: v for k, v in aux_params.items() if k in auxs})
 
 
@@ -72,8 +75,51 @@ def random_params(emb_sym, input_size, initializer=None, seed=0):
     return arrays
 
 
-def state_path(prefix):
-    return f"{prefix}-state.json"
+def _files(prefix):
+    return prefix if isinstance(prefix, RunFiles) else RunFiles(prefix)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what a saved training state records and --resume restores."""
+
+    epoch: int = 0
+    batch: int = 0
+    num_update: int = 0
+    msave: int = 0  # checkpoint rounds so far
+    lr_scale: float = 1.0  # learning-rate factor left by NaN rollbacks
+    best: dict = None  # {'score', 'step', 'results'} of the best verification round
+    best_number: int = None  # its checkpoint under PREFIX_best (a number: the run folder may move)
+    last_checkpoint: int = None
+    finished: bool = False  # the run's final checkpoint is written
+
+    @classmethod
+    def from_info(cls, info, source):
+        """The state of a state file's ``info``; a field of the wrong type is an error naming file and field."""
+        if "finished" not in info:  # states written before it was recorded: finished once a checkpoint is out
+            info = dict(info, finished=info.get("last_checkpoint") is not None)
+        if info.get("best_number") is None and isinstance(info.get("best_checkpoint"), str):  # older states
+            info = dict(info, best_number=info["best_checkpoint"].rpartition(",")[2])
+        values = {}
+        for field in fields(cls):
+            value = info.get(field.name, field.default)
+            kind = {"lr_scale": float, "best": dict, "finished": bool}.get(field.name, int)
+            optional = field.default is None
+            if kind is int and isinstance(value, str) and value.isdigit() and field.name == "best_number":
+                value = int(value)
+            wrong = not (optional and value is None) and (
+                not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool) != (
+                    kind is bool) or (kind in (int, float) and not value >= 0))
+            if wrong:
+                expected = {int: "a whole number >= 0", float: "a number >= 0", dict: "an object",
+                            bool: "true or false"}[kind]
+                raise VargfaceError(f"--resume: {source}: field {field.name!r} is {json.dumps(value)}, expected "
+                                    f"{expected}{' or null' if optional else ''}")
+            values[field.name] = value
+        return cls(**values)
+
+    def info(self):
+        return asdict(self)
 
 
 def _updater(module):
@@ -138,18 +184,18 @@ def load_optimizer(path, bookkeeping, module):
 def save_state(prefix, info, arg_params, aux_params, module=None):
     """Write a training state; ``module`` (a bound mx.mod.Module with optimizer) supplies the optimizer state
     unless its updates run on a distributed server, which keeps that state itself."""
+    files = _files(prefix)
     step = int(info["num_update"])
-    params_file, optimizer_file = f"{prefix}-state-{step:08d}.params", f"{prefix}-state-{step:08d}-optimizer.params"
+    params_file, optimizer_file = files.state_params(step), files.state_optimizer(step)
     _save_arrays(params_file, arg_params, aux_params)
     info = dict(info, version=STATE_VERSION, params=os.path.basename(params_file), optimizer=None)
     info.pop("states", None)
     if module is not None and not (module._kvstore is not None and "dist" in module._kvstore.type):
         info["optimizer"] = dict(save_optimizer(optimizer_file, module), file=os.path.basename(optimizer_file))
-    with atomic_path(state_path(prefix)) as tmp, open(tmp, "w") as f:
+    with atomic_path(files.state) as tmp, open(tmp, "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
-    keep = {info["params"], (info["optimizer"] or {}).get("file")}
-    for old in glob.glob(glob.escape(prefix) + "-state-*.params") + glob.glob(glob.escape(prefix) + "-state-*.states"):
-        if os.path.basename(old) not in keep:
+    for old in files.state_arrays():
+        if old not in (params_file, optimizer_file):
             os.remove(old)
 
 
@@ -157,7 +203,8 @@ def load_state(prefix, trust_states=False):
     """-> (info dict, arg_params, aux_params, optimizer) where optimizer is None, ``("arrays", path,
     bookkeeping)`` or, for a version-1 state and ``trust_states``, ``("pickle", path)``; clear errors for
     missing or bad files."""
-    path = state_path(prefix)
+    files = _files(prefix)
+    path = files.state
     if not os.path.isfile(path):
         raise VargfaceError(f"--resume: no training state {path} (start without --resume, or point --prefix / "
                             f"--models-root at the run to continue)")
@@ -172,14 +219,14 @@ def load_state(prefix, trust_states=False):
     missing = [k for k in ("params", "num_update", "epoch", "batch") if k not in info]
     if missing:
         raise VargfaceError(f"--resume: {path} is not a complete training state: no {', '.join(missing)}")
-    directory = os.path.dirname(os.path.abspath(path))
-    params = os.path.join(directory, str(info["params"]))
+    TrainState.from_info(info, path)
+    params = files.beside(info["params"])
     if not os.path.isfile(params):
         raise VargfaceError(f"--resume: {path} names {params}, which does not exist")
     arg, aux = _load_arrays(params)
     optimizer = None
     if info["version"] == PICKLED_STATE_VERSION and info.get("states"):
-        states = os.path.join(directory, str(info["states"]))
+        states = files.beside(info["states"])
         if not trust_states:
             raise VargfaceError(f"--resume: {path} keeps its optimizer state in the pickle {states}, and loading a "
                                 f"pickle can run code. Pass --trust-states only if you made this file yourself")
@@ -188,7 +235,7 @@ def load_state(prefix, trust_states=False):
         optimizer = ("pickle", states)
     elif info.get("optimizer"):
         bookkeeping = info["optimizer"]
-        file = os.path.join(directory, str(bookkeeping.get("file")) if isinstance(bookkeeping, dict) else "")
+        file = files.beside(bookkeeping.get("file") if isinstance(bookkeeping, dict) else "")
         if not isinstance(bookkeeping, dict) or not os.path.isfile(file):
             raise VargfaceError(f"--resume: {path} names optimizer state {file}, which does not exist")
         optimizer = ("arrays", file, bookkeeping)
@@ -238,30 +285,28 @@ class PrefixLock(OutputLock):
                          hint="wait for it, or choose another --prefix")
 
 
-# Settings a resumed run must share with the interrupted one to continue it exactly: the data order, the batch,
-# the graph and the loss. (Learning-rate options and max_steps may change: the schedule follows the update count.)
-RESUME_KEYS = ("network", "emb_size", "net_opts", "net_multiplier", "net_num_layers", "net_channels", "net_layers",
-               "image_size", "dataset",
-               "dataset_dir", "num_classes", "per_batch_size", "seed", "contexts", "workers", "loss_name", "loss_s",
-               "loss_m1", "loss_m2", "loss_m3", "loss_alpha", "loss_sigma", "fc7_no_bias", "data_rand_mirror",
-               "data_cutoff", "data_color")
+def check_resume(recorded, now, source):
+    """Refuse to resume when a setting a state recorded (`vargface.train.schema.RESUME_KEYS` and the run's facts:
+    devices, workers, data) differs from this run's, naming each one."""
+    changed = [f"{key} {recorded[key]!r} -> {now.get(key)!r}" for key in recorded
+               if key in now and recorded[key] != now[key]]
+    if changed:
+        raise VargfaceError(f"--resume: these settings differ from the interrupted run ({source}), so it cannot "
+                            f"continue exactly: {summarize(changed, 8)}; resume with the saved values or start a new "
+                            f"--prefix")
 
 
-def check_same_settings(config_path, config, described):
-    """Refuse to resume with settings that differ from the saved resolved config, naming each one."""
+def saved_config_record(config_path, now):
+    """What a saved PREFIX-config.py records of the settings in ``now`` (the check of states written before
+    states recorded them); {} when there is no such file."""
     from vargface.train.config import read_config_file, run_facts
 
     if not os.path.isfile(config_path):
-        return  # the state's own checks (network, shapes) still apply
+        return {}
     try:
         saved = {**read_config_file(config_path), **run_facts(config_path)}
     except (VargfaceError, ValueError) as error:
         raise VargfaceError(f"--resume: {config_path} is not a readable saved config: {error}") from None
-    now = {**config, **described}
-    now["contexts"], saved["contexts"] = len(now["contexts"]), len(saved.get("contexts") or [])
-    changed = [f"{key} {saved[key]!r} -> {now.get(key)!r}" for key in RESUME_KEYS
-               if key in saved and key in now and saved[key] != now[key]]
-    if changed:
-        raise VargfaceError(f"--resume: these settings differ from the interrupted run ({config_path}), so it "
-                            f"cannot continue exactly: {summarize(changed, 8)}; resume with the saved values or "
-                            f"start a new --prefix")
+    if "contexts" in saved:
+        saved["contexts"] = len(saved["contexts"] or [])
+    return {key: saved[key] for key in now if key in saved}

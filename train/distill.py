@@ -8,16 +8,14 @@ teacher-embedding cache); where channel counts differ a train-time adapter maps 
 generation 1 (scratch or init) and then generation k+1 from generation k's final student, each with a fresh
 optimizer and schedule, under one teacher or a teacher schedule (the teacher's own per-epoch checkpoints, PocketNet's
 multi-step distillation), and keeps a lineage manifest."""
-import copy
 import json
 import os
 import time
 
 from vargface.errors import VargfaceError
-from vargface.train.distill_loss import DEFAULT_TERM, adapter, distill_loss, parse_term
+from vargface.train.distill_loss import EMBEDDING, adapter, distill_loss
 from vargface.train.trainer import TrainerPlugin
 
-EMBEDDING = "embedding"
 METRIC = "kd_loss"
 # Config switches of augmentations the teacher cache cannot cover (it holds each record and its mirror only).
 AUGMENTATIONS = ("data_color", "data_cutoff")
@@ -26,28 +24,6 @@ AUGMENTATIONS = ("data_color", "data_cutoff")
 def teacher_input(tap):
     """Name of the training graph's input that carries the teacher's ``tap``."""
     return f"teacher_{tap}"
-
-
-TEACHER_INPUT = teacher_input(EMBEDDING)
-
-
-def resolve_terms(kd, kd_type=None, kd_weight=None):
-    """The terms of the `kd` specs; ``kd_type``/``kd_weight`` (when set) change the embedding term's form and
-    weight, or add one (default form angular, weight 7)."""
-    terms = [parse_term(text) for text in ([kd] if isinstance(kd, str) else list(kd or []))]
-    if kd_type is not None or kd_weight is not None:
-        found = [i for i, t in enumerate(terms) if t.student == t.teacher == EMBEDDING]
-        base = terms[found[0]] if found else parse_term(DEFAULT_TERM)
-        weight = base.weight if kd_weight is None else kd_weight
-        term = parse_term(f"{kd_type or base.form}:{EMBEDDING}@{weight}", option="--kd-type/--kd-weight")
-        terms = terms[:found[0]] + [term] + terms[found[0] + 1:] if found else terms + [term]
-    if not terms:
-        raise VargfaceError(f"--kd: no distillation term given (e.g. --kd {DEFAULT_TERM})")
-    labels = [t.label for t in terms]
-    twice = sorted({label for label in labels if labels.count(label) > 1})
-    if twice:
-        raise VargfaceError(f"--kd: the term {twice[0]} is given twice; give each form and tap pair once")
-    return terms
 
 
 def metric_names(terms):
@@ -98,9 +74,13 @@ class DistillPlugin(TrainerPlugin):
     def __init__(self, teacher, terms, cache=None, kd_only=False, schedule=None):
         self.teacher, self.terms, self.cache = teacher, list(terms), cache
         self.kd_only, self.schedule = bool(kd_only), schedule
-        self.teacher_taps = tuple(dict.fromkeys(t.teacher for t in self.terms))
+        self.teacher_taps = teacher_taps(self.terms)
+        missing = [tap for tap in self.teacher_taps if tap not in teacher.taps]
+        if missing:
+            raise VargfaceError(f"the teacher {teacher.model} was loaded without the tap {missing[0]!r} the terms read")
         self.metric_names = metric_names(self.terms)
         self.spans = []  # which teacher checkpoint trained which epochs and updates
+        self.chain = None  # the RunFiles of the chain this plugin trains (for the generations' rerun hint)
 
     def extra_inputs(self, batch_size):
         return [(teacher_input(tap), (batch_size,) + tuple(self.teacher.tap_shapes[tap])) for tap in self.teacher_taps]
@@ -115,9 +95,6 @@ class DistillPlugin(TrainerPlugin):
         student_shapes = {tap: shape for tap, (_, shape) in tap_shapes(embedding, size).items()}
         losses = []
         for term, name in zip(self.terms, self.metric_names):
-            if term.student not in student_shapes:
-                raise VargfaceError(f"--kd {term}: the student {config.network} has no tap {term.student!r} "
-                                    f"(it has {', '.join(student_shapes)})")
             mine, theirs = student_shapes[term.student], self.teacher.tap_shapes[term.teacher]
             if len(mine) != len(theirs) or mine[1:] != theirs[1:]:
                 raise VargfaceError(
@@ -166,13 +143,20 @@ class DistillPlugin(TrainerPlugin):
                             "kd_only": self.kd_only, "teacher_cache": self.cache.path if self.cache else None,
                             "teacher_schedule": self.schedule.describe() if self.schedule else None}}
 
+    def rerun(self, files):
+        if self.chain is None:
+            return super().rerun(files)
+        return (f"a generation of the distillation chain {self.chain}; rerun the chain with `vargface distill "
+                f"--config {self.chain.config} --prefix NEW_PREFIX`")
+
 
 def _shape(shape):
     return "x".join(map(str, shape))
 
 
-def manifest_path(prefix):
-    return f"{prefix}-lineage.json"
+def teacher_taps(terms):
+    """The teacher taps ``terms`` read, each once, in order."""
+    return tuple(dict.fromkeys(t.teacher for t in terms))
 
 
 def _write_manifest(path, manifest):
@@ -185,22 +169,18 @@ def _write_manifest(path, manifest):
 
 def uses_mirror_only(config):
     """True when the iterator's only augmentation is the horizontal mirror, so a teacher cache covers every input."""
-    return not any(config.get(key) for key in AUGMENTATIONS)
+    return not any(config[key] for key in AUGMENTATIONS)
 
 
-def make_plugin(config, teacher, terms, teacher_cache=None, kd_only=False, schedule=None, log=print):
-    """The plugin with the cheapest correct teacher source: the cache when given and valid for this run.
+def make_plugin(config, teacher, schedule=None, log=print):
+    """The plugin of ``config``'s terms with the cheapest correct teacher source: the cache
+    (``config.teacher_cache``) when given and valid for this run, else the live ``teacher``.
 
     The cache holds one teacher checkpoint's embeddings, so it is refused with a feature-map term (those maps,
-    C x H x W per image, are too large to store) or a teacher schedule (the teacher changes during training).
-    ``teacher`` is reloaded with the taps the terms read when it has others."""
-    from vargface.train.teacher import Teacher
+    C x H x W per image, are too large to store) or a teacher schedule (the teacher changes during training)."""
     from vargface.train.teacher_cache import TeacherCache, default_cache_path
 
-    terms = [parse_term(t) if isinstance(t, str) else t for t in terms]
-    taps = tuple(dict.fromkeys(t.teacher for t in terms))
-    if teacher.taps != taps:
-        teacher = Teacher(teacher.model, ctx=teacher.ctx, taps=taps)
+    terms, teacher_cache = config.terms, config.teacher_cache
     cache = None
     if teacher_cache:
         if schedule is not None:
@@ -217,44 +197,25 @@ def make_plugin(config, teacher, terms, teacher_cache=None, kd_only=False, sched
             cache = TeacherCache(path, config.dataset_path, teacher, image_shape=(3, *config.image_size))
             log(f"distill: teacher embeddings from cache {path}")
         else:
-            on = ", ".join(key for key in AUGMENTATIONS if config.get(key))
+            on = ", ".join(key for key in AUGMENTATIONS if config[key])
             log(f"distill: augmentation beyond the mirror is on ({on}); the cache {path} does not cover those "
                 f"images, so the live teacher runs instead")
     if cache is None:
         source = f"schedule {schedule.prefix}" if schedule else teacher.model
         log(f"distill: live teacher {source} ({teacher.emb_size}-d, input {teacher.input_size}, taps "
-            f"{', '.join(dict.fromkeys(t.teacher for t in terms))})")
-    return DistillPlugin(teacher, terms, cache, kd_only=kd_only, schedule=schedule)
+            f"{', '.join(teacher_taps(terms))})")
+    return DistillPlugin(teacher, terms, cache, kd_only=config.kd_only, schedule=schedule)
 
 
 def planned_length(config, contexts):
     """(epochs, updates) the student's run takes: from the number of batches per epoch, end_epoch and max_steps."""
-    from vargface.data.iterator import FaceRecordIter
-    from vargface.train.config import resolve_dataset
+    from vargface.train.config import open_data
 
-    config = resolve_dataset(copy.deepcopy(config))
-    side = int(config.image_size[0])
-    it = FaceRecordIter(path_imgrec=os.path.join(config.dataset_path, "train.rec"), data_shape=(3, side, side),
-                        batch_size=int(config.per_batch_size) * len(contexts))
-    per_epoch = it.num_batches
-    it.close()
+    per_epoch = open_data(config).num_batches(int(config.per_batch_size) * len(contexts))
     updates = int(config.end_epoch) * per_epoch
     if int(config.max_steps):
         updates = min(updates, int(config.max_steps))
     return -(-updates // per_epoch), updates
-
-
-def settings_of(config, **settings):
-    """The distillation settings: the `distillation` table's defaults <- ``config``'s keys <- ``settings``."""
-    from easydict import EasyDict
-
-    from vargface.train.config import distillation
-
-    unknown = [key for key in settings if key not in distillation]
-    if unknown:
-        raise VargfaceError(f"distill: unknown setting {unknown[0]!r} (expected {', '.join(distillation)})")
-    merged = {key: config.get(key, value) for key, value in distillation.items()}
-    return EasyDict({**merged, **settings})
 
 
 def _chain_settings(plugin):
@@ -269,9 +230,6 @@ def _start_manifest(path, plugin, generations, init, resume):
     teacher = plugin.teacher.describe()
     settings = _chain_settings(plugin)
     if os.path.exists(path):
-        if not resume:
-            raise VargfaceError(f"lineage manifest {path} exists: a distillation chain already ran under this prefix; "
-                                f"pass --resume to continue it, or choose another --prefix")
         with open(path) as f:
             manifest = json.load(f)
         if manifest["teacher"]["checksum"] != teacher["checksum"]:
@@ -290,81 +248,117 @@ def _start_manifest(path, plugin, generations, init, resume):
             "generations_planned": generations, "generations": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def distill(config, teacher=None, ctx=None, log=print, **settings):
-    """Distillation: ``generations`` runs of the trainer's `fit` under the frozen teacher or the teacher schedule.
-
-    ``config`` is the student's trainer config (`generate_config`, with or without the `distillation` keys);
-    ``settings`` override its distillation keys: kd (terms), kd_type/kd_weight (the embedding term), kd_only
-    (no margin loss on the embedding), generations, init, teacher_cache, teacher_schedule/teacher_every.
-    ``teacher`` is a `Teacher` or 'prefix,epoch' (default: config.teacher). The config's prefix names the chain:
-    checkpoints go to PREFIX-genK, the manifest to PREFIX-lineage.json, rewritten atomically after every change.
-    Generation 1 starts from ``init`` ('prefix,epoch'; default ``config.pretrained``) or scratch; generation k+1
-    from generation k's final checkpoint, weights only (`fit`'s --pretrained: fresh optimizer and schedule). Each
-    generation runs the teacher schedule from its start. With ``config.resume`` the chain continues at the
-    generation, and through the trainer's resume at the batch, where it stopped. Returns the manifest (with
-    ``interrupted`` set when a signal stopped training)."""
-    from vargface.context import parse_ctx
-    from vargface.train import checkpoint as ckpt
+def _teacher(config, contexts):
+    """(Teacher, TeacherSchedule or None) of ``config``, loaded once with the taps its terms read."""
     from vargface.train.teacher import Teacher
-    from vargface.train.trainer import embedding_symbol, fit, resolve_prefix
 
-    s = settings_of(config, **settings)
-    terms = resolve_terms(s.kd, s.kd_type, s.kd_weight)
-    generations = s.generations
-    if not isinstance(generations, int) or generations < 1:
-        raise VargfaceError(f"--generations: must be an integer >= 1 (got {generations})")
-    if int(config.ckpt) == 0:
-        raise VargfaceError("--ckpt 0 saves no checkpoint, but each generation starts from the previous one's "
-                            "final checkpoint; use --ckpt 1, 2 or 3")
-    contexts = ctx or parse_ctx(config.ctx, option="--ctx")
-    taps = tuple(dict.fromkeys(t.teacher for t in terms))
-    teacher = teacher or s.teacher or None
-    schedule = None
-    if s.teacher_schedule:
-        if teacher:
-            raise VargfaceError(f"--teacher {teacher} and --teacher-schedule {s.teacher_schedule}: give one; the "
-                                f"schedule names every teacher checkpoint")
-        schedule = TeacherSchedule(s.teacher_schedule, s.teacher_every)
+    if config.teacher and config.teacher_schedule:
+        raise VargfaceError(f"--teacher {config.teacher} and --teacher-schedule {config.teacher_schedule}: give one; "
+                            f"the schedule names every teacher checkpoint")
+    taps = teacher_taps(config.terms)
+    if config.teacher_schedule:
+        schedule = TeacherSchedule(config.teacher_schedule, config.teacher_every)
         schedule.check(*planned_length(config, contexts))
-        teacher = schedule.teacher(1, contexts, taps)
-    elif s.teacher_every:
+        return schedule.teacher(1, contexts, taps), schedule
+    if config.teacher_every:
         raise VargfaceError("--teacher-every: applies to a --teacher-schedule; give the schedule's prefix")
-    elif not teacher:
+    if not config.teacher:
         raise VargfaceError("--teacher PREFIX,EPOCH (or --teacher-schedule PREFIX) is required")
-    if isinstance(teacher, str):
-        teacher = Teacher(teacher, ctx=contexts, taps=taps)
-    init = s.init or config.pretrained or None
-    plugin = make_plugin(config, teacher, terms, s.teacher_cache, kd_only=s.kd_only, schedule=schedule, log=log)
-    plugin.extra_losses(embedding_symbol(config), config)  # checks taps and shapes before anything is written
-    prefix = resolve_prefix(config)
-    path = manifest_path(prefix)
-    manifest = _start_manifest(path, plugin, generations, init, bool(config.resume))
+    return Teacher(config.teacher, ctx=contexts, taps=taps), None
+
+
+def distill(config, ctx=None, log=print):
+    """Distillation: ``config.generations`` runs of the trainer's `fit` under the frozen teacher or the teacher
+    schedule; ``config`` is a `vargface distill` `RunConfig` (its terms resolved).
+
+    The config's prefix names the chain, held by one lock from start to end: checkpoints go to PREFIX-genK, the
+    manifest to PREFIX-lineage.json (rewritten atomically after every change), the chain's settings to
+    PREFIX-config.py. Generation 1 starts from ``init`` ('prefix,epoch'; default ``pretrained``) or scratch;
+    generation k+1 from generation k's final checkpoint, weights only (`fit`'s --pretrained: fresh optimizer and
+    schedule). Each generation runs the teacher schedule from its start. With ``config.resume`` the chain continues
+    at the generation, and through the trainer's resume at the batch, where it stopped; with ``config.overwrite``
+    every file of an earlier chain under the prefix is removed first. The teacher is loaded and the training graph
+    built once, before anything is written. Returns the manifest (with ``interrupted`` set when a signal stopped
+    training)."""
+    from vargface.atomic import make_folder
+    from vargface.context import parse_ctx
+    from vargface.train.checkpoint import PrefixLock
+    from vargface.train.config import resolve_dataset, resolve_prefix, save_config
+    from vargface.train.run_files import RunFiles
+    from vargface.train.trainer import training_graph
+
+    contexts = ctx or parse_ctx(config.ctx, option="--ctx")
+    config = resolve_dataset(config)
+    chain = RunFiles(resolve_prefix(config))
+    teacher, schedule = _teacher(config, contexts)
+    plugin = make_plugin(config, teacher, schedule, log=log)
+    plugin.chain = chain
+    # the one training graph of every generation; its taps and shapes are checked before anything is written
+    graph = training_graph(config, plugin, int(config.per_batch_size) * len(contexts), contexts)
+    make_folder(os.path.dirname(os.path.abspath(chain.prefix)), f"--prefix {chain.prefix}")
+    lock = PrefixLock(chain.prefix).acquire()
+    try:
+        _claim_chain(chain, config, log)
+        manifest = _start_manifest(chain.lineage, plugin, config.generations, config.init or config.pretrained,
+                                   bool(config.resume))
+        done = [g for g in manifest["generations"] if g["status"] == "done"]
+        if config.resume and len(done) >= config.generations:
+            log(f"distill: the chain at {chain} already finished ({len(done)} generations); nothing changed")
+            return manifest
+        save_config(config, chain.config, [f"the distillation chain at {chain}, resolved; rerun it with `vargface "
+                                           f"distill --config {chain.config} --prefix NEW_PREFIX`"],
+                    {"plugin": plugin.describe(), "contexts": [str(c) for c in contexts]})
+        return _run_chain(config, chain, plugin, graph, manifest, contexts, log)
+    finally:
+        lock.release()
+
+
+def _claim_chain(chain, config, log):
+    """A new chain needs an empty prefix, or --overwrite, which removes every file of the old chain first."""
+    old = chain.existing()
+    if config.resume:
+        if not os.path.exists(chain.lineage):
+            raise VargfaceError(f"--resume: no distillation chain at {chain} ({chain.lineage} does not exist)")
+        return
+    if old and not config.overwrite:
+        raise VargfaceError(f"--prefix {chain} already holds a run ({len(old)} files, e.g. {old[0]}); pass --resume "
+                            f"to continue it or --overwrite to start a new one there")
+    for path in old:
+        os.remove(path)
+    if old:
+        log(f"distill: --overwrite: removed the {len(old)} files of the previous run under {chain}")
+
+
+def _run_chain(config, chain, plugin, graph, manifest, contexts, log):
+    from vargface.train.trainer import fit
+
+    path, generations = chain.lineage, config.generations
+    init = config.init or config.pretrained or None
     manifest.pop("interrupted", None)
     for number in range(1, generations + 1):
         entries = manifest["generations"]
         if number <= len(entries) and entries[number - 1]["status"] == "done":
             continue
-        gen = copy.deepcopy(config)
-        gen.prefix = f"{prefix}-gen{number}"
+        files = chain.generation(number)
+        resume = os.path.exists(files.state)
         if number <= len(entries):  # the generation that was interrupted: the trainer resumes it
             entry = entries[number - 1]
-            gen.resume = os.path.exists(ckpt.state_path(gen.prefix))
         else:
-            entry = {"generation": number, "prefix": gen.prefix, "status": "running",
+            entry = {"generation": number, "prefix": files.prefix, "status": "running",
                      "init": init if number == 1 else entries[-1]["final"]}
             entries.append(entry)
-            gen.resume = False
-        gen.pretrained = entry["init"] or ""
-        entry.update(config=dict(gen), terms=manifest["terms"])
+        # a generation without a state restarts: the chain owns whatever an earlier attempt left there
+        gen = config.replace(prefix=files.prefix, resume=resume, overwrite=not resume, pretrained=entry["init"] or "")
+        entry.update(config=gen.to_dict(), terms=manifest["terms"])
         entry.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
         plugin.spans = entry.setdefault("teachers", [])
         _write_manifest(path, manifest)
         log(f"distill: generation {number}/{generations} from {entry['init'] or 'scratch'}"
-            f"{' (resuming)' if gen.resume else ''} -> {gen.prefix}")
+            f"{' (resuming)' if resume else ''} -> {files}")
         try:
-            result = fit(gen, plugin=plugin, ctx=contexts, log=log)
+            result = fit(gen, plugin=plugin, ctx=contexts, log=log, graph=graph, label=f"distill gen{number}")
         except BaseException:
-            if not os.path.exists(ckpt.state_path(gen.prefix)):  # refused before training: leave no trace
+            if not os.path.exists(files.state):  # refused before training: leave no trace
                 entries.remove(entry)
             if entries:
                 _write_manifest(path, manifest)

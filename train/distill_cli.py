@@ -1,38 +1,20 @@
 """`vargface distill` subcommands: distillation terms and stages from a frozen teacher, and the teacher-embedding
-cache. The distillation settings are the config keys of `vargface.train.config.distillation`."""
+cache. The distillation settings are the keys of `vargface.train.schema` that belong to `distill`."""
+import argparse
 import os
 
 from vargface import options
 
-HELP = {
-    "teacher": "PREFIX,EPOCH: the frozen teacher checkpoint (any MXNet embedding network with fc1_output)",
-    "kd": "a distillation term FORM:TAP[@WEIGHT] or FORM:STUDENT_TAP=TEACHER_TAP[@WEIGHT], repeatable (replaces "
-          "the default); forms angular (|s^-t^|^2 = 2-2cos, VarGFaceNet), shrink ((1-cos)^2, ShrinkTeaNet), cosine "
-          "(1-cos), l2 (|s-t|^2), mse (mean over dimensions of (s^-t^)^2, PocketNet); taps embedding, stride2, "
-          "stride4, stride8, stride16",
-    "kd_type": "form of the embedding term (changes the --kd embedding term, or adds one)",
-    "kd_weight": "weight of the embedding term (changes the --kd embedding term, or adds one)",
-    "kd_only": "train the student's embedding by the distillation terms alone (the classifier still trains, on a "
-               "gradient-blocked embedding, so its loss and accuracy are still reported)",
-    "generations": "number of recursive generations",
-    "init": "PREFIX,EPOCH: initial student weights of generation 1 (default: from scratch)",
-    "teacher_cache": "teacher-embedding cache from `vargface distill cache` ('auto': the default path beside "
-                     "train.rec); embedding terms under one fixed teacher, mirror-only augmentation",
-    "teacher_schedule": "PREFIX of the teacher's per-epoch checkpoints: student epoch e trains under PREFIX-(e+1) "
-                        "(multi-step distillation; instead of --teacher)",
-    "teacher_every": "with --teacher-schedule: student update u trains under PREFIX-(u // N + 1) (0: per epoch)",
-}
-
 
 def register(subparsers):
     """Add the `distill` command group to the `vargface` parser."""
-    from vargface.train.cli import add_config_options, add_train_options
-    from vargface.train.config import distillation
+    from vargface.train.distill_loss import DEFAULT_TERM, FORMS
+    from vargface.train.schema import BY_NAME, DISTILL, add_options
 
     p = subparsers.add_parser(
         "distill", allow_abbrev=False, help="train a student under a frozen teacher, for one or more generations",
         description="Train a student network under a frozen teacher: margin loss + the distillation terms (--kd, "
-                    "default angular:embedding@7, VarGFaceNet's objective), between named taps of the two networks "
+                    f"default {DEFAULT_TERM}, VarGFaceNet's objective), between named taps of the two networks "
                     "(the embedding and the last feature map at stride 2, 4, 8, 16); a train-time adapter maps "
                     "differing channel counts and is not saved. With --generations G, generation k+1 restarts from "
                     "generation k's final student with a fresh optimizer and schedule; with --teacher-schedule, the "
@@ -40,9 +22,10 @@ def register(subparsers):
                     "PREFIX-gen2, ...; the lineage manifest to PREFIX-lineage.json; --resume continues an "
                     "interrupted chain at the generation and batch where it stopped. Every `vargface train` option "
                     "applies to the student. `vargface distill cache` precomputes the teacher's embeddings so that "
-                    "training does not run the teacher.")
-    add_config_options(p, distillation, HELP, repeatable=("kd",))
-    add_train_options(p)
+                    "training does not run the teacher.\n\nforms:\n" + "\n".join(
+                        f"  {name:<9}{form.help}" for name, form in FORMS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p, DISTILL)
     p.set_defaults(func=_distill)
 
     sub = p.add_subparsers(dest="distill_command", metavar="{cache}")
@@ -51,10 +34,10 @@ def register(subparsers):
                                    "teacher, once, into a sidecar file bound to the data and the teacher by "
                                    "checksums. Training with --teacher-cache reads it instead of running the "
                                    "teacher.")
-    c.add_argument("--teacher", metavar="PREFIX,EPOCH", help=HELP["teacher"])
+    c.add_argument("--teacher", metavar="PREFIX,EPOCH", help=BY_NAME["teacher"].help)
     options.add_dataset(c)
-    c.add_argument("--image-size", type=int, help="side of the images training feeds (the --image-size of the "
-                   "student; default: the size in DATASET/property)")
+    options.add_image_size(c, help="side of the images training feeds (the --image-size of the student; default: "
+                                   "the size in DATASET/property)")
     options.add_out(c, "cache file (default: DATASET/train.<teacher folder>-<teacher prefix>-<epoch>.kdcache, "
                        "which --teacher-cache auto finds)", required=False)
     options.add_per_batch_size(c, 64)
@@ -86,14 +69,8 @@ def _cache(args):
 
 
 def _distill(args):
-    from vargface.train.cli import config_from_args, refuse_existing_run
-    from vargface.train.distill import distill, manifest_path
-    from vargface.train.trainer import resolve_prefix
+    from vargface.train.config import config_from_args
+    from vargface.train.distill import distill
 
-    config = config_from_args(args)
-    if refuse_existing_run(config, args.overwrite):
-        stale = manifest_path(resolve_prefix(config))
-        if os.path.exists(stale):  # the old chain's record; its generations are retrained from their start
-            os.remove(stale)
-    manifest = distill(config)
+    manifest = distill(config_from_args(args))
     return 128 + int(manifest["interrupted"]) if manifest.get("interrupted") else 0  # the shell's code

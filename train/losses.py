@@ -82,8 +82,9 @@ def margin_logits(embedding, label, config, num_classes):
 MARGIN_LOSSES = ("margin_softmax", "arcneg")
 
 
-# config.loss_name -> its logits; a new loss is one function here (a margin form: a branch of
-# margin_from_cosines, which the sharded head shares) plus a preset in train/config.py's `loss` table.
+# config.loss_name -> its logits; a new loss is one function here (a margin form: a branch of margin_from_cosines,
+# which the sharded classifier shares), its loss_name choice and, if it has settings, a preset in LOSSES of
+# train/schema.py (docs/README.md#where-a-new-piece-goes).
 LOGITS = {"softmax": softmax_logits, **dict.fromkeys(MARGIN_LOSSES, margin_logits)}
 
 

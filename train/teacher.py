@@ -2,38 +2,7 @@
 
 The teacher lives outside the student's training graph, so it cannot receive gradients or optimizer updates;
 binding with ``for_training=False`` makes BatchNorm use its moving statistics."""
-import hashlib
-import os
-
 from vargface.errors import VargfaceError
-
-CHUNK = 1 << 20
-
-
-def file_checksum(path, whole=False):
-    """Cheap fingerprint that is still safe for multi-GB files: size + sha1 over the first, middle and last MiB.
-
-    Any re-written, truncated, appended or re-packed file changes its size or one of those chunks; reading three
-    MiB keeps this instant for a 20 GB .rec. ``whole`` hashes everything (for an .idx, where every record's
-    offset matters); files under 3 MiB (-symbol.json, small .idx) are always hashed whole."""
-    size = os.path.getsize(path)
-    digest = hashlib.sha1(str(size).encode())
-    with open(path, "rb") as f:
-        if whole or size <= 3 * CHUNK:
-            for block in iter(lambda: f.read(16 * CHUNK), b""):
-                digest.update(block)
-        else:
-            for offset in (0, size // 2 - CHUNK // 2, size - CHUNK):
-                f.seek(offset)
-                digest.update(f.read(CHUNK))
-    return f"{size}:{digest.hexdigest()}"
-
-
-def checkpoint_checksum(prefix, epoch):
-    """Fingerprint of a checkpoint: its graph and its weights (see `file_checksum`)."""
-    from vargface.symbols.checkpoint import checkpoint_files
-
-    return "+".join(file_checksum(p) for p in checkpoint_files(prefix, epoch))
 
 
 class Teacher:
@@ -47,7 +16,7 @@ class Teacher:
 
     def __init__(self, model, ctx=None, option="--teacher", taps=("embedding",)):
         from vargface.eval.runner import InferenceRunner
-        from vargface.symbols.checkpoint import input_size_of, load_checkpoint, parse_model_arg
+        from vargface.symbols.checkpoint import checkpoint_checksum, input_size_of, load_checkpoint, parse_model_arg
         from vargface.symbols.taps import tap_shapes
 
         self.prefix, self.epoch = parse_model_arg(model, option=option)

@@ -2,7 +2,7 @@
 
 With mirror-only augmentation the teacher only ever sees two versions of each record, so training can read
 ``cache[record, mirrored]`` instead of running a ResNet teacher every step. The sidecar file is bound to the data
-(.rec + .idx) and to the teacher checkpoint by checksums (`vargface.train.teacher.file_checksum`), so a cache made
+(.rec + .idx) and to the teacher checkpoint by checksums (`vargface.fingerprint.file_checksum`), so a cache made
 for other data or another teacher is refused instead of silently teaching the wrong targets.
 
 File layout (little-endian): 8-byte magic ``VARGKD01``, uint64 header length, JSON header, then (64-byte
@@ -27,23 +27,6 @@ MAGIC = b"VARGKD01"
 UNFINISHED = b"VARGKD--"  # the magic while the file is written: an interrupted temporary never loads
 VERSION = 2  # 1 had no checksum over the body
 BODY_PLACEHOLDER = "sha256:" + "0" * 64  # written first, patched in place (same length) once the body is done
-
-
-def data_files(data_dir):
-    from vargface.data.recordio import rec_paths
-
-    return rec_paths(data_dir)[:2]
-
-
-def data_checksum(data_dir):
-    """Checksums of train.rec (size + head/middle/tail MiB) and train.idx (whole: it maps every record)."""
-    from vargface.train.teacher import file_checksum
-
-    rec, idx = data_files(data_dir)
-    for path in (rec, idx):
-        if not os.path.isfile(path):
-            raise VargfaceError(f"--dataset {data_dir}: {path} does not exist; expected InsightFace train.rec/.idx")
-    return {"rec": file_checksum(rec), "idx": file_checksum(idx, whole=True)}
 
 
 def default_cache_path(data_dir, teacher):
@@ -71,12 +54,10 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     horizontal flip the iterator applies. An existing file is refused, replaced (``overwrite``) or, with
     ``reuse``, kept when it checks out for this data, teacher and image size (a mismatch is an error).
     Returns the cache path. The cache is locked while it is written (`vargface.locks`)."""
-    from vargface.data.recordio import read_property
+    from vargface.data.source import open_training_set
 
     path = path or default_cache_path(data_dir, teacher)
-    _, height, width = read_property(data_dir)
-    if image_size:
-        height = width = int(image_size)
+    height = width = int(image_size or open_training_set(data_dir).image_size[0])
     with OutputLock(path):
         if os.path.exists(path) and not overwrite:
             if reuse:
@@ -91,11 +72,11 @@ def _write_cache(teacher, data_dir, path, batch_size, image_shape, progress):
     import mxnet as mx
     from vargface.options import progress_bar
     from vargface.atomic import atomic_path, reserve_space, write_errors
-    from vargface.data.iterator import FaceRecordIter
+    from vargface.data.source import open_training_set
 
-    checksums = data_checksum(data_dir)
-    it = FaceRecordIter(path_imgrec=data_files(data_dir)[0], batch_size=batch_size, data_shape=image_shape,
-                        shuffle=False, rand_mirror=False, last_batch="pad")
+    data = open_training_set(data_dir)
+    checksums = data.fingerprint()
+    it = data.iterator(batch_size, image_shape[-1], shuffle=False, rand_mirror=False, last_batch="pad")
     count, emb_size = int(it.num_samples), teacher.emb_size
     header = {"version": VERSION, "count": count, "emb_size": emb_size, "image_shape": list(image_shape),
               "data_dir": os.path.abspath(data_dir), "data": checksums, "teacher": teacher.describe(),
@@ -111,15 +92,14 @@ def _write_cache(teacher, data_dir, path, batch_size, image_shape, progress):
             for batch in progress_bar(it, total=math.ceil(count / batch_size), desc="teacher cache", unit="batch",
                                       enabled=progress):
                 valid = batch_size - (batch.pad or 0)
-                data = batch.data[0]
-                both = teacher.embed(mx.nd.concat(data, mx.nd.flip(data, axis=3), dim=0)).asnumpy()  # plain, mirror
+                images = batch.data[0]
+                both = teacher.embed(mx.nd.concat(images, mx.nd.flip(images, axis=3), dim=0)).asnumpy()  # + mirror
                 pairs = np.stack([both[:valid], both[batch_size:batch_size + valid]], axis=1)  # (valid, 2, D)
                 os.pwrite(fd, np.asarray(batch.index, "<i8")[:valid].tobytes(), index_offset + 8 * row)
                 os.pwrite(fd, np.ascontiguousarray(pairs, "<f4").tobytes(), emb_offset + 8 * emb_size * row)
                 row += valid
             if row != count:
-                raise VargfaceError(f"{data_files(data_dir)[0]}: read {row} images, but the iterator announced "
-                                    f"{count}")
+                raise VargfaceError(f"{data.rec}: read {row} images, but the iterator announced {count}")
             os.pwrite(fd, _body_digest(fd, index_offset, end).encode(),
                       16 + header_bytes.index(BODY_PLACEHOLDER.encode()))
             os.fsync(fd)
@@ -192,12 +172,15 @@ class TeacherCache:
             raise VargfaceError(f"--teacher-cache: {path} {found}{rebuild}")
         if not isinstance(header.get("body"), str):
             raise VargfaceError(f"--teacher-cache: {path} has a damaged header (body missing){rebuild}")
-        current = data_checksum(data_dir)
+        from vargface.data.source import open_training_set
+
+        data = open_training_set(data_dir)
+        current = data.fingerprint()
         for key in ("rec", "idx"):
             if header["data"][key] != current[key]:
                 raise VargfaceError(f"--teacher-cache: {path} was made for other data: train.{key} of "
                                     f"{header['data_dir']} had checksum {header['data'][key]}, but "
-                                    f"{data_files(data_dir)[key == 'idx']} has {current[key]}{rebuild}")
+                                    f"{getattr(data, key)} has {current[key]}{rebuild}")
         made_by = header["teacher"]
         if made_by["checksum"] != teacher.checksum:
             raise VargfaceError(f"--teacher-cache: {path} was made by teacher {made_by['checkpoint']} "

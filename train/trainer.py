@@ -4,23 +4,23 @@ local / device / dist_sync / dist_device_sync, exact resume, periodic verificati
 Determinism for resume: the data order comes from (seed, epoch) in FaceRecordIter, the MXNet and NumPy RNGs are
 re-seeded from (seed, update count) before every batch, and the update count drives the LR schedule; so restoring
 weights, optimizer state, epoch, batch and update count reproduces the uninterrupted run."""
-import copy
 import json
 import logging
 import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from vargface.atomic import make_folder
 from vargface.errors import VargfaceError
 from vargface.train import checkpoint as ckpt
+from vargface.train.checkpoint import TrainState
+from vargface.train.config import resolve_prefix
 from vargface.train.metrics import Window, batch_metrics, first_nonfinite
-
-KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
+from vargface.train.run_files import RunFiles
 
 
 class TrainerPlugin:
@@ -51,26 +51,12 @@ class TrainerPlugin:
         to the teacher checkpoint of this epoch)."""
 
     def describe(self):
-        """-> dict merged into the saved config."""
+        """-> dict recorded in the saved config."""
         return {}
 
-
-@dataclass
-class TrainState:
-    """Where a run stands: what a saved training state records and --resume restores."""
-
-    epoch: int = 0
-    batch: int = 0
-    num_update: int = 0
-    msave: int = 0  # checkpoint rounds so far
-    lr_scale: float = 1.0  # learning-rate factor left by NaN rollbacks
-    best: dict = None  # {'score', 'step', 'results'} of the best verification round
-    best_checkpoint: str = None
-    last_checkpoint: int = None
-
-    @classmethod
-    def from_info(cls, info):
-        return cls(**{f.name: info.get(f.name, f.default) for f in fields(cls)})
+    def rerun(self, files):
+        """How to rerun what ran at ``files`` (a `RunFiles`): the saved config's header says it."""
+        return f"rerun it with `vargface train --config {files.config} --prefix NEW_PREFIX`"
 
 
 class NanLoss(Exception):
@@ -79,28 +65,13 @@ class NanLoss(Exception):
         self.metric, self.value, self.epoch, self.batch, self.step = metric, value, epoch, batch, step
 
 
-def resolve_prefix(config):
-    """Checkpoint prefix: ``config.prefix`` or InsightFace's models_root/NETWORK-LOSS-DATASET/model."""
-    if config.prefix:
-        return config.prefix
-    return os.path.join(config.models_root, f"{config.network}-{config.loss}-{os.path.basename(str(config.dataset))}",
-                        "model")
-
-
 def make_initializer(name):
-    """'xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>' -> mx.init.Xavier (docs/recipes.md#vargfacenet)."""
+    """'xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>' (checked by the schema's net_init key) ->
+    mx.init.Xavier (docs/recipes.md#vargfacenet)."""
     import mxnet as mx
 
-    parts = str(name).split("_")
-    if len(parts) != 4 or parts[0] != "xavier" or parts[1] not in ("uniform", "gaussian") \
-            or parts[2] not in ("in", "out", "avg"):
-        raise VargfaceError(f"--net-init {name!r}: expected xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>, "
-                            f"e.g. xavier_gaussian_out_2")
-    try:
-        magnitude = float(parts[3])
-    except ValueError:
-        raise VargfaceError(f"--net-init {name!r}: magnitude {parts[3]!r} is not a number") from None
-    return mx.init.Xavier(rnd_type=parts[1], factor_type=parts[2], magnitude=magnitude)
+    _, rnd_type, factor_type, magnitude = str(name).split("_")
+    return mx.init.Xavier(rnd_type=rnd_type, factor_type=factor_type, magnitude=float(magnitude))
 
 
 def embedding_symbol(config):
@@ -190,9 +161,6 @@ def build_training_module(config, plugin=None, contexts=None):
     return graph, module
 
 
-TRAIN_GRAPHS = ("auto", "faithful", "fast")
-
-
 def training_embedding(emb_sym, train_graph, contexts):
     """The embedding graph the optimizer trains: the faithful one, or its CPU rewrite (`vargface.symbols.fast`: the
     same arrays and function in ops with fast CPU kernels, and right slope gradients where MXNet's PReLU gives
@@ -248,82 +216,115 @@ class _StopFlag:
 
 
 class _Run:
-    """One training run: graph, Module, iterator, state; fit() drives it."""
+    """One training run: its files, data, graph, Module and state; fit() drives it."""
 
-    def __init__(self, config, plugin, contexts, log):
+    def __init__(self, config, plugin, contexts, log, graph=None, label="vargface train"):
         import mxnet as mx
 
-        from vargface.train.config import check_ranges, resolve_dataset
-
-        self.config, self.plugin, self.contexts, self.log = config, plugin, contexts, log
-        if config.kvstore not in KVSTORES:
-            raise VargfaceError(f"--kvstore {config.kvstore!r}: expected one of {', '.join(KVSTORES)}")
-        if config.train_graph not in TRAIN_GRAPHS:
-            raise VargfaceError(f"--train-graph {config.train_graph!r}: expected one of {', '.join(TRAIN_GRAPHS)}")
-        if config.on_nan not in ("stop", "rollback"):
-            raise VargfaceError(f"--on-nan {config.on_nan!r}: expected 'stop' or 'rollback'")
-        check_ranges(config)
-        resolve_dataset(config)
+        self.plugin, self.contexts, self.label = plugin, contexts, label
         self.dist = config.kvstore.startswith("dist")
-        if self.dist and config.on_nan == "rollback":
-            raise VargfaceError("--on-nan rollback needs every worker to roll back together; with a dist kvstore "
-                                "use --on-nan stop and --resume")
-        if float(config.clip_grad_norm) < 0:
-            raise VargfaceError(f"--clip-grad-norm must be >= 0 (0: off), got {config.clip_grad_norm}")
-        if self.dist and float(config.clip_grad_norm) > 0:
-            raise VargfaceError("--clip-grad-norm needs the gradient summed over all workers, which a dist kvstore "
-                                "forms only inside the update; use --clip-grad-norm 0 with a dist kvstore")
         self.kv = mx.kv.create(config.kvstore) if self.dist else None
         self.rank, self.workers = (self.kv.rank, self.kv.num_workers) if self.dist else (0, 1)
-        self.prefix = resolve_prefix(config) + (f"-worker{self.rank}" if self.rank > 0 else "")
+        # a distributed run's workers log as one stream: each line says whose it is
+        self.log = (lambda line: log(f"[worker {self.rank}/{self.workers}] {line}")) if self.dist else log
+        self.files = RunFiles(resolve_prefix(config))
+        if self.rank > 0:
+            self.files = self.files.worker(self.rank)
+        self.prefix = self.files.prefix
         make_folder(os.path.dirname(os.path.abspath(self.prefix)), f"--prefix {self.prefix}")
         self.lock = ckpt.PrefixLock(self.prefix).acquire()
         try:
-            self._build()
+            self._claim(config)
+            self._build(config, graph)
         except BaseException:
             self.lock.release()
             raise
 
-    def _build(self):
-        from vargface.train.config import save_config
+    def say(self, text):
+        self.log(f"{self.label}: {text}")
 
-        config, plugin, contexts, log = self.config, self.plugin, self.contexts, self.log
+    def _claim(self, config):
+        """Under the lock: a fresh run needs an empty prefix, or --overwrite, which removes the old run's files
+        first (an old run's later checkpoints or log would otherwise mix with the new one's)."""
+        old = self.files.existing()
+        if config.resume or not old:
+            return
+        if not config.overwrite:
+            raise VargfaceError(f"--prefix {self.prefix} already holds a run ({len(old)} files, e.g. {old[0]}); pass "
+                                f"--resume to continue it or --overwrite to start a new one there")
+        for path in old:
+            os.remove(path)
+        self.say(f"--overwrite: removed the {len(old)} files of the previous run under {self.prefix}")
+
+    def _build(self, config, graph):
+        from vargface.train.config import open_data, resolve_dataset
+
+        data = open_data(config)
+        self.config = config = resolve_dataset(config, data)
         size = int(config.image_size[0])
         self.data_shape = (3, size, size)
-        self.batch_size = int(config.per_batch_size) * len(contexts)
+        self.batch_size = int(config.per_batch_size) * len(self.contexts)
         # The kvstore sums the devices' (and workers') gradients; the optimizer scales the sum back to a mean.
-        self.rescale_grad = 1.0 / (len(contexts) * self.workers)
-        self.graph = training_graph(config, plugin, self.batch_size, contexts)
+        self.rescale_grad = 1.0 / (len(self.contexts) * self.workers)
+        self.graph = graph or training_graph(config, self.plugin, self.batch_size, self.contexts)
         self.emb_sym, self.train_sym = self.graph.emb_sym, self.graph.train_sym
-        self.data_shapes, self.label_shapes = self.graph.data_shapes, self.graph.label_shapes
         self.extra_names = self.graph.extra_names
         # The release clips the embedding network's gradients only, not the classifier's.
         self.clip_names = set(self.emb_sym.list_arguments()) - {"data"}
+        self.record_of_run = dict(self.settings(), data=data.fingerprint())
 
         # Everything a resume or --pretrained needs is checked before any training work.
         self.resume_from = None
         if config.resume:
-            info, arg, aux, states = ckpt.load_state(self.prefix, trust_states=bool(config.trust_states))
-            ckpt.check_compatible(info, arg, aux, self.train_sym, self.data_shapes + self.label_shapes, config,
-                                  ckpt.state_path(self.prefix))
-            ckpt.check_same_settings(f"{self.prefix}-config.py", config, self.described())
-            self.resume_from = (info, arg, aux, states)
+            info, arg, aux, states = ckpt.load_state(self.files, trust_states=bool(config.trust_states))
+            ckpt.check_compatible(info, arg, aux, self.train_sym, self.graph.data_shapes + self.graph.label_shapes,
+                                  config, self.files.state)
+            recorded = info.get("run") or ckpt.saved_config_record(self.files.config, self.record_of_run)
+            ckpt.check_resume(recorded, self.record_of_run, self.files.state if info.get("run") else
+                              self.files.config)
+            self.resume_from = (TrainState.from_info(info, self.files.state), arg, aux, states)
+            if self.already_finished():
+                return  # nothing is written
         self.pretrained = ({}, {})
         if config.pretrained and not config.resume:
             self.pretrained = ckpt.load_pretrained(config.pretrained, self.emb_sym, (1,) + self.data_shape)
 
-        self.train_iter = self._make_iter()
+        self.train_iter = data.iterator(self.batch_size, size, shuffle=True, rand_mirror=bool(config.data_rand_mirror),
+                                        cutoff=int(config.data_cutoff), color_jittering=int(config.data_color),
+                                        seed=int(config.seed), part_index=self.rank, num_parts=self.workers,
+                                        num_workers=config.data_workers)
         self.iters_per_epoch = self.train_iter.num_batches
         self.val_sets = self._load_val_sets()
-        self.module = self.graph.bind(contexts)
+        self.module = self.graph.bind(self.contexts)
         self.infer = None
+        from vargface.train.config import save_config
 
-        self.config_path = f"{self.prefix}-config.py"
-        self.log_path = f"{self.prefix}-log.jsonl"
-        described = self.described()
-        log("vargface train: resolved config\n" + json.dumps({**config, **described}, indent=1, sort_keys=True))
-        save_config(config, self.config_path, [f"resolved config of {self.prefix}; rerun it with `vargface train "
-                                               f"--config {self.config_path}`"], described)
+        header = f"what ran at {self.prefix}, resolved; {self.plugin.rerun(self.files)}"
+        save_config(config, self.files.config, [header], self.described())
+        self.say(f"settings checked, saved to {self.files.config}")
+
+    def settings(self):
+        """The settings a resume must find unchanged: the schema's resume keys and the run's devices and workers."""
+        from vargface.train.schema import RESUME_KEYS
+
+        values = self.config.to_dict()
+        return {**{key: values[key] for key in RESUME_KEYS if key in values}, "contexts": len(self.contexts),
+                "workers": self.workers}
+
+    def nothing_to_do(self, state):
+        """True when ``state`` has reached end_epoch or max_steps."""
+        max_steps = int(self.config.max_steps)
+        return state.epoch >= int(self.config.end_epoch) or bool(max_steps and state.num_update >= max_steps)
+
+    def last_update(self, state):
+        """True when the update just made ends the run (its final checkpoint follows)."""
+        ends_epochs = state.epoch + 1 >= int(self.config.end_epoch) and state.batch >= self.iters_per_epoch
+        return ends_epochs or self.nothing_to_do(state)
+
+    def already_finished(self):
+        """A resumed state whose final checkpoint is written and that has nothing left to train."""
+        state = self.resume_from[0] if self.resume_from else None
+        return state is not None and state.finished and self.nothing_to_do(state)
 
     def described(self):
         """What the saved config records beyond the config keys."""
@@ -331,24 +332,11 @@ class _Run:
                 "contexts": [str(c) for c in self.contexts],
                 "dataset_dir": os.path.abspath(self.config.dataset_path)}
 
-    def _make_iter(self):
-        from vargface.data.iterator import FaceRecordIter
-
-        c = self.config
-        return FaceRecordIter(path_imgrec=os.path.join(c.dataset_path, "train.rec"), batch_size=self.batch_size,
-                              data_shape=self.data_shape, shuffle=True, rand_mirror=bool(c.data_rand_mirror),
-                              cutoff=int(c.data_cutoff), color_jittering=int(c.data_color), seed=int(c.seed),
-                              part_index=self.rank, num_parts=self.workers)
-
     def _load_val_sets(self):
         from vargface.eval.verification import load_pairs
+        from vargface.train.config import verification_packs
 
-        sets = []
-        for name in self.config.val_targets:
-            path = os.path.join(self.config.dataset_path, name + ".bin")
-            images, issame = load_pairs(path, self.data_shape[1])
-            sets.append((name, images, issame))
-        return sets
+        return [(name, *load_pairs(path, self.data_shape[1])) for name, path in verification_packs(self.config)]
 
     # ---- state -------------------------------------------------------------------------------------------------
     def fresh_state(self):
@@ -357,12 +345,12 @@ class _Run:
         self.module.init_params(make_initializer(self.config.net_init), arg_params=arg or None,
                                 aux_params=aux or None, allow_missing=True, force_init=True)
         if arg:
-            self.log(f"vargface train: embedding initialised from --pretrained {self.config.pretrained}")
+            self.say(f"embedding initialised from --pretrained {self.config.pretrained}")
         return TrainState()
 
-    def restore(self, info, arg, aux, states):
+    def restore(self, state, arg, aux, states):
         self.module.set_params(arg, aux, allow_missing=False, force_init=True, allow_extra=True)
-        return TrainState.from_info(info), states
+        return state, states
 
     def init_optimizer(self, state, states=None):
         from vargface.train.lr_scheduler import build
@@ -379,14 +367,15 @@ class _Run:
 
     def save_state(self, state):
         arg, aux = current_params(self.module)
-        info = dict(asdict(state), network=self.config.network, seed=int(self.config.seed),
-                    num_classes=int(self.config.num_classes), saved=time.strftime("%Y-%m-%d %H:%M:%S"))
-        ckpt.save_state(self.prefix, info, arg, aux, self.module)
+        info = dict(state.info(), network=self.config.network, seed=int(self.config.seed),
+                    num_classes=int(self.config.num_classes), run=self.record_of_run,
+                    saved=time.strftime("%Y-%m-%d %H:%M:%S"))
+        ckpt.save_state(self.files, info, arg, aux, self.module)
 
     def save_embedding(self, number):
         arg, aux = current_params(self.module)
         ckpt.save_embedding(self.prefix, number, self.emb_sym, arg, aux)
-        return f"{self.prefix},{number}"
+        return self.files.model(number)
 
     # ---- verification ------------------------------------------------------------------------------------------
     def verify(self):
@@ -412,34 +401,46 @@ class _Run:
     # ---- logging -----------------------------------------------------------------------------------------------
     def record(self, entry, history):
         history.append(entry)
-        with open(self.log_path, "a") as f:
+        with open(self.files.log, "a") as f:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
 
+    def result(self, state, history, interrupted=False):
+        return {"prefix": self.prefix, "epoch": state.last_checkpoint,
+                "best": (state.best or {}).get("results", {}),
+                "best_checkpoint": self.files.best.model(state.best_number) if state.best_number else None,
+                "history": history, "num_update": state.num_update, "interrupted": interrupted}
 
-def fit(config, plugin=None, ctx=None, log=print):
-    """Train ``config`` (see vargface.train.config); returns {'prefix', 'epoch' (last saved checkpoint number),
-    'best' ({target: {'accuracy', 'std'}} of the best verification round), 'best_checkpoint', 'history',
+
+def fit(config, plugin=None, ctx=None, log=print, graph=None, label="vargface train"):
+    """Train ``config`` (a `vargface.train.config.RunConfig`); returns {'prefix', 'epoch' (last saved checkpoint
+    number), 'best' ({target: {'accuracy', 'std'}} of the best verification round), 'best_checkpoint', 'history',
     'num_update', 'interrupted' (False, or the number of the signal that stopped it)}.
 
-    ``config.resume`` continues from ``prefix-state.json``; ``config.pretrained`` ('prefix,epoch') initialises the
-    embedding only. ``ctx`` (list of mx.Context) overrides ``config.ctx``."""
+    ``config.resume`` continues from ``PREFIX-state.json``; ``config.pretrained`` ('prefix,epoch') initialises the
+    embedding only. ``ctx`` (list of mx.Context) overrides ``config.ctx``; ``graph`` is the `TrainingGraph` when the
+    caller built it already (distillation builds its loss graph once for every generation); ``label`` starts
+    every line the run logs."""
     from vargface.context import parse_ctx
 
-    config = copy.deepcopy(config)
     plugin = plugin or TrainerPlugin()
     contexts = ctx or parse_ctx(config.ctx, option="--ctx")
-    run = _Run(config, plugin, contexts, log)
+    run = _Run(config, plugin, contexts, log, graph, label)
     try:
-        return _fit(run, config, log)
+        return _fit(run)
     finally:
         run.lock.release()
 
 
-def _fit(run, config, log):
+def _fit(run):
+    config = run.config
+    if run.already_finished():
+        state = run.resume_from[0]
+        run.say(f"{run.prefix} already finished at update {state.num_update}; nothing changed (raise --max-steps or "
+                f"--end-epoch to train on)")
+        return run.result(state, [])
     if run.resume_from is not None:
         state, states = run.restore(*run.resume_from)
-        log(f"vargface train: resuming {run.prefix} at epoch {state.epoch} batch {state.batch} "
-            f"(update {state.num_update})")
+        run.say(f"resuming {run.prefix} at epoch {state.epoch} batch {state.batch} (update {state.num_update})")
     else:
         state, states = run.fresh_state(), None
     run.init_optimizer(state, states)
@@ -447,7 +448,7 @@ def _fit(run, config, log):
         run.save_state(state)  # the rollback target before the first checkpoint
     history, rollbacks = [], 0
     if run.resume_from is None and run.val_sets:
-        _verify_round(run, state, history)  # the untrained network's accuracy: the baseline of the curves
+        _verify_round(run, state, history, baseline=True)  # the untrained network: the baseline of the curves
     with _StopFlag() as stop:
         while True:
             try:
@@ -455,9 +456,8 @@ def _fit(run, config, log):
                 break
             except NanLoss as nan:
                 if config.on_nan == "stop":
-                    raise VargfaceError(f"training stopped: {nan}; the last good state is "
-                                        f"{ckpt.state_path(run.prefix)}. Lower --lr, add --warmup-steps, or pass "
-                                        f"--on-nan rollback") from None
+                    raise VargfaceError(f"training stopped: {nan}; the last good state is {run.files.state}. Lower "
+                                        f"--lr, add --warmup-steps, or pass --on-nan rollback") from None
                 rollbacks += 1
                 if rollbacks > int(config.nan_max_rollbacks):
                     raise VargfaceError(f"training stopped: {nan} again after {rollbacks - 1} rollbacks "
@@ -465,28 +465,27 @@ def _fit(run, config, log):
                 # Lower the scale the run had reached, not the saved state's: a NaN before the next save (whose
                 # state still holds the old scale) lowers it again.
                 lr_scale = float(state.lr_scale) * float(config.nan_lr_factor)
-                info, arg, aux, states = ckpt.load_state(run.prefix)
-                state, states = run.restore(info, arg, aux, states)
+                info, arg, aux, states = ckpt.load_state(run.files)
+                state, states = run.restore(TrainState.from_info(info, run.files.state), arg, aux, states)
                 state.lr_scale = lr_scale
                 run.init_optimizer(state, states)
-                log(f"vargface train: {nan}; rolled back to update {state.num_update} with the learning rate "
-                    f"x{state.lr_scale:g}")
+                run.say(f"{nan}; rolled back to update {state.num_update} with the learning rate x{state.lr_scale:g}")
                 run.record({"type": "rollback", "step": state.num_update, "at": nan.step + 1,
                             "lr_scale": state.lr_scale, "metric": nan.metric}, history)
-    return {"prefix": run.prefix, "epoch": state.last_checkpoint, "best": (state.best or {}).get("results", {}),
-            "best_checkpoint": state.best_checkpoint, "history": history, "num_update": state.num_update,
-            "interrupted": interrupted}
+    return run.result(state, history, interrupted)
 
 
-def _verify_round(run, state, history):
-    """Verify on every target, log it; returns the mean accuracy (the score the best checkpoint is chosen by)."""
+def _verify_round(run, state, history, baseline=False):
+    """Verify on every target, log it; returns the mean accuracy (the score the best checkpoint is chosen by).
+    The ``baseline`` round (the untrained network) is logged but never counts as the best."""
     results = run.last_results = run.verify()
     score = float(np.mean([r["accuracy"] for r in results.values()]))
     run.record({"type": "verify", "step": state.num_update, "epoch": state.epoch, "score": score,
                 **{f"{k}_acc": v["accuracy"] for k, v in results.items()}}, history)
-    best = state.best["score"] if state.best else score
+    best = max(score, state.best["score"]) if state.best else score
     run.log(f"[{state.num_update}] verification: " + "  ".join(
-        f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items()) + f"  (best {max(score, best):.5f})")
+        f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items())
+        + ("  (baseline: the untrained network)" if baseline else f"  (best {best:.5f})"))
     return score
 
 
@@ -514,13 +513,12 @@ def _checkpoint(run, state, history, final=False):
         state.last_checkpoint = number
         run.save_embedding(number)
     if improved:  # keep only the best round's files under PREFIX_best
-        best_prefix = run.prefix + "_best"
-        ckpt.save_embedding(best_prefix, state.msave, run.emb_sym, arg, aux)
-        if state.best_checkpoint:
-            old = int(state.best_checkpoint.rpartition(",")[2])
-            if old != state.msave and os.path.exists(f"{best_prefix}-{old:04d}.params"):
-                os.remove(f"{best_prefix}-{old:04d}.params")
-        state.best_checkpoint = f"{best_prefix},{state.msave}"
+        best = run.files.best
+        ckpt.save_embedding(best.prefix, state.msave, run.emb_sym, arg, aux)
+        if state.best_number and state.best_number != state.msave and os.path.exists(best.params(state.best_number)):
+            os.remove(best.params(state.best_number))
+        state.best_number = state.msave
+    state.finished = final
     run.save_state(state)
 
 
@@ -531,7 +529,7 @@ def _train(run, state, history, stop):
 
     c, module = run.config, run.module
     window, tic, max_steps = Window(), time.time(), int(c.max_steps)
-    while state.epoch < int(c.end_epoch) and not (max_steps and state.num_update >= max_steps):
+    while not run.nothing_to_do(state):
         run.train_iter.set_epoch(state.epoch, start_batch=min(state.batch, run.train_iter.num_batches))
         for batch in run.train_iter:
             if max_steps and state.num_update >= max_steps:
@@ -555,17 +553,15 @@ def _train(run, state, history, stop):
                 _speedometer(run, state, window, tic, history)
                 window.reset()
                 tic = time.time()
-            if state.num_update % int(c.verbose) == 0:
+            if state.num_update % int(c.verbose) == 0 and not run.last_update(state):
                 _checkpoint(run, state, history)
             if stop.signal is not None:
-                run.log(f"vargface train: stopping on signal {stop.signal} at update {state.num_update}; "
-                        f"continue with --resume")
+                run.say(f"stopping on signal {stop.signal} at update {state.num_update}; continue with --resume")
                 run.save_state(state)
                 return state, int(stop.signal)
         else:
             state.epoch, state.batch = state.epoch + 1, 0
-    if state.last_checkpoint is None or state.num_update % int(c.verbose) != 0:
-        _checkpoint(run, state, history, final=True)
+    _checkpoint(run, state, history, final=True)
     return state, False
 
 

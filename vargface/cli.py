@@ -9,9 +9,9 @@ import signal
 import sys
 
 COMMAND_MODULES = [
-    "vargface.symbols.cli", "vargface.data.cli", "vargface.train.cli", "vargface.eval.cli", "vargface.demo",
-    "vargface.experiment",
-    "vargface.recipe",
+    "vargface.symbols.cli", "vargface.data.cli", "vargface.train.cli", "vargface.train.distill_cli",
+    "vargface.train.partial_fc",
+    "vargface.eval.cli", "vargface.demo", "vargface.experiment", "vargface.recipe",
 ]
 
 

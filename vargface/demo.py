@@ -25,7 +25,6 @@ def register(subparsers):
                      "faces in about five minutes on two CPU cores",
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output directory (default: %(default)s)")
     add_options(p, "demo")
     p.set_defaults(func=demo_command)
 

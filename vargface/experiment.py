@@ -22,12 +22,15 @@ import time
 
 import numpy as np
 
+from vargface import options
 from vargface.errors import VargfaceError
 from vargface.pipeline import PIPELINE_OVERWRITE
+from vargface.train.distill_loss import DEFAULT_TERM
+from vargface.train.run_files import LATEST, RunFiles
 
 FARS = (1e-3, 1e-4, 1e-5)
 HELDOUT_FIRST_IDENTITY = 1_000_000  # training identities are numbered from 0: no face is shared
-BASELINE_KD = "angular:embedding@7"  # VarGFaceNet's objective: L_arc + 7 L_s
+BASELINE_KD = DEFAULT_TERM  # VarGFaceNet's objective: L_arc + 7 L_s
 # Ablations of VarGFaceNet's distillation, each a generation-1 run compared with generation 1.
 VARIANTS = {
     "alpha1": ["--kd", "angular:embedding@1"],
@@ -61,16 +64,23 @@ SIZE_OPTIONS = ("identities", "per_identity", "heldout_identities", "heldout_per
 
 def add_options(p, profile):
     """The options `experiment distill` and `demo` share."""
+    from vargface.train.schema import BY_NAME
+
+    options.add_out(p, "output directory; a rerun continues it", required=False, default=f"{profile}_out")
     p.add_argument("--quick", action="store_true", help="a drastically shrunk run that only checks the pipeline")
-    p.add_argument("--seed", type=int, default=0, help="the first seed: runs use SEED..SEED+SEEDS-1 (default: 0)")
-    p.add_argument("--ctx", default="cpu", help="devices for training and evaluation (default: %(default)s)")
-    p.add_argument("--train-graph", default="auto", choices=("auto", "faithful", "fast"),
+    options.add_seed(p, help="the first seed: runs use SEED..SEED+SEEDS-1")
+    options.add_ctx(p, help="devices for training and evaluation")
+    train_graph = BY_NAME["train_graph"]
+    p.add_argument("--train-graph", default=train_graph.default, choices=train_graph.choices,
                    help="the graph every training run trains (as in `vargface train`; default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help=PIPELINE_OVERWRITE)
+    options.add_overwrite(p, help=PIPELINE_OVERWRITE)
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     for name in SIZE_OPTIONS:
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help=f"override the profile ({profile}: {PROFILES[profile][name]})")
+        help = f"override the profile ({profile}: {PROFILES[profile][name]})"
+        if name == "input_size":
+            options.add_image_size(p, help=help + "; the side of every image and network input")
+        else:
+            p.add_argument("--" + name.replace("_", "-"), type=int, default=None, metavar="N", help=help)
 
 
 def register(subparsers):
@@ -81,7 +91,6 @@ def register(subparsers):
     p = sub.add_parser("distill", help="what distillation does: generations and ablations over seeds, paired "
                        "differences with 95%% intervals", description=__doc__.split("\n\n")[0] + "\n\n"
                        + "\n\n".join(__doc__.split("\n\n")[1:3]), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="experiment_out", help="output directory (default: %(default)s)")
     p.add_argument("--variants", default=None, help=f"comma-separated ablations, each compared with generation 1 "
                    f"(default: none; 'all' for {', '.join(VARIANTS)})")
     add_options(p, "experiment")
@@ -97,7 +106,7 @@ def settings_from_args(args, profile):
     settings = dict(base, profile="quick" if args.quick else profile, ctx=args.ctx, first_seed=args.seed,
                     train_graph=args.train_graph)
     for name in SIZE_OPTIONS:
-        value = getattr(args, name)
+        value = getattr(args, "image_size" if name == "input_size" else name)
         if value is not None:
             if value < 1:
                 raise VargfaceError(f"--{name.replace('_', '-')}: must be >= 1 (got {value})")
@@ -171,12 +180,12 @@ class Experiment:
         return self.path("models", run, "model")
 
     def checkpoint(self, model, seed=None):
-        """'prefix,1' of a model: 'teacher', or a student run of one seed."""
+        """'PREFIX,1' of a model: 'teacher', or a student run of one seed (every run keeps its latest weights)."""
         if model == "teacher":
-            return self.prefix("teacher") + ",1"
+            return RunFiles(self.prefix("teacher")).model(LATEST)
         if model in ("gen1", "gen2"):
-            return f"{self.prefix(f'seed{seed}/distill')}-{model},1"
-        return self.prefix(f"seed{seed}/{model}") + ",1"
+            return RunFiles(self.prefix(f"seed{seed}/distill")).generation(int(model[3:])).model(LATEST)
+        return RunFiles(self.prefix(f"seed{seed}/{model}")).model(LATEST)
 
     def students(self):
         """(model, title, updates, baseline, comparison title) of every student run of one seed."""
@@ -209,24 +218,24 @@ class Experiment:
         return [
             Step("synth", "render synthetic training identities (one folder per identity)",
                  [["data", "synth", "--out", self.path("faces"), "--identities", str(s["identities"]), "--per-identity",
-                   str(s["per_identity"]), "--size", size] + common], outputs=[self.path("faces")]),
+                   str(s["per_identity"]), "--image-size", size] + common], outputs=[self.path("faces")]),
             Step("rec", "convert the image folders to RecordIO (train.rec, train.idx, property)",
-                 [["data", "rec", self.path("faces"), "--out", self.path("data"), "--size", size]],
+                 [["data", "rec", self.path("faces"), "--out", self.path("data"), "--image-size", size]],
                  outputs=[self.path("data")]),
             Step("heldout", "render held-out identities (never seen in training)",
                  [["data", "synth", "--out", self.path("heldout_faces"), "--identities", str(s["heldout_identities"]),
-                   "--per-identity", str(s["heldout_per_identity"]), "--size", size, "--first-identity",
+                   "--per-identity", str(s["heldout_per_identity"]), "--image-size", size, "--first-identity",
                    str(HELDOUT_FIRST_IDENTITY)] + common], outputs=[self.path("heldout_faces")]),
             Step("pairs", "make the held-out pair set (half same, half different identity)",
                  [["data", "pairs", self.path("heldout_faces"), "--out", self.path("data", "heldout.bin"), "--pairs",
-                   str(s["pairs"]), "--seed", "0", "--size", size]], outputs=[self.path("data", "heldout.bin")]),
+                   str(s["pairs"]), "--seed", "0", "--image-size", size]], outputs=[self.path("data", "heldout.bin")]),
         ]
 
     def train_options(self, seed, steps, teacher=False):
         s = self.settings
         # ArcFace with a softer scale and margin than the 64/0.5 of full-scale runs: a few hundred updates on a
         # small set do not get past the large-margin plateau otherwise. Warm-up + cosine, as advised for
-        # VarGFaceNet. Verification runs once per model, after training (--val-targets '').
+        # VarGFaceNet. Verification runs once per model, after training (--target '').
         network = ["--network", "r18_tiny", "--net-multiplier", str(s["teacher_multiplier"])] if teacher else [
             "--network", "vargfacenet_tiny", "--net-multiplier", str(s["student_multiplier"])]
         return network + [
@@ -234,7 +243,7 @@ class Experiment:
             "--emb-size", str(s["emb_size"]), "--image-size", str(s["input_size"]), "--per-batch-size",
             str(s["per_batch_size"]), "--ctx", s["ctx"], "--lr", str(s["lr"]), "--lr-schedule", "cosine",
             "--warmup-steps", str(s["warmup"]), "--lr-total-steps", str(steps), "--max-steps", str(steps),
-            "--seed", str(seed), "--val-targets", "", "--frequent", str(max(1, min(20, steps // 6))), "--verbose",
+            "--seed", str(seed), "--target", "", "--frequent", str(max(1, min(20, steps // 6))), "--verbose",
             str(steps), "--ckpt", "3", "--train-graph", s.get("train_graph", "auto")]
 
     def train_step(self, run, title, seed, pretrained=None):
@@ -293,7 +302,7 @@ class Experiment:
 
     def variant_checkpoint(self, model, seed):
         if model in self.settings["variants"]:
-            return f"{self.prefix(f'seed{seed}/{model}')}-gen1,1"
+            return RunFiles(self.prefix(f"seed{seed}/{model}")).generation(1).model(LATEST)
         return self.checkpoint(model, seed)
 
     def evaluate_step(self, model, seed):

@@ -5,6 +5,7 @@
   the OpenMP threads otherwise go to sleep, and waking them halved CPU training speed beside the data loader's
   threads. Not on GPUs or in distributed runs, where spinning threads would take the cores from data loading or
   from the other processes.
+- MXNET_SUBGRAPH_VERBOSE=0: MXNet otherwise logs "Subgraph backend MKLDNN is activated" at every bind.
 
 Engine worker threads (MXNET_CPU_WORKER_NTHREADS) stay at 1: more made oneDNN fail intermittently on CPU. A value
 the user set is kept."""
@@ -13,7 +14,7 @@ import os
 
 def configure(cpu_only):
     """Set the defaults above (``cpu_only``: CPUs alone, one process); returns the names it set."""
-    wanted = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    wanted = {"OMP_NUM_THREADS": str(os.cpu_count() or 1), "MXNET_SUBGRAPH_VERBOSE": "0"}
     if cpu_only:
         wanted["OMP_WAIT_POLICY"] = "ACTIVE"
     chosen = [name for name in wanted if name not in os.environ]

@@ -1,15 +1,39 @@
 """The shared vocabulary of the `vargface` subcommands: every command builds its parser from these helpers, so an
-option name means one thing everywhere.
+option name means one thing everywhere (`VOCABULARY`, the README's "CLI vocabulary" table).
 
 Inputs are positional; every output is ``--out PATH`` and an existing output is refused unless ``--overwrite``;
 ``--dataset DIR`` is a data folder made by `vargface data`; ``--per-batch-size N`` counts images per device (as
 InsightFace's trainer does), for training and inference alike; ``--json`` prints machine-readable results on
-stdout and turns the progress bars off. `progress_bar` is the one place a progress bar is made."""
+stdout and turns the progress bars off. Spellings the vocabulary replaced keep working as `ALIASES`.
+`progress_bar` is the one place a progress bar is made."""
 import argparse
+import difflib
 import os
 import sys
 
 from vargface.errors import VargfaceError
+
+
+# option -> its meaning; every command spells these the same way.
+VOCABULARY = {
+    "--out": "the output (file or folder) of every command that writes one",
+    "--overwrite": "replace an existing output; without it a command refuses, naming the output (`train`/`distill`: "
+                   "start a new run on a `--prefix` that holds one, removing the old run's files first)",
+    "--dataset": "a data folder made by `vargface data` (`train.rec`, `train.idx`, `property`, `.bin` packs); "
+                 "`train`/`distill` also take a preset name",
+    "--model": "a checkpoint: `PREFIX-symbol.json` + `PREFIX-EPOCH.params`",
+    "--ctx": "`gpu:0,1,2,3`, `cpu:0,cpu:1` or `cpu`",
+    "--per-batch-size": "images per device per batch, for training and inference alike (the batch is N x devices)",
+    "--workers": "parallel workers decoding and encoding images (default: the usable cores)",
+    "--seed": "the random seed",
+    "--json": "machine-readable results on stdout, and no progress bars (bars are drawn on a terminal only)",
+    "--image-size": "the image side in pixels (images are N x N)",
+    "--target": "verification packs (`.bin`), comma-separated",
+    "--root": "the folder that relative image paths refer to",
+}
+# Older spellings, still accepted as aliases of the canonical option.
+ALIASES = {"--image-size": ("--size", "--input-size"), "--target": ("--targets", "--val-targets"),
+           "--root": ("--image-root", "--lfr-root")}
 
 
 def positive_int(text):
@@ -32,7 +56,8 @@ def add_overwrite(parser, help="replace an existing output (without it, an exist
 
 
 def add_ctx(parser, default="cpu", help="devices, e.g. gpu:0,1,2,3 | cpu:0,cpu:1 | cpu"):
-    parser.add_argument("--ctx", default=default, help=help + (f" (default: {default})" if default else ""))
+    parser.add_argument("--ctx", default=default, metavar="DEVICES",
+                        help=help + (f" (default: {default})" if default else ""))
 
 
 def add_model(parser, required=True, help="checkpoint PREFIX-symbol.json + PREFIX-EPOCH.params (cut at fc1_output)"):
@@ -50,15 +75,41 @@ def add_per_batch_size(parser, default):
 
 def add_workers(parser):
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help="parallel worker processes (default: all cores)")
+                        help="parallel workers (default: the usable cores)")
+
+
+def image_side(text):
+    """An argparse type: an image side in pixels, 8..4096."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 8 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"{value}: an image side must be 8..4096")
+    return value
+
+
+def add_image_size(parser, default=None, help="image side in pixels"):
+    parser.add_argument("--image-size", *ALIASES["--image-size"], dest="image_size", type=image_side, default=default,
+                        metavar="N", help=help + (f" (default: {default})" if default else ""))
+
+
+def add_target(parser, required=False, default=None, help="verification packs (.bin), comma-separated"):
+    parser.add_argument("--target", *ALIASES["--target"], dest="target", required=required, default=default,
+                        metavar="PACKS", help=help + (f" (default: {default})" if default else ""))
+
+
+def add_root(parser, default=".", help="folder the listed image paths are relative to"):
+    parser.add_argument("--root", *ALIASES["--root"], dest="root", default=default, metavar="DIR",
+                        help=help + (f" (default: {default})" if default else ""))
 
 
 def add_json(parser, help="print the results as JSON on stdout (no progress bars)"):
     parser.add_argument("--json", action="store_true", help=help)
 
 
-def add_seed(parser, default=0):
-    parser.add_argument("--seed", type=int, default=default, help=f"random seed (default: {default})")
+def add_seed(parser, default=0, help="random seed"):
+    parser.add_argument("--seed", type=int, default=default, metavar="N", help=f"{help} (default: {default})")
 
 
 def total_batch(args):
@@ -95,3 +146,20 @@ def emit(args, text, result):
     import json
 
     print(json.dumps(result, indent=2) if getattr(args, "json", False) else text)
+
+
+def explain_unknown(parser):
+    """An unknown option gets the near option names in the error, not argparse's bare 'unrecognized arguments'."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = original(args, namespace)
+        unknown = [a for a in extras if a.startswith("--")]
+        if unknown:
+            flag = unknown[0].split("=")[0]
+            names = [o for o in parser._option_string_actions if o.startswith("--") and "_" not in o]
+            near = difflib.get_close_matches(flag, names, n=4, cutoff=0.6)
+            parser.error(f"unknown option {flag}" + (f"; did you mean {', '.join(near)}?" if near else ""))
+        return namespace, extras
+
+    parser.parse_known_args = parse_known_args

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from vargface.errors import VargfaceError
+from vargface.train.run_files import RunFiles
 
 
 PIPELINE_OVERWRITE = ("start again instead of continuing: remove what earlier runs wrote in OUT (the state, every "
@@ -39,15 +40,6 @@ class Step:
     resume: Optional[str] = None
     capture: bool = False
     result: Optional[Callable[[List[str]], object]] = None
-
-
-def training_state_exists(prefix):
-    """True when `vargface train` (PREFIX-state.json) or `vargface distill` (PREFIX-lineage.json) left a state
-    under ``prefix`` that ``--resume`` continues."""
-    from vargface.train.checkpoint import state_path
-    from vargface.train.distill import manifest_path
-
-    return os.path.exists(state_path(prefix)) or os.path.exists(manifest_path(prefix))
 
 
 def shell_line(argv):
@@ -199,7 +191,7 @@ class Pipeline:
             print(f"\n== {progress}{step.title}: done in an earlier run ({finished['seconds']:.0f} s), skipped",
                   flush=True)
             return finished["result"]
-        resuming = bool(step.resume) and training_state_exists(step.resume)
+        resuming = bool(step.resume) and RunFiles(step.resume).has_resumable_state()
         commands = [argv + ["--resume"] for argv in step.commands] if resuming else step.commands
         print(f"\n== {progress}{step.title}" + (" (continuing the interrupted run)" if resuming else ""), flush=True)
         if self.dry_run:

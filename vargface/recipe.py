@@ -16,12 +16,14 @@ import os
 from vargface import options
 from vargface.errors import VargfaceError
 from vargface.pipeline import PIPELINE_OVERWRITE, Pipeline, Step, write_json
+from vargface.train.run_files import LATEST, RunFiles
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 TEACHER_CONFIG = "r100_retina.py"
 STUDENT_CONFIG = "vargfacenet_retina.py"
 DISTILL_CONFIG = "vargfacenet_recursive.py"
 STUDENT_NETWORK = "vargfacenet"  # the network of STUDENT_CONFIG and DISTILL_CONFIG, checked by the FLOPs gate
+TEACHER_NETWORK = "r100"  # the network of TEACHER_CONFIG
 TARGETS = "lfw,cfp_fp,agedb_30"
 SCOPES = ("teacher", "student", "distill")  # --set SCOPE.KEY=VALUE: teacher run, both student runs, distill only
 
@@ -39,10 +41,9 @@ def register(subparsers):
     _common(light, ctx_default="gpu:0,1,2,3,4,5,6,7", work_default="./lfr_light")
     light.add_argument("--eval-ctx", default="gpu:0", help="devices for verification and the feature file "
                        "(default: %(default)s)")
-    light.add_argument("--targets", default=TARGETS, help="verification packs NAME (DATASET/NAME.bin), comma-separated "
-                       "(default: %(default)s)")
+    options.add_target(light, default=TARGETS, help="verification packs NAME (DATASET/NAME.bin), comma-separated")
     light.add_argument("--lfr-list", help="LFR2019 image-track test list; without it no feature file is written")
-    light.add_argument("--lfr-root", default=".", help="folder the listed paths are relative to (default: .)")
+    options.add_root(light, help="folder the paths of --lfr-list are relative to")
     light.set_defaults(func=lfr_light_command)
 
     recursive = sub.add_parser("recursive", help="recursive distillation alone: teacher, cache, generations",
@@ -104,9 +105,12 @@ class Recipe:
             if not os.path.isfile(os.path.join(args.configs, name)) and not args.dry_run:
                 raise VargfaceError(f"--configs {args.configs}: no {name}")
         self.student_network = _value(self.flags["student"], "--network") or STUDENT_NETWORK
+        self.teacher_network = _value(self.flags["teacher"], "--network") or TEACHER_NETWORK
 
     def teacher_prefix(self):
-        return self.path(f"{_value(self.flags['teacher'], '--network') or 'r100'}-arcface", "model")
+        """Named after the teacher's network (r100, or what --set teacher.network says) and loss."""
+        return self.path(f"{_value(self.flags['teacher'], '--network') or TEACHER_NETWORK}-"
+                         f"{_value(self.flags['teacher'], '--loss') or 'arcface'}", "model")
 
     def config(self, name):
         return shown_path(os.path.join(self.args.configs, name))
@@ -186,50 +190,50 @@ def _settings(args, **more):
 def lfr_light_steps(args):
     recipe = Recipe(args)
     net = recipe.student_network
-    teacher, scratch, student = (recipe.teacher_prefix(), recipe.path(f"{net}-scratch", "model"),
-                                 recipe.path(f"{net}-distill", "model"))
-    targets = [t for t in args.targets.split(",") if t]
+    teacher, scratch, student = (RunFiles(recipe.teacher_prefix()), RunFiles(recipe.path(f"{net}-scratch", "model")),
+                                 RunFiles(recipe.path(f"{net}-distill", "model")))
+    gen1, gen2 = student.generation(1), student.generation(2)
+    targets = [t for t in args.target.split(",") if t]
     if not targets:
-        raise VargfaceError("--targets: name at least one verification pack")
+        raise VargfaceError("--target: name at least one verification pack")
     steps = [
         recipe.flops_gate(net, f"FLOPs gate: the {net} preset within the deepglint-light budget",
                           [net] + _net_opts(recipe.flags["student"])),
-        recipe.train_step("teacher", "teacher: r100 with ArcFace", TEACHER_CONFIG, "teacher", teacher),
-        recipe.train_step("scratch", f"student baseline: {net} from scratch", STUDENT_CONFIG, "student", scratch),
-        recipe.cache_step(teacher + ",1"),
-        recipe.distill_step(teacher + ",1", student),
+        recipe.train_step("teacher", f"teacher: {recipe.teacher_network} with ArcFace", TEACHER_CONFIG, "teacher",
+                          teacher.prefix),
+        recipe.train_step("scratch", f"student baseline: {net} from scratch", STUDENT_CONFIG, "student",
+                          scratch.prefix),
+        recipe.cache_step(teacher.model(LATEST)),
+        recipe.distill_step(teacher.model(LATEST), student.prefix),
         recipe.flops_gate(f"{net}-gen2", "FLOPs gate: the trained student's stored graph",
-                          ["--model", student + "-gen2,1"]),
+                          ["--model", gen2.model(LATEST)]),
     ]
-    for name, title, model in (("teacher", "the r100 teacher", teacher), ("scratch", f"{net} from scratch", scratch),
-                               ("gen1", "distillation generation 1", student + "-gen1"),
-                               ("gen2", "distillation generation 2", student + "-gen2")):
-        steps.append(recipe.verify_step(name, title, model + ",1", targets))
+    for name, title, files in (("teacher", f"the {recipe.teacher_network} teacher", teacher),
+                               ("scratch", f"{net} from scratch", scratch), ("gen1", "distillation generation 1", gen1),
+                               ("gen2", "distillation generation 2", gen2)):
+        steps.append(recipe.verify_step(name, title, files.model(LATEST), targets))
     if args.lfr_list:
         from vargface.eval.lfr import resume_files
 
         features = recipe.path(f"lfr2019-{net}-gen2.bin")
         recipe.resumable += resume_files(features)
         steps.append(Step("lfr", "the LFR2019 image-track feature file of generation 2",
-                          [["lfr", "features", args.lfr_list, "--model", student + "-gen2,1", "--root",
-                            args.lfr_root, "--out", features, "--ctx", args.eval_ctx]], outputs=[features]))
+                          [["lfr", "features", args.lfr_list, "--model", gen2.model(LATEST), "--root", args.root,
+                            "--out", features, "--ctx", args.eval_ctx]], outputs=[features]))
     return recipe, steps
 
 
 def _net_opts(flags):
-    """The student's network overrides that change its FLOPs, as `vargface flops` options."""
-    opts = []
-    for flag, option in (("--net-multiplier", "multiplier"), ("--net-num-layers", "num_layers")):
-        if _value(flags, flag) is not None:
-            opts += ["--net-opt", f"{option}={_value(flags, flag)}"]
-    if _value(flags, "--image-size") is not None:
-        opts += ["--input-size", _value(flags, "--image-size")]
-    return opts
+    """The student's network options (any that change its FLOPs), as `vargface flops` takes them."""
+    from vargface.symbols.registry import NETWORK_ALIASES
+
+    names = ["--net-opt", "--image-size", "--emb-size"] + ["--" + key.replace("_", "-") for key in NETWORK_ALIASES]
+    return [item for flag, value in zip(flags[::2], flags[1::2]) if flag in names for item in (flag, value)]
 
 
 def lfr_light_command(args):
     recipe, steps = lfr_light_steps(args)
-    recipe.run(steps, _settings(args, targets=args.targets))
+    recipe.run(steps, _settings(args, targets=args.target))
     if args.dry_run:
         print("\n(dry run: nothing was run)")
     else:
@@ -243,8 +247,9 @@ def recursive_steps(args):
     teacher = args.teacher
     if not teacher:
         prefix = recipe.teacher_prefix()
-        steps.append(recipe.train_step("teacher", "teacher: r100 with ArcFace", TEACHER_CONFIG, "teacher", prefix))
-        teacher = prefix + ",1"
+        steps.append(recipe.train_step("teacher", f"teacher: {recipe.teacher_network} with ArcFace", TEACHER_CONFIG,
+                                       "teacher", prefix))
+        teacher = RunFiles(prefix).model(LATEST)
     steps += [recipe.cache_step(teacher),
               recipe.distill_step(teacher, recipe.path(f"{recipe.student_network}-distill", "model"))]
     return recipe, steps
