@@ -1,9 +1,10 @@
 """Step time and peak memory of the classifier at 100K, 1M and 2M classes on CPU: the full margin softmax on one
 device against the sharded classifier (train/partial_fc.py) at sample ratio 1 and 0.1, in one run.
 
-Every case trains the head alone (ArcFace on random 512-d embeddings, SGD with momentum) on the same global batch,
-in its own process: the full head is the trainer's Module on one cpu context; the sharded one splits the classes
-over 2 (and 4) cpu contexts. Reported: seconds per step (forward, backward, update), its speed-up over the full
+Every case trains the head alone (ArcFace on random embeddings, SGD with momentum) on the same global batch, in its
+own process: the full head is the trainer's Module on one cpu context; the sharded one splits the classes over 2
+(and 4) cpu contexts. The defaults, 128-d embeddings and a global batch of 64, keep the full head at 2M classes
+within a shared 23 GB machine (at 512-d it needs about 19 GB); the figures scale with --emb-size and --batch. Reported: seconds per step (forward, backward, update), its speed-up over the full
 head, the peak memory per device as MXNet's memory profiler counts it on each context (weights, momentum,
 gradients, logits and temporaries), the estimate the trainer prints at start, and the process's peak RSS. A case
 whose estimate exceeds the available memory is reported as refused, not run.
@@ -96,8 +97,8 @@ def estimate(classes, devices, ratio, emb_size, batch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classes", default="100000,1000000,2000000", help="class counts, comma-separated")
-    parser.add_argument("--emb-size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=128, help="global batch (split over the devices)")
+    parser.add_argument("--emb-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64, help="global batch (split over the devices)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case (after one untimed)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: measure one case, print JSON
     args = parser.parse_args()

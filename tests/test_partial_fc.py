@@ -346,6 +346,9 @@ def test_shard_files_resume_refuse_another_worker_and_merge(tmp_path, run_cli):
     broken["shard1:momentum"] = mx.nd.array(np.full((6, D), np.nan))
     with pytest.raises(VargfaceError, match="broken: array 'shard1:momentum' holds 36 NaN"):
         engines[0].load_state_arrays(broken, "broken")
+    assert engines[0].first_nonfinite() is None
+    engines[0].momenta[1][2, 3] = np.inf
+    assert engines[0].first_nonfinite() == "its momentum in shard 1"
 
 
 def test_memory_per_device_falls_with_shards_and_sampling():

@@ -30,6 +30,24 @@ def margin_target(F, cos_t, m1, m2, m3):
     return target - m3
 
 
+# Rows of the initial classifier drawn from one seed: any range of classes is the same however it is split.
+INIT_BLOCK = 4096
+
+
+def initial_classifier(seed, sigma, start, stop, emb_size):
+    """Rows [start, stop) of the initial class centres, Normal(0, sigma) as InsightFace's, float32 NumPy: drawn
+    per block of INIT_BLOCK rows from (seed, block), so the full head and every shard layout of the sharded one
+    start from the same classifier."""
+    import numpy as np
+
+    parts = []
+    for block in range(start // INIT_BLOCK, (max(stop, start + 1) - 1) // INIT_BLOCK + 1):
+        first = block * INIT_BLOCK
+        values = np.random.default_rng([int(seed), block]).standard_normal((INIT_BLOCK, emb_size), dtype=np.float32)
+        parts.append(values[max(start, first) - first:min(stop, first + INIT_BLOCK) - first] * np.float32(sigma))
+    return np.concatenate(parts)[:stop - start]
+
+
 def _fc7_options(config):
     return dict(lr_mult=float(config.get("fc7_lr_mult", 1.0)), wd_mult=float(config.get("fc7_wd_mult", 1.0)),
                 sigma=float(config.get("fc7_init_sigma", 0.01)))

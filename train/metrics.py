@@ -21,9 +21,19 @@ def batch_metrics(outputs, label, extra_names):
     finite = math.isfinite(float(mx.nd.sum(prob).asscalar()))
     values = {"loss": float(-np.mean(np.log(np.maximum(picked, 1e-30)))) if finite else math.nan,
               "acc": float(np.mean(correct))}
-    for name, out in zip(extra_names, outputs[1:]):
-        values[name] = float(np.mean(out.asnumpy()))
-    return values
+    return {**values, **plugin_metrics(outputs[1:], extra_names)}
+
+
+def sharded_metrics(result, outputs, extra_names):
+    """The sharded classifier's loss and accuracy (a `vargface.train.partial_fc.StepResult`: over the sampled
+    centres), and the plugin losses' means from the Module's ``outputs`` after the embedding."""
+    values = {"loss": float(result.loss.asscalar()), "acc": float(result.accuracy.asscalar())}
+    return {**values, **plugin_metrics(outputs, extra_names)}
+
+
+def plugin_metrics(outputs, extra_names):
+    """{name: mean} of the plugin losses' outputs (merged over devices)."""
+    return {name: float(np.mean(out.asnumpy())) for name, out in zip(extra_names, outputs)}
 
 
 def first_nonfinite(values):

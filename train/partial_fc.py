@@ -129,16 +129,18 @@ class PartialFC:
 
     # ---- state -------------------------------------------------------------------------------------------------
     def init_weights(self, seed=None):
-        """Normal(0, fc7_init_sigma) centres (seeded per shard), zero momentum."""
+        """The initial centres of this worker's shards (`vargface.train.losses.initial_classifier`: the full
+        head's, whatever the layout), zero momentum."""
         import mxnet as mx
+
+        from vargface.train.losses import initial_classifier
 
         seed = int(self.config.seed if seed is None else seed)
         self.weights, self.momenta = [], []
         for shard, ctx in zip(self.shard_ids, self.contexts):
-            rows = self.layout.rows(shard)[1]
-            mx.random.seed((seed * 1000003 + 7919 * (shard + 1)) % (2 ** 31), ctx=ctx)
-            self.weights.append(mx.nd.random.normal(0, float(self.config.fc7_init_sigma),
-                                                    shape=(rows, self.layout.emb_size), ctx=ctx))
+            start, rows = self.layout.rows(shard)
+            self.weights.append(mx.nd.array(initial_classifier(seed, float(self.config.fc7_init_sigma), start,
+                                                               start + rows, self.layout.emb_size), ctx=ctx))
             self.momenta.append(mx.nd.zeros((rows, self.layout.emb_size), ctx=ctx))
 
     def set_weights(self, fc7_weight, momentum=None):
@@ -175,6 +177,23 @@ class PartialFC:
                         for s, c in zip(self.shard_ids, self.contexts)]
         self.momenta = [shard_array(arrays, saved, s, "momentum", source).as_in_context(c)
                         for s, c in zip(self.shard_ids, self.contexts)]
+
+    def first_nonfinite(self):
+        """The name of the first shard array holding NaN or inf (None when all are finite), checked where the
+        shard lives: a NaN or inf makes its sum NaN or inf."""
+        import math
+
+        import mxnet as mx
+
+        for shard, weight, momentum in zip(self.shard_ids, self.weights, self.momenta):
+            for part, array in (("fc7_weight", weight), ("its momentum", momentum)):
+                if not math.isfinite(float(mx.nd.sum(array).asscalar())):
+                    return f"{part} in shard {shard}"
+        return None
+
+    def save(self, path):
+        """`save_shards` this classifier to ``path``."""
+        save_shards(path, self)
 
     def full_weight(self):
         """The whole (C, D) classifier as NumPy; with one worker only (else `merge_shards` the saved states)."""
@@ -449,11 +468,12 @@ def load_shards(path, engine):
 
 
 def merge_shards(paths):
-    """The whole (C, D) classifier (NumPy float32) from the shard files of every worker of a run."""
+    """The whole (C, D) classifier (NumPy float32) from the shard files of every worker of a run (or their
+    training states, PREFIX-state.json, which name them)."""
     if not paths:
         raise VargfaceError("merge-fc7: no shard files given")
     layout, shards = None, {}
-    for path in paths:
+    for path in map(_named_shards, paths):
         arrays = _load(path)
         found, _ = read_layout(arrays, path)
         if layout is not None and found != layout:
@@ -471,6 +491,27 @@ def merge_shards(paths):
         raise VargfaceError(f"shards {missing} of {layout.shards} are missing: pass the shard file of every "
                             f"worker ({layout.workers})")
     return np.concatenate([shards[s] for s in range(layout.shards)])
+
+
+def _named_shards(path):
+    """``path``, or the shard file a training state ``PREFIX-state.json`` names."""
+    import json
+
+    from vargface.train.checkpoint import shards_file
+    from vargface.train.run_files import RunFiles
+
+    if not str(path).endswith("-state.json"):
+        return path
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as error:
+        raise VargfaceError(f"{path} is not a readable training state: {error}") from None
+    found = shards_file(RunFiles(str(path)[:-len("-state.json")]), info if isinstance(info, dict) else {})
+    if found is None:
+        raise VargfaceError(f"{path} is the state of a run whose classifier is not sharded (its fc7_weight is in "
+                            f"the state's params file)")
+    return found
 
 
 def shard_array(arrays, layout, shard, part, source):
@@ -496,7 +537,8 @@ def register(subparsers):
         description="A --fc-parallel run keeps the classifier in shards beside each worker's training state "
                     "(PREFIX-state-UPDATE-fc7.params); this writes the whole (classes x emb_size) fc7_weight as an "
                     "MXNet params file (arg:fc7_weight), e.g. to add the classifier to an embedding checkpoint.")
-    p.add_argument("shards", nargs="+", metavar="SHARDS", help="the shard file of every worker of the run")
+    p.add_argument("shards", nargs="+", metavar="SHARDS", help="every worker's shard file, or its training state "
+                   "PREFIX-state.json / PREFIX-workerK-state.json")
     options.add_out(p, "output params file, e.g. model-fc7.params")
     options.add_overwrite(p)
     p.set_defaults(func=_merge_command)

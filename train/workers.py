@@ -1,4 +1,4 @@
-"""The workers of a dist kvstore run as one group: sums, all-gathers and agreed decisions through the run's own
+"""The workers of a dist kvstore run as one group: sums, all-gathers and shared decisions through the run's own
 KVStore (``pushpull``), without Horovod or MPI (docs/partial_fc.md#across-workers-dist-kvstore).
 
 The servers must only sum for this: a server that holds an optimizer applies it to every key pushed to it. So a
@@ -45,16 +45,17 @@ class WorkerGroup:
         slots[self.rank * n:(self.rank + 1) * n] = array
         return self.sum(name, slots)
 
-    def any(self, name, flags):
-        """{flag: bool} -> {flag: whether any worker raised it}: every worker gets the same answer, so all of
-        them take the same branch (a worker that left alone would leave the others waiting in pushpull)."""
+    def raised(self, name, flags):
+        """{flag: bool} of this worker -> {flag: ranks of the workers that raised it}, the same answer on every
+        worker, so all of them take the same branch (a worker that left alone would leave the others waiting in
+        their next pushpull)."""
+        names = sorted(flags)
         if self.size == 1:
-            return dict(flags)
+            return {k: [0] if flags[k] else [] for k in names}
         import mxnet as mx
 
-        names = sorted(flags)
-        raised = self.sum(name, mx.nd.array([float(bool(flags[k])) for k in names], dtype="float64")).asnumpy()
-        return {k: bool(v > 0) for k, v in zip(names, raised)}
+        rows = self.gather(name, mx.nd.array([[float(bool(flags[k])) for k in names]], dtype="float64")).asnumpy()
+        return {k: [rank for rank in range(self.size) if rows[rank, i] > 0] for i, k in enumerate(names)}
 
 
 @contextlib.contextmanager
