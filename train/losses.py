@@ -63,20 +63,21 @@ def softmax_logits(embedding, label, config, num_classes):
     return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
 
 
-def margin_from_cosines(F, cos_all, label, depth, config, cos_t=None):
+def margin_from_cosines(F, cos_all, label, depth, config, cos_t=None, one_hot=None):
     """The margin logits of ``config.loss_name`` from the cosines ``cos_all`` (B, depth) of the embeddings to
     ``depth`` class centres: s·(cos(m1·θ + m2) − m3) at the label's column, s·cos θ elsewhere (nsoftmax, ArcFace,
     CosFace, combined), or ArcNegFace's re-weighted negatives.
 
     ``label`` (B,) indexes the columns; a row whose class is not among them has label −1 (the sharded head: its
     class lives on another shard) and gets no target column. ``cos_t`` (B,) is the true class's cosine, by default
-    picked from ``cos_all``; the sharded head passes it in because ArcNegFace's negatives need it on every shard."""
+    picked from ``cos_all``; the sharded head passes it in because ArcNegFace's negatives need it on every shard,
+    and ``one_hot`` (of ``label``, by default made here) because its softmax gradient needs the same array."""
     s, m1, m2, m3 = float(config.loss_s), float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)
     if config.loss_name == "margin_softmax" and (m1, m2, m3) == (1.0, 0.0, 0.0):
         return cos_all * s
     if cos_t is None:
         cos_t = F.pick(cos_all, label, axis=1)
-    one_hot = F.one_hot(label, depth=depth)
+    one_hot = F.one_hot(label, depth=depth) if one_hot is None else one_hot
     target = margin_target(F, cos_t, m1, m2, m3)
     if config.loss_name == "arcneg":
         # t_j = α·exp(−(cos θ_j − cos(θ_y + m))² / σ), not back-propagated

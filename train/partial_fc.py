@@ -225,32 +225,35 @@ class PartialFC:
         true_cos = [None] * len(shards)
         if negatives_need_target(self.config):
             # ArcNegFace weighs every shard's negatives by the true class's cosine, which its owner shares.
-            shared = self._reduce("true_cos", [_owned(mx.nd.pick(c.detach(), s["label"], axis=1), s["label"])
-                                               for c, s in zip(cos, shards)], mx.nd.add_n)
+            shared = self._sum("true_cos", [_owned(mx.nd.pick(c.detach(), s["label"], axis=1), s["label"])
+                                            for c, s in zip(cos, shards)])
             true_cos = [shared.as_in_context(c.context) for c in cos]  # (a copy recorded by autograd breaks it)
+        targets = [mx.nd.one_hot(s["label"], depth=c.shape[1]) for c, s in zip(cos, shards)]  # one per shard
         with autograd.record():
             if negatives_need_target(self.config):  # the owner's own cosine keeps its gradient
                 true_cos = [mx.nd.where(s["label"] >= 0, mx.nd.pick(c, s["label"], axis=1), t)
                             for c, s, t in zip(cos, shards, true_cos)]
-            logits = [margin_from_cosines(mx.nd, c, s["label"], c.shape[1], self.config, cos_t=t)
-                      for c, s, t in zip(cos, shards, true_cos)]
-        peak = self._reduce("max", [mx.nd.max(z, axis=1) for z in logits], _stacked_max, gather=True)
-        exps = [mx.nd.exp(mx.nd.broadcast_sub(z, mx.nd.expand_dims(peak.as_in_context(z.context), 1)))
-                for z in logits]
-        # One reduction carries both per-row sums: the softmax denominator and the true class's logit.
-        stats = self._reduce("stats", [mx.nd.stack(mx.nd.sum(e, axis=1), _owned(mx.nd.pick(z, s["label"], axis=1),
-                                                                                   s["label"]))
-                                       for e, z, s in zip(exps, logits, shards)], mx.nd.add_n)
-        denominator, true_logit = stats[0], stats[1]
-        for z, e, s in zip(logits, exps, shards):
-            prob = mx.nd.broadcast_div(e, mx.nd.expand_dims(denominator.as_in_context(z.context), 1), out=e)
-            z.backward(logit_gradient(prob, mx.nd.one_hot(s["label"], depth=z.shape[1]), 1.0 / len(all_labels)))
-            del z, e, prob  # this shard's (N, S) buffers go before the next shard's gradient is formed
-        emb_grad = self._reduce("emb_grad", [s["emb"].grad for s in shards], mx.nd.add_n)
+            logits = [margin_from_cosines(mx.nd, c, s["label"], c.shape[1], self.config, cos_t=t, one_hot=h)
+                      for c, s, t, h in zip(cos, shards, true_cos, targets)]
+        # Each shard's log-softmax (one fused pass) gives its log-sum-exp; with its largest logit and the true
+        # class's logit (where it owns the class) it travels in one all-gather, and their combination is the exact
+        # softmax over every shard.
+        logs = [mx.nd.log_softmax(z, axis=1) for z in logits]
+        rows = self._gather_shards("softmax", [mx.nd.stack(_first(z) - _first(lp), mx.nd.max(z, axis=1),
+                                                           _owned(mx.nd.pick(z, s["label"], axis=1), s["label"]))
+                                               for z, lp, s in zip(logits, logs, shards)])
+        top = mx.nd.max(rows[:, 0], axis=0)
+        total = top + mx.nd.log(mx.nd.sum(mx.nd.exp(mx.nd.broadcast_sub(rows[:, 0], top)), axis=0))
+        peak, true_logit = mx.nd.max(rows[:, 1], axis=0), mx.nd.sum(rows[:, 2], axis=0)
+        for d, (z, lp, target) in enumerate(zip(logits, logs, targets)):
+            shift = (rows[len(shards) * self.group.rank + d, 0] - total).as_in_context(z.context)
+            prob = mx.nd.exp(mx.nd.broadcast_add(lp, mx.nd.expand_dims(shift, 1), out=lp), out=lp)
+            z.backward(logit_gradient(prob, target, 1.0 / len(all_labels)))
+            del z, lp, prob  # this shard's (N, S) buffers go before the next shard's gradient is formed
+        emb_grad = self._sum("emb_grad", [s["emb"].grad for s in shards])
         self._pending = [(s["index"], s["rows"]) for s in shards]
-        log_prob = true_logit - peak - mx.nd.log(denominator)
         return StepResult(grads=self._split(emb_grad, [e.shape[0] for e in embeddings]),
-                          loss=-mx.nd.mean(log_prob), accuracy=mx.nd.mean(true_logit >= peak))
+                          loss=mx.nd.mean(total - true_logit), accuracy=mx.nd.mean(true_logit >= peak))
 
     def update(self, lr):
         """Apply SGD with momentum at the learning rate ``lr`` (the schedule's, times fc7_lr_mult here) to the
@@ -314,15 +317,19 @@ class PartialFC:
             leaf.attach_grad()
         return {"emb": emb, "rows": leaf, "index": index, "label": mx.nd.array(positions, ctx=ctx)}
 
-    def _reduce(self, name, parts, combine, gather=False):
-        """Combine one array per local device on the first device, then across the workers (a sum, or for
-        ``gather`` an all-gather combined again)."""
+    def _sum(self, name, parts):
+        """The sum of one array per local device (on the first device) and over the workers."""
+        import mxnet as mx
+
         home = self.contexts[0]
-        local = combine(*[p.as_in_context(home) for p in parts])
-        if not gather:
-            return self.group.sum(name, local)
-        everyone = self.group.gather(name, local.expand_dims(0))
-        return combine(*[everyone[i] for i in range(everyone.shape[0])])
+        return self.group.sum(name, mx.nd.add_n(*[p.as_in_context(home) for p in parts]))
+
+    def _gather_shards(self, name, parts):
+        """One array per local shard -> (shards, ...) of every shard of the run, in shard order."""
+        import mxnet as mx
+
+        home = self.contexts[0]
+        return self.group.gather(name, mx.nd.stack(*[p.as_in_context(home) for p in parts]))
 
     def _split(self, emb_grad, sizes):
         """This worker's rows of the summed (N, D) embedding gradient, cut per device (``sizes`` rows each) and
@@ -434,10 +441,11 @@ def _owned(values, label):
     return mx.nd.where(label >= 0, values, mx.nd.zeros_like(values))
 
 
-def _stacked_max(*parts):
+def _first(logits):
+    """The first column of (N, S) logits, as (N,)."""
     import mxnet as mx
 
-    return mx.nd.max(mx.nd.stack(*parts), axis=0)
+    return mx.nd.slice_axis(logits, axis=1, begin=0, end=1).reshape((-1,))
 
 
 # ---- files ---------------------------------------------------------------------------------------------------------

@@ -684,9 +684,10 @@ def _speedometer(run, state, window, tic, history):
 def serve(role):
     """Run this process as a parameter-server ``role`` ('server' or 'scheduler') until the workers finish.
 
-    Plain ``DMLC_ROLE=server python -c 'import mxnet'`` starts serving inside the mxnet import, where the server
-    cannot unpickle the workers' optimizer (its LR schedule needs gluoncv, which needs a finished mxnet import);
-    so import first, then take the role."""
+    A vargface run's servers only sum (its workers update, `vargface.train.workers`). Plain
+    ``DMLC_ROLE=server python -c 'import mxnet'`` would serve that too, but starts serving inside the mxnet import,
+    where a server handed an optimizer could not unpickle it (the LR schedule needs gluoncv, which needs a finished
+    mxnet import); so import first, then take the role."""
     if role not in ("server", "scheduler"):
         raise VargfaceError(f"serve: role {role!r} must be 'server' or 'scheduler'")
     os.environ.pop("DMLC_ROLE", None)
