@@ -235,25 +235,28 @@ class PartialFC:
                             for c, s, t in zip(cos, shards, true_cos)]
             logits = [margin_from_cosines(mx.nd, c, s["label"], c.shape[1], self.config, cos_t=t, one_hot=h)
                       for c, s, t, h in zip(cos, shards, true_cos, targets)]
-        # Each shard's log-softmax (one fused pass) gives its log-sum-exp; with its largest logit and the true
-        # class's logit (where it owns the class) it travels in one all-gather, and their combination is the exact
-        # softmax over every shard.
-        logs = [mx.nd.log_softmax(z, axis=1) for z in logits]
-        rows = self._gather_shards("softmax", [mx.nd.stack(_first(z) - _first(lp), mx.nd.max(z, axis=1),
+        # Each shard's softmax (one fused pass) holds 1 / sum exp(z - m_k) at its largest logit m_k: m_k, that
+        # value and the true class's logit (where the shard owns the class) travel in one all-gather, and each
+        # shard's softmax times its share of the global sum is the exact softmax over every shard, rounded as
+        # the full head's within a few units in the last place.
+        probs = [mx.nd.softmax(z, axis=1) for z in logits]
+        rows = self._gather_shards("softmax", [mx.nd.stack(mx.nd.max(z, axis=1), mx.nd.max(p, axis=1),
                                                            _owned(mx.nd.pick(z, s["label"], axis=1), s["label"]))
-                                               for z, lp, s in zip(logits, logs, shards)])
-        top = mx.nd.max(rows[:, 0], axis=0)
-        total = top + mx.nd.log(mx.nd.sum(mx.nd.exp(mx.nd.broadcast_sub(rows[:, 0], top)), axis=0))
-        peak, true_logit = mx.nd.max(rows[:, 1], axis=0), mx.nd.sum(rows[:, 2], axis=0)
-        for d, (z, lp, target) in enumerate(zip(logits, logs, targets)):
-            shift = (rows[len(shards) * self.group.rank + d, 0] - total).as_in_context(z.context)
-            prob = mx.nd.exp(mx.nd.broadcast_add(lp, mx.nd.expand_dims(shift, 1), out=lp), out=lp)
+                                               for z, p, s in zip(logits, probs, shards)])
+        peak, true_logit = mx.nd.max(rows[:, 0], axis=0), mx.nd.sum(rows[:, 2], axis=0)
+        sums = mx.nd.exp(mx.nd.broadcast_sub(rows[:, 0], peak)) / rows[:, 1]  # each shard's sum exp(z - peak)
+        total = mx.nd.sum(sums, axis=0)
+        for d, target in enumerate(targets):
+            z, prob = logits[d], probs[d]
+            logits[d] = probs[d] = None  # this shard's (N, S) buffers go before the next shard's gradient is formed
+            share = (sums[len(shards) * self.group.rank + d] / total).as_in_context(z.context)
+            prob = mx.nd.broadcast_mul(prob, mx.nd.expand_dims(share, 1), out=prob)
             z.backward(logit_gradient(prob, target, 1.0 / len(all_labels)))
-            del z, lp, prob  # this shard's (N, S) buffers go before the next shard's gradient is formed
+            del z, prob
         emb_grad = self._sum("emb_grad", [s["emb"].grad for s in shards])
         self._pending = [(s["index"], s["rows"]) for s in shards]
         return StepResult(grads=self._split(emb_grad, [e.shape[0] for e in embeddings]),
-                          loss=mx.nd.mean(total - true_logit), accuracy=mx.nd.mean(true_logit >= peak))
+                          loss=mx.nd.mean(peak - true_logit + mx.nd.log(total)), accuracy=mx.nd.mean(true_logit >= peak))
 
     def update(self, lr):
         """Apply SGD with momentum at the learning rate ``lr`` (the schedule's, times fc7_lr_mult here) to the
@@ -439,13 +442,6 @@ def _owned(values, label):
     import mxnet as mx
 
     return mx.nd.where(label >= 0, values, mx.nd.zeros_like(values))
-
-
-def _first(logits):
-    """The first column of (N, S) logits, as (N,)."""
-    import mxnet as mx
-
-    return mx.nd.slice_axis(logits, axis=1, begin=0, end=1).reshape((-1,))
 
 
 # ---- files ---------------------------------------------------------------------------------------------------------
