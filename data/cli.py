@@ -1,9 +1,10 @@
-"""``vargface data synth|lst|rec|unpack|check|pairs``: build, convert and verify InsightFace data sets."""
+"""``vargface data synth|synth-ijb|lst|rec|unpack|check|pairs``: build, convert and verify InsightFace data sets."""
 import argparse
 import contextlib
 import sys
 
 from vargface import options
+from vargface.data.ijb_layout import TARGETS as IJB_TARGETS
 
 
 def _int_in(low, high, what):
@@ -57,6 +58,30 @@ def register(subparsers):
     p.add_argument("--rec", action="store_true", help="write train.rec/train.idx/property instead of folders")
     common(p, overwrite=f"{REPLACE_FOLDER} (with --rec: {REPLACE_SET})")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("synth-ijb", help="an IJB-B/IJB-C-layout fixture (loose crops, meta files) of synthetic "
+                                         "identities, for `vargface ijb` without the licensed data",
+                       description="Loose crops of synthetic identities under random similarity transforms with "
+                                   "their 5 landmarks and faceness scores, templates of 1-3 media of 1-3 frames, "
+                                   "every genuine template pair and impostor pairs, and the 1:N gallery and probe "
+                                   "files, named and formatted as InsightFace distributes IJB's meta files.")
+    options.add_out(p, "output folder (loose_crop/, meta/): give it to `vargface ijb --root`")
+    p.add_argument("--target", type=str.upper, choices=IJB_TARGETS, default="IJBC", metavar="IJBB|IJBC",
+                   help="whose file names to use (default: %(default)s)")
+    p.add_argument("--subjects", type=options.positive_int, default=8, metavar="N",
+                   help="identities (default: %(default)s)")
+    p.add_argument("--templates-per-subject", type=options.positive_int, default=3, metavar="N",
+                   help="templates of each identity (default: %(default)s)")
+    p.add_argument("--pairs", type=options.positive_int, default=None, metavar="N",
+                   help="template pairs: every genuine pair plus random impostor pairs up to this many "
+                        "(default: every pair of templates)")
+    options.add_seed(p)
+    p.add_argument("--difficulty", type=float, default=1.0, metavar="X",
+                   help="per-image variation, as `data synth` (default 1.0)")
+    p.add_argument("--first-identity", type=int, default=0, metavar="N", help="number of the first synthetic identity")
+    p.add_argument("--quality", type=jpeg_quality, default=95, help="JPEG quality")
+    common(p)
+    p.set_defaults(func=_synth_ijb)
 
     p = sub.add_parser("lst", help="an InsightFace .lst from an image root (one folder per identity)")
     p.add_argument("image_root", metavar="IMAGE_ROOT")
@@ -128,6 +153,17 @@ def _synth(args):
     images = result[0] if args.rec else result
     options.emit(args, f"wrote {images} images of {args.identities} identities to {args.out}",
                  {"out": args.out, "images": images, "identities": args.identities})
+    return 0
+
+
+def _synth_ijb(args):
+    from vargface.data.synth_ijb import make_synthetic_ijb
+
+    summary = make_synthetic_ijb(args.out, args.target, args.subjects, args.templates_per_subject, args.pairs,
+                                 seed=args.seed, difficulty=args.difficulty, first_identity=args.first_identity,
+                                 quality=args.quality, workers=args.workers, overwrite=args.overwrite)
+    options.emit(args, f"wrote {summary['crops']} crops, {summary['templates']} templates of {args.subjects} "
+                       f"identities and {summary['pairs']} template pairs to {args.out}", summary)
     return 0
 
 

@@ -59,8 +59,13 @@ def load_bin(path):
     ``bytes`` (encoded images) and ``issame_list`` a list of bools. Packs come from third parties, so the pickle
     is read by a restricted unpickler: anything beyond plain data and NumPy arrays is refused, never run."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        packs = sorted(name for name in os.listdir(path) if name.endswith(".bin"))
+        example = ", ".join(os.path.join(path, name) for name in packs[:3]) or os.path.join(path, "lfw.bin")
+        raise VargfaceError(f"{path}: a folder, not a verification pack; name pack files, e.g. {example}")
     if not os.path.isfile(path):
         raise VargfaceError(f"{path}: verification pack not found")
+    _refuse_training_data(path)
     try:
         with open(path, "rb") as f:
             data = _PackUnpickler(f, encoding="bytes").load()  # Python 2 str -> bytes
@@ -85,6 +90,18 @@ def load_bin(path):
     if len(bins) != 2 * len(issame):
         raise VargfaceError(f"{path}: {len(bins)} images for {len(issame)} pairs; expected 2 images per pair")
     return bins, issame
+
+
+def _refuse_training_data(path):
+    """A RecordIO training set given where a pack is expected: say what it is and how a pack is made."""
+    from vargface.data.recordio import PROPERTY_NAME, _MAGIC_BYTES
+
+    with open(path, "rb") as f:
+        head = f.read(len(_MAGIC_BYTES))
+    sibling_rec = path.endswith(".idx") and os.path.isfile(path[:-len(".idx")] + ".rec")
+    if head == _MAGIC_BYTES or sibling_rec or os.path.basename(path) == PROPERTY_NAME:
+        raise VargfaceError(f"{path}: training data (a RecordIO set), not a verification pack of image pairs; make "
+                            f"a pack from held-out images with `vargface data pairs IMAGE_FOLDER --out PACK.bin`")
 
 
 def _preview(value):

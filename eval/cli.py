@@ -1,8 +1,10 @@
-"""`vargface` subcommands of vargface.eval: verify, lfr features, tar-at-far, export, embed, compare."""
+"""`vargface` subcommands of vargface.eval: verify, lfr features, tar-at-far, export, embed, compare, ijb, identify."""
+import contextlib
 import json
 import sys
 
 from vargface import options
+from vargface.data.ijb_layout import TARGETS as IJB_TARGETS
 
 
 def _model(p):
@@ -75,7 +77,10 @@ def register(subparsers):
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("embed", help="embed aligned face images into an .npy file",
-                              description="L2-normalised embeddings (image + flip) of aligned 112x112 faces.")
+                              description="L2-normalised embeddings (image + flip) of aligned faces, one row per "
+                                          "image file in argument order. Images of any side are resized to the "
+                                          "checkpoint's input side (OpenCV area when shrinking, bilinear when "
+                                          "enlarging).")
     _model(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     options.add_out(p, "output .npy, one row per image in argument order")
@@ -86,7 +91,11 @@ def register(subparsers):
     p.set_defaults(func=_embed)
 
     p = subparsers.add_parser("compare", help="cosine similarity of two aligned face images",
-                              description="Cosine similarity of the L2-normalised (image + flip) embeddings.")
+                              description="Cosine similarity of the L2-normalised (image + flip) embeddings of two "
+                                          "aligned faces: 1 for the same direction, 0 for unrelated ones. Where "
+                                          "'same person' begins depends on the model: `vargface verify` finds that "
+                                          "threshold on a labelled pair set, as a squared distance d between the "
+                                          "unit embeddings (cosine = 1 - d/2).")
     _model(p)
     p.add_argument("image_a", metavar="A")
     p.add_argument("image_b", metavar="B")
@@ -94,6 +103,56 @@ def register(subparsers):
     _device(p, 2)
     options.add_json(p)
     p.set_defaults(func=_compare)
+
+    p = subparsers.add_parser(
+        "ijb", help="IJB-B/IJB-C 1:1 and 1:N template evaluation, as InsightFace's",
+        description="InsightFace's IJB-B/IJB-C evaluation on its distribution of the data (ROOT/loose_crop, "
+                    "ROOT/meta): each crop aligned by its 5 landmarks, crop and mirror embedded; test mode NxDyFz; "
+                    "templates pooled (media mean, template sum, L2); pair score a dot product. 1:1: TAR at FAR "
+                    "1e-6..1e-1 by InsightFace's nearest-ROC-point rule (comparable with published tables) and "
+                    "exactly (the best TAR with FAR <= f), each FAR only when the pair list has 1/FAR impostors. "
+                    "1:N (when the gallery and probe files are there): rank-1/5/10 and TPIR at FPIR 0.01, 0.1 on "
+                    "G1, G2 and their mean. The per-crop features are kept beside --out under the checkpoint's "
+                    "checksum, reused by later runs of the same model and resumed after an interruption.")
+    _model(p)
+    p.add_argument("--root", required=True, metavar="DIR", help="the target's folder holding loose_crop/ and meta/")
+    p.add_argument("--target", required=True, type=str.upper, choices=IJB_TARGETS, metavar="IJBB|IJBC",
+                   help="the benchmark: IJBB or IJBC")
+    p.add_argument("--mode", default="N1D1F2", metavar="NxDyFz",
+                   help="N1 keep / N0 remove the feature norm, D1 / D0 weigh by faceness or not, F2 sum / F1 "
+                        "concatenate the mirror's feature, F0 no mirror (default: %(default)s)")
+    options.add_out(p, "results (JSON); the per-crop features go beside it (OUT-STEM.features-KEY.bin)")
+    p.add_argument("--roc", metavar="PATH", help="draw the 1:1 ROC curve to this PNG")
+    options.add_overwrite(p, help="replace an existing --out / --roc (features of the same model are reused)")
+    _device(p)
+    options.add_workers(p)
+    options.add_json(p)
+    p.set_defaults(func=_ijb)
+
+    p = subparsers.add_parser(
+        "identify", help="1:N identification against up to millions of distractors (MegaFace protocol)",
+        description="MegaFace challenge 1: for each probe identity, each image in turn is the probe with one other "
+                    "image of it in the gallery among D distractors (the first D rows, noise removed); rank-k "
+                    "identification rate at D = 10, 100, ..., 1M (those there are distractors for). Exact: the "
+                    "distractors are scored a block at a time, keeping each probe's top-k scores.")
+    p.add_argument("probes", metavar="PROBES", help="probe features: .npy, or an LFR2019 feature file")
+    p.add_argument("probe_list", metavar="PROBE_LIST",
+                   help="one line per probe row: its image path, IDENTITY/IMAGE (the list given to `lfr features`)")
+    p.add_argument("distractors", metavar="DISTRACTORS", help="distractor features: .npy, or an LFR2019 feature "
+                                                              "file (memory-mapped)")
+    p.add_argument("--distractor-list", metavar="LIST", help="one image path per distractor row (for --noise)")
+    p.add_argument("--noise", action="append", metavar="FILE",
+                   help="a list of mislabelled images to leave out (MegaFace's, FaceScrub's); repeatable")
+    p.add_argument("--sizes", default=",".join(str(10 ** k) for k in range(1, 7)), metavar="D,D,...",
+                   help="comma-separated gallery sizes in distractors (default: %(default)s)")
+    p.add_argument("--rank", type=options.positive_int, default=10, metavar="K",
+                   help="highest rank reported (default: 10)")
+    p.add_argument("--tile", type=options.positive_int, default=8192, metavar="N",
+                   help="distractors per matrix block (default: %(default)s)")
+    p.add_argument("--cmc", metavar="PATH", help="draw the CMC curves and rank-1 by gallery size to this PNG")
+    options.add_overwrite(p, help="replace an existing --cmc file")
+    options.add_json(p)
+    p.set_defaults(func=_identify)
 
 
 def _embedder(args):
@@ -140,35 +199,16 @@ def _verify(args):
 
 def _plot_roc(results, path):
     """ROC curves (TAR against FAR on a log axis) of every set, written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    from vargface.atomic import atomic_path
-    from vargface.errors import VargfaceError
+    from vargface.eval.plots import figure, log_far_axis, save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, axes = figure()
     for name, r in results.items():
         fpr, tpr, _ = roc_curve(r["issame"], -r["distances"])
-        ax.step(fpr, tpr, where="post", label=f"{name} ({r['accuracy']:.4f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("FAR (false accept rate)")
-    ax.set_ylabel("TAR (true accept rate)")
-    ax.set_ylim(0, 1.01)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title("ROC, image + flip embeddings")
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    except OSError as error:
-        raise VargfaceError(f"--roc {path}: cannot write the plot ({error.strerror or error}); the results "
-                            f"above are complete") from None
-    finally:
-        plt.close(fig)
+        axes[0, 0].step(fpr, tpr, where="post", label=f"{name} ({r['accuracy']:.4f})")
+    log_far_axis(axes[0, 0], "ROC, image + flip embeddings")
+    save_figure(fig, path, "--roc")
 
 
 def _lfr_features(args):
@@ -193,7 +233,7 @@ def _load_array(path, option):
     try:
         if path.endswith(".npy"):
             return np.load(path, mmap_mode="r", allow_pickle=False)
-        if option == "FEATURES":
+        if option != "LABELS":
             return read_features(path, mmap=True)
         with open(path, encoding="utf-8") as handle:
             return np.array([line.strip() for line in handle if line.strip()])
@@ -201,7 +241,7 @@ def _load_array(path, option):
         raise
     except (OSError, ValueError) as error:
         raise VargfaceError(f"{option} {path}: cannot read it ({error}); expected a .npy file"
-                            + (" or an LFR2019 feature file" if option == "FEATURES" else
+                            + (" or an LFR2019 feature file" if option != "LABELS" else
                                " or a text file with one label per line")) from None
 
 
@@ -251,11 +291,25 @@ def _export(args):
     return 0
 
 
+def _refuse_folders(paths):
+    """Image arguments that are folders: name the first and show how to pass its images (rows follow the
+    argument order, so a folder's files are listed explicitly, in the order wanted)."""
+    import os
+
+    from vargface.errors import VargfaceError
+
+    folder = next((p for p in paths if os.path.isdir(p)), None)
+    if folder is not None:
+        raise VargfaceError(f"IMAGE {folder} is a folder; pass image files, e.g. {os.path.join(folder, '*.jpg')} "
+                            f"(one output row per file, in the order given)")
+
+
 def _embed(args):
     import numpy as np
 
     from vargface.atomic import atomic_path
 
+    _refuse_folders(args.images)
     options.refuse_existing(args.out, args.overwrite)
     embeddings = _embedder(args).embed_files(args.images, flip=not args.no_flip, progress=not args.json)
     with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
@@ -266,7 +320,87 @@ def _embed(args):
 
 
 def _compare(args):
+    _refuse_folders([args.image_a, args.image_b])
     embeddings = _embedder(args).embed_files([args.image_a, args.image_b], flip=not args.no_flip)
     similarity = float(embeddings[0] @ embeddings[1])
-    options.emit(args, f"{similarity:.6f}", {"a": args.image_a, "b": args.image_b, "cosine": similarity})
+    embedded = "image" if args.no_flip else "image + mirror"
+    options.emit(args, f"cosine similarity {similarity:.6f} of {args.image_a} and {args.image_b} (embeddings of "
+                       f"{embedded}; 1 = same direction, 0 = unrelated)",
+                 {"a": args.image_a, "b": args.image_b, "cosine": similarity})
+    return 0
+
+
+def _ijb(args):
+    from vargface.atomic import atomic_path
+    from vargface.eval.ijb import evaluate, format_result
+    from vargface.eval.templates import parse_mode
+    from vargface.locks import OutputLock
+
+    mode = parse_mode(args.mode)
+    with OutputLock(args.out), OutputLock(args.roc) if args.roc else contextlib.nullcontext():
+        options.refuse_existing(args.out, args.overwrite)
+        options.refuse_existing(args.roc, args.overwrite, option="--roc")
+        result, skipped, scores, genuine = evaluate(_embedder(args), args.root, args.target, args.out, mode,
+                                                    workers=args.workers, overwrite=args.overwrite,
+                                                    progress=not args.json)
+        with atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+        print(json.dumps(result, indent=2) if args.json else format_result(result, skipped))
+        sys.stdout.flush()
+        if args.roc:
+            from vargface.eval.plots import plot_ijb_roc
+
+            plot_ijb_roc(result, scores, genuine, args.roc)
+    return 0
+
+
+def _identify(args):
+    import numpy as np
+
+    from vargface.errors import VargfaceError
+    from vargface.eval.identify import identify, identities_of, is_noise, read_names, read_noise
+    from vargface.locks import OutputLock
+
+    sizes = []
+    for item in args.sizes.split(","):
+        if not item.strip().isdigit() or int(item) < 1:
+            raise VargfaceError(f"--sizes: {item!r} is not a positive whole number; expected e.g. 10,100,1000")
+        sizes.append(int(item))
+    with OutputLock(args.cmc) if args.cmc else contextlib.nullcontext():
+        options.refuse_existing(args.cmc, args.overwrite, option="--cmc")
+        probes, distractors = _load_array(args.probes, "PROBES"), _load_array(args.distractors, "DISTRACTORS")
+        names = read_names(args.probe_list, "PROBE_LIST")
+        for what, array, listed, path in (("PROBES", probes, names, args.probe_list),
+                                          ("DISTRACTORS", distractors, None, args.distractor_list)):
+            if array.ndim != 2:
+                raise VargfaceError(f"{what}: expected an (N, D) array, got shape {array.shape}")
+            listed = read_names(path, "--distractor-list") if listed is None and path else listed
+            if listed is not None and len(listed) != len(array):
+                raise VargfaceError(f"{what} has {len(array)} rows but {path} lists {len(listed)} images; expected "
+                                    f"one line per row")
+        noise = read_noise(args.noise)
+        keep_probes = ~is_noise(names, noise)
+        keep = ~is_noise(read_names(args.distractor_list, "--distractor-list"), noise) \
+            if args.distractor_list and noise else None
+        result = identify(np.asarray(probes)[keep_probes], identities_of(names)[keep_probes], distractors, keep,
+                          sizes, args.rank, args.tile, progress=not args.json,
+                          probe_rows=np.flatnonzero(keep_probes))
+        result["noise_removed"] = {"probes": int((~keep_probes).sum()),
+                                   "distractors": 0 if keep is None else int((~keep).sum())}
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"{result['probes']} probe images of {result['identities']} identities ({result['trials']} "
+                  f"trials), {result['distractors']} distractors; noise left out: "
+                  f"{result['noise_removed']['probes']} probes, {result['noise_removed']['distractors']} distractors")
+            print(f"{'distractors':>12}{'rank-1':>10}{f'rank-{args.rank}':>10}")
+            for size, r in result["results"].items():
+                print(f"{int(size):>12}{100 * r['rank']['1']:>10.2f}{100 * r['rank'][str(args.rank)]:>10.2f}")
+            for skipped in result["skipped"]:
+                print(f"skipped {skipped['reason']}")
+        sys.stdout.flush()
+        if args.cmc:
+            from vargface.eval.plots import plot_cmc
+
+            plot_cmc(result, args.cmc)
     return 0

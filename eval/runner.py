@@ -1,19 +1,21 @@
 """InferenceRunner: the one way this project runs a network for inference (evaluation, embedding, the frozen
 distillation teacher, the trainer's verification rounds).
 
-It binds its own executors, pads the last batch to the bound size, resizes every image with one rule
-(`vargface.data.images.resize`, in float32) and always computes with the weights it was last given.
+It runs the network's inference graph (`vargface.symbols.inference`: BatchNorm folded into the layers before it,
+PReLU as a fused BatchNorm+ReLU and a sum) on arrays it derives from the weights it was last given, binds its own
+executors, pads the last batch to the bound size and resizes every image with one rule
+(`vargface.data.images.resize`, in float32). docs/inference.md has the measurements.
 
-Why the executors are bound without MXNet's subgraph pass: MXNet 1.9.1 on CPU fuses the inference graph by
-default (subgraph backend "MKLDNN": Conv+BN+ReLU folded into one oneDNN op). The fused ops keep weights they
-derived at the first forward pass, so weights copied into the executor later are not fully seen (its embeddings
-then differ from a fresh bind of the same weights: stale in-training verification), and for MobileFaceNet
-(y1, y2) the fused op's output keeps the oneDNN layout, so reading it after the second forward pass fails with
-"We can't generate TBlob for MKLDNN data". Binding these executors under MXNet's ``default`` subgraph backend
-instead of MKLDNN turns that fusion off for them only: that backend fuses only the operators named to it, and none
-are, so the unfused oneDNN kernels run; training modules keep the default. (``MXNET_SUBGRAPH_BACKEND=NONE`` does
-the same but MXNet logs a line for every executor bound with it; MXNET_SUBGRAPH_VERBOSE=0 keeps the backend's own
-line out of the output.)"""
+Why the executors are bound without MXNet's own subgraph pass: MXNet 1.9.1's fused convolution keeps the weights
+it derived at its first forward pass, so weights copied in later are not fully seen (stale embeddings in the
+trainer's verification rounds), and for MobileFaceNet (y1, y2) a fused op's output keeps the oneDNN layout, so
+reading it after the second forward pass fails with "We can't generate TBlob for MKLDNN data". The inference
+graph already holds the fusions that pay here, as plain ops whose arrays are copied in for every new set of
+weights; MXNet's pass added little on top (docs/inference.md). Binding these executors under MXNet's ``default``
+subgraph backend instead of MKLDNN turns that pass off for them only: that backend fuses only the operators named
+to it, and none are; training modules keep the default. (``MXNET_SUBGRAPH_BACKEND=NONE`` does the same but MXNet
+logs a line for every executor bound with it; MXNET_SUBGRAPH_VERBOSE=0 keeps the backend's own line out of the
+output.)"""
 import contextlib
 import os
 
@@ -101,7 +103,8 @@ class InferenceRunner:
         shapes = self.symbol.infer_shape(data=(1, 3, self.input_size, self.input_size))[1]
         self.output_shapes = [tuple(shape[1:]) for shape in shapes]
         self.output_shape = self.output_shapes[0]
-        self.module, self.batch_size = None, None
+        self.source = source
+        self.module, self.batch_size, self.graph = None, None, None
         self._params = self._select(arg_params, aux_params)
         if batch_size is not None:
             self._bind(int(batch_size))
@@ -120,36 +123,57 @@ class InferenceRunner:
         return int(np.prod(self.output_shape))
 
     def _select(self, arg_params, aux_params):
-        used_args, used_aux = self._used
-        return ({k: v for k, v in arg_params.items() if k in used_args},
-                {k: v for k, v in aux_params.items() if k in used_aux})
+        """This runner's own copy (on the CPU) of the arrays the cut uses; a missing one is an error naming it."""
+        import mxnet as mx
+
+        selected = []
+        for given, used in zip((arg_params, aux_params), self._used):
+            missing = sorted(used - set(given) - {"data"})
+            if missing:
+                raise VargfaceError(f"{self.source}: missing array {missing[0]!r} of the network")
+            selected.append({name: given[name].copyto(mx.cpu()) for name in used if name != "data"})
+        return tuple(selected)
+
+    def _arrays(self):
+        """The inference graph's arrays for the current weights, as NDArrays."""
+        import mxnet as mx
+
+        return tuple({name: mx.nd.array(value) for name, value in arrays.items()}
+                     for arrays in self.graph.params(*self._params))
 
     def _bind(self, batch_size):
         import mxnet as mx
 
+        from vargface.symbols.inference import InferenceGraph
+
         devices = len(self.contexts)
-        # Module splits a batch evenly across its devices; at least two images a device: MXNet 1.9.1 crashed at
-        # random running an unfused VarGFaceNet on a batch of one.
-        self.batch_size = -(-max(batch_size, 2 * devices) // devices) * devices
-        self.module = mx.mod.Module(self.symbol, data_names=["data"], label_names=None, context=self.contexts)
+        # Module splits a batch evenly across its devices. A batch of one is fine on the inference graph (the
+        # faithful VarGFaceNet crashed MXNet 1.9.1 at batch one: docs/inference.md#batch-one).
+        self.batch_size = -(-max(batch_size, devices) // devices) * devices
+        self.graph = InferenceGraph(self.symbol, self._params[0], self.input_size)
+        self.module = mx.mod.Module(self.graph.symbol, data_names=["data"], label_names=None, context=self.contexts)
         with _without_subgraph_fusion():
             self.module.bind(data_shapes=[("data", (self.batch_size, 3, self.input_size, self.input_size))],
                              for_training=False)
-        self.module.set_params(*self._params, allow_missing=False, allow_extra=True)
+        self.module.set_params(*self._arrays(), allow_missing=False, allow_extra=False)
 
     def set_params(self, arg_params, aux_params):
-        """Copy new weights into the executors (e.g. the training module's current ones); extra arrays are
-        ignored, so a training module's full parameter set can be passed."""
+        """Compute with new weights (e.g. the training module's current ones): the inference graph's arrays are
+        derived from them again and copied into the executors, or, when the weights need another graph (a PReLU
+        slope crossed 1), the graph is rebuilt and bound. Extra arrays are ignored, so a training module's full
+        parameter set can be passed."""
         self._params = self._select(arg_params, aux_params)
-        if self.module is not None:
-            self.module.set_params(*self._params, allow_missing=False, allow_extra=True, force_init=True)
+        if self.module is None:
+            return
+        if self.graph.fits(self._params[0]):
+            self.module.set_params(*self._arrays(), allow_missing=False, allow_extra=False, force_init=True)
+        else:
+            self._bind(self.batch_size)
 
     def get_params(self):
-        """The weights as the executors hold them, read back from the devices."""
-        if self.module is None:
-            return self._params
-        self.module._sync_params_from_devices()
-        return self.module.get_params()
+        """The weights this runner computes with (its own copy of the network's arrays, from which the inference
+        graph's are derived)."""
+        return tuple(dict(arrays) for arrays in self._params)
 
     def forward(self, batch):
         """Raw outputs (n, *output_shape) float32 numpy of float32 NCHW images at the input side, any n."""

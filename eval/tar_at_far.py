@@ -107,6 +107,22 @@ def tar_at_far_pairs(scores, issame, fars=None):
     return tar_from_scores(scores[issame], scores[~issame], n_impostors, fars)
 
 
+def tar_at_far_nearest(scores, issame, fars):
+    """TAR at each FAR by InsightFace's IJB rule, so published IJB numbers compare: the point of
+    ``sklearn.metrics.roc_curve`` (its default thinning of collinear points included) whose FPR is nearest the FAR,
+    the highest-FPR one of equally near points. That point's FPR may exceed the FAR; `tar_from_scores` is exact.
+    Returns [{far, tar, fpr}] (fpr: the FPR of the point taken)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(issame, dtype=bool), np.asarray(scores, dtype=np.float64))
+    fpr, tpr = fpr[::-1], tpr[::-1]  # np.argmin's first minimum is then the highest-FPR point among ties
+    results = []
+    for far in fars:
+        nearest = int(np.argmin(np.abs(fpr - far)))
+        results.append({"far": far, "tar": float(tpr[nearest]), "fpr": float(fpr[nearest])})
+    return results
+
+
 def _normalise(features, rows):
     """Unit rows, in place when ``features`` is already a float32 copy; ``rows`` maps back to input rows."""
     features = np.asarray(features, dtype=np.float32)

@@ -3,10 +3,12 @@
 # students distilled from it for the generations of configs/vargfacenet_recursive.py (generation 2 starts from
 # generation 1's final weights, same teacher). A thin wrapper of `vargface recipe recursive` (see its --help):
 #
-#   scripts/distill_recursive.sh DATA_DIR [vargface recipe recursive options, e.g. --set distill.kd_weight=2]
+#   DATA=/data/ms1m-retinaface-t1 scripts/distill_recursive.sh [vargface recipe recursive options, e.g. --set
+#   distill.kd_weight=2]
 #
-# DATA_DIR holds train.rec/.idx/property and the verification packs (lfw.bin, cfp_fp.bin, agedb_30.bin).
-# Settings from the environment:
+# Settings from the environment, as in scripts/reproduce_lfr_light.sh:
+#   DATA=../datasets/ms1m-retinaface-t1   train.rec, train.idx, property and the verification packs (a first
+#                                         argument that is not an option names it too)
 #   CTX=gpu:0,1,2,3        devices for the teacher, the cache and the students
 #   TEACHER=prefix,epoch   an existing teacher checkpoint; without it an r100 is trained into WORK first
 #   WORK=./recursive       checkpoints and the recipe state
@@ -15,8 +17,8 @@
 # with --resume, and an existing teacher cache is reused once it checks out for this data and teacher.
 set -euo pipefail
 
-DATA=${1:?usage: scripts/distill_recursive.sh DATA_DIR [vargface recipe recursive options]}
-shift
+DATA=${DATA:-../datasets/ms1m-retinaface-t1}
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then DATA=$1; shift; fi
 VARGFACE=${VARGFACE:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/vargface}
 options=(--dataset "$DATA" --out "${WORK:-./recursive}" --ctx "${CTX:-gpu:0,1,2,3}")
 [ -n "${TEACHER:-}" ] && options+=(--teacher "$TEACHER")

@@ -5,8 +5,10 @@ Count learnable parameters, auxiliary states and FLOPs of a network preset or of
 FLOPs follow the LFR2019 challenge rule: only Convolution and FullyConnected layers count; a convolution costs
 (2*Cin*kh*kw - 1)*Hout*Wout*Cout/groups without bias and 2*Cin*kh*kw*Hout*Wout*Cout/groups with bias, a fully
 connected layer 2*in*out (minus out without bias), on one image. Multiply-adds are half of the FLOPs.
-The challenge's light tracks (deepglint-light) require at most 1 GFLOPs as the organisers round it, to one
-decimal ("1.0G"): the released VarGFaceNet counts 1.0229G, printed as 1.0G, and fits.
+The count is at the network's input side: the preset's, --image-size, or the side a checkpoint was trained at.
+The challenge's light tracks (deepglint-light) require at most 1 GFLOPs on one 112x112 image as the organisers
+round it, to one decimal ("1.0G"): the released VarGFaceNet counts 1.0229G, printed as 1.0G, and fits. A count at
+another side is not judged against the budget (fits_budget null with --json).
 
 examples:
   vargface flops --list
@@ -58,7 +60,7 @@ def flops_command(args):
     from vargface.errors import VargfaceError
     from vargface.symbols import get_symbol
     from vargface.symbols.checkpoint import checkpoint_files, input_size_of, load_symbol, parse_model_arg
-    from vargface.symbols.flops import BUDGET_GFLOPS, count
+    from vargface.symbols.flops import BUDGET_GFLOPS, BUDGET_INPUT_SIZE, count
     from vargface.symbols.registry import NETWORK_ALIASES, parse_net_opts
     from vargface.symbols.taps import tap_shapes
 
@@ -93,14 +95,19 @@ def flops_command(args):
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
-    verdict = "fits" if figures["fits_budget"] else "exceeds"
+    if figures["fits_budget"] is None:
+        verdict = (f"not judged: the {BUDGET_GFLOPS:.1f}G budget counts {BUDGET_INPUT_SIZE}x{BUDGET_INPUT_SIZE} "
+                   f"inputs, this count is at {size}x{size}")
+    else:
+        verdict = (f"{'fits' if figures['fits_budget'] else 'exceeds'} the {BUDGET_GFLOPS:.1f}G budget "
+                   f"({figures['short']} as the challenge rounds)")
     rows = [
         ("network", f"{name} (input 1x3x{size}x{size})"),
         ("parameters", f"{figures['params']} ({figures['params'] / 1e6:.2f}M)"),
         ("auxiliary states", str(figures["aux"])),
         ("FLOPs (LFR2019)", f"{figures['flops']} ({figures['short']})"),
         ("multiply-adds", f"{figures['macs']} ({figures['macs'] / 1e9:.2f}G)"),
-        ("deepglint-light", f"{verdict} the {BUDGET_GFLOPS:.1f}G budget ({figures['short']} as the challenge rounds)"),
+        ("deepglint-light", verdict),
     ]
     for tap, entry in figures.get("taps", {}).items():
         rows.append((f"tap {tap}", f"{'x'.join(map(str, entry['shape']))}  ({entry['output']})"))

@@ -94,7 +94,7 @@ def test_the_command_line_wins_and_the_saved_config_reruns_what_ran(data, tmp_pa
     assert sum(v.size for v in arg.values()) == expected
     # one line names the saved settings, after they were checked; the first verification is the baseline
     assert f"settings checked, saved to {prefix}-config.py" in done.stdout and "{" not in done.stdout
-    assert "(baseline: the untrained network)" in done.stdout
+    assert "[0] verification: heldout" in done.stdout and "(baseline: before the first update)" in done.stdout
 
     header = Path(f"{prefix}-config.py").read_text().splitlines()[0]
     command = re.search(r"`vargface (train --config \S+ --prefix NEW_PREFIX)`", header).group(1).split()
@@ -286,6 +286,10 @@ def test_targets_are_names_file_names_or_paths(data):
         config = resolve_dataset(generate_config("r18_tiny", folder, "arcface", val_targets=targets))
         assert verification_packs(config) == [("heldout", os.path.join(folder, "heldout.bin"))]
     assert resolve_dataset(generate_config("r18_tiny", folder, "arcface")).val_targets == ("heldout",)
+    # '' is none, as the help says, not the folder's default (all its packs); so is an empty list in a config file
+    for none in ("", []):
+        config = resolve_dataset(generate_config("r18_tiny", folder, "arcface", val_targets=none))
+        assert verification_packs(config) == []
 
 
 def test_run_files_name_every_file_of_a_run_and_no_other(tmp_path):

@@ -172,9 +172,10 @@ def test_cli_cache_then_distill_with_cache(tmp_path, data_dir, teacher_model, ca
             main(list(argv))
         return exit_info.value.code, capsys.readouterr()
 
+    data_files = sorted(os.listdir(data_dir))
     code, out = run("distill", "cache", "--teacher", teacher_model, "--dataset", data_dir, "--per-batch-size", "16")
-    path = os.path.join(data_dir, "train.teacher0-teacher-0001.kdcache")
-    assert code == 0 and path in out.out and os.path.isfile(path)
+    path = teacher_model.rpartition(",")[0] + "-0001.data.kdcache"  # beside the teacher, not in the data folder
+    assert code == 0 and path in out.out and os.path.isfile(path) and sorted(os.listdir(data_dir)) == data_files
     code, out = run("distill", "cache", "--teacher", teacher_model, "--dataset", data_dir)
     assert code == 1 and "exists" in out.err
     prefix = str(tmp_path / "cli" / "student")
@@ -435,3 +436,45 @@ def test_distillation_options_are_config_keys_of_distill_only(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--kd", "angular:embedding@7", "--network", "r18_tiny"])
     assert "unknown option --kd" in capsys.readouterr().err
+
+
+def test_teacher_cache_auto_finds_the_default_and_an_earlier_cache_beside_train_rec(tmp_path, teacher_model):
+    from vargface.train.teacher_cache import auto_cache_path, default_cache_path
+
+    teacher = Teacher(teacher_model)
+    data = tmp_path / "faces_emore"
+    data.mkdir()
+    default = default_cache_path(str(data), teacher)
+    assert default == teacher.prefix + "-0001.faces_emore.kdcache"
+    assert auto_cache_path(str(data), teacher) == default  # neither exists: where `distill cache` writes
+    earlier = data / f"train.{os.path.basename(os.path.dirname(teacher.prefix))}-teacher-0001.kdcache"
+    earlier.write_bytes(b"")
+    assert auto_cache_path(str(data), teacher) == str(earlier)
+
+
+def test_a_stale_cache_names_the_command_that_rebuilds_it_and_that_command_works(tmp_path, teacher_model,
+                                                                                  run_cli):
+    import re
+    import shlex
+
+    from vargface.data.synth import make_synthetic_rec
+
+    data = str(tmp_path / "stale_data")  # the cache is named after the data folder, beside the shared teacher
+    make_synthetic_rec(data, identities=4, per_identity=4, size=32, seed=0, progress=False)
+    teacher = Teacher(teacher_model)
+    assert run_cli("distill", "cache", "--teacher", teacher_model, "--dataset", data).returncode == 0
+    make_synthetic_rec(data, identities=4, per_identity=4, size=32, seed=1, progress=False, overwrite=True)
+    config = student_config(data, tmp_path / "s", kd="angular:embedding@1", teacher_cache="auto")
+    with pytest.raises(VargfaceError, match="made for other data") as error:
+        make_plugin(config, teacher, log=lambda *_: None)
+    command = shlex.split(re.search(r"rebuild it with `([^`]*)`", str(error.value)).group(1))
+    assert command[:3] == ["vargface", "distill", "cache"] and command[-1] == "--overwrite"
+    assert run_cli(*command[1:]).returncode == 0
+    assert make_plugin(config, teacher, log=lambda *_: None).cache is not None
+    # a missing cache: the command that makes it
+    config = student_config(data, tmp_path / "s", kd="angular:embedding@1",
+                            teacher_cache=str(tmp_path / "none.kdcache"))
+    with pytest.raises(VargfaceError, match="does not exist; make it with `vargface distill cache") as error:
+        make_plugin(config, teacher, log=lambda *_: None)
+    command = shlex.split(re.search(r"make it with `([^`]*)`", str(error.value)).group(1))
+    assert run_cli(*command[1:]).returncode == 0 and os.path.isfile(tmp_path / "none.kdcache")

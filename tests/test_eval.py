@@ -2,6 +2,7 @@
 (sklearn roc_curve), LFR2019 feature files (round trip, resume), embed/compare, and the bad inputs."""
 import json
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -306,6 +307,25 @@ def test_verify_cli_bad_inputs(tiny_model, pack, tmp_path, run_cli):
     assert done.returncode == 1 and "synth_val.bin: 60 pairs cannot be split into 61 folds" in done.stderr
 
 
+def test_verify_on_training_data_or_a_folder_says_what_it_is(tiny_model, pack, tmp_path, run_cli):
+    from vargface.data.synth import make_synthetic_rec
+
+    prefix, epoch = tiny_model
+    data = tmp_path / "data"
+    make_synthetic_rec(str(data), identities=2, per_identity=2, size=SIZE, seed=0, progress=False)
+    for name in ("train.rec", "train.idx", "property"):
+        done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", data / name)
+        assert done.returncode == 1 and done.stderr.strip().endswith(
+            f"{data / name}: training data (a RecordIO set), not a verification pack of image pairs; make a pack "
+            f"from held-out images with `vargface data pairs IMAGE_FOLDER --out PACK.bin`"), done.stderr
+    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", data)
+    assert done.returncode == 1 and f"{data}: a folder, not a verification pack; name pack files, e.g. " \
+                                    f"{data / 'lfw.bin'}" in done.stderr
+    shutil.copy(pack, data / "val.bin")
+    done = run_cli("verify", "--model", f"{prefix},{epoch}", "--target", data)
+    assert done.returncode == 1 and f"name pack files, e.g. {data / 'val.bin'}" in done.stderr
+
+
 @pytest.fixture(scope="module")
 def face_files(tmp_path_factory):
     from vargface.data.synth import make_synthetic
@@ -338,7 +358,20 @@ def test_embedder_embed_compare(tiny_model, face_files, tmp_path, run_cli):
     assert np.allclose(np.load(out), emb, atol=1e-5)
     done = run_cli("compare", "--model", f"{prefix},{epoch}", paths[0], paths[3])
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout) == pytest.approx(float(emb[0] @ emb[3]), abs=1e-5)
+    said = done.stdout.strip()  # what the number is, of which images
+    assert said.startswith("cosine similarity ") and f"of {paths[0]} and {paths[3]}" in said and "image + mirror" in said
+    assert float(said.split()[2]) == pytest.approx(float(emb[0] @ emb[3]), abs=1e-5)
+    done = run_cli("compare", "--model", f"{prefix},{epoch}", paths[0], paths[3], "--json")
+    assert json.loads(done.stdout)["cosine"] == pytest.approx(float(emb[0] @ emb[3]), abs=1e-5)
+
+    # a folder where image files are expected: refused before any work, naming it and the way to pass its files
+    for command in (["embed", "--out", tmp_path / "f.npy", paths[0], root / "id_000000"],
+                    ["compare", root / "id_000000", paths[0]]):
+        done = run_cli(*command[:1], "--model", f"{prefix},{epoch}", *command[1:])
+        assert done.returncode == 1 and done.stderr.strip().endswith(
+            f"IMAGE {root / 'id_000000'} is a folder; pass image files, e.g. {root / 'id_000000' / '*.jpg'} (one "
+            f"output row per file, in the order given)")
+    assert not (tmp_path / "f.npy").exists()
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")

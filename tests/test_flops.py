@@ -111,8 +111,11 @@ def test_cli_json_options_and_checkpoint(tmp_path, capsys):
     result = run_cli("--model", f"{prefix},1", "--json", capsys=capsys)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    assert figures["input_shape"] == [1, 3, 56, 56]
+    assert figures["input_shape"] == [1, 3, 56, 56] and figures["fits_budget"] is None  # the budget counts 112x112
     assert figures["flops"] == count(sym, (1, 3, 56, 56))["flops"]
+    text = run_cli("--model", f"{prefix},1", capsys=capsys).stdout
+    assert "(input 1x3x56x56)" in text and "deepglint-light   not judged: the 1.0G budget counts 112x112 inputs, " \
+                                           "this count is at 56x56" in text
     via_options = json.loads(run_cli("vargfacenet", "--image-size", "56", "--opt", "multiplier=0.25",
                                      "--opt", "emb_size=64", "--json", capsys=capsys).stdout)
     assert via_options["flops"] == figures["flops"] and via_options["params"] == figures["params"]

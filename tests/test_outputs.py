@@ -170,6 +170,8 @@ WRITERS = {
     "data synth --rec": lambda i, out: ["data", "synth", "--rec", "--out", out, "--identities", 2,
                                         "--per-identity", 2, "--size", SIZE, "--workers", 1],
     "data unpack": lambda i, out: ["data", "unpack", "--dataset", i.data, "--out", out],
+    "data synth-ijb": lambda i, out: ["data", "synth-ijb", "--out", out, "--subjects", 2,
+                                      "--templates-per-subject", 2, "--workers", 1],
     "distill cache": lambda i, out: ["distill", "cache", "--teacher", i.model, "--dataset", i.data, "--out", out,
                                      "--per-batch-size", 2],
     "lfr features": lambda i, out: ["lfr", "features", i.list, "--model", i.model, "--root", i.faces, "--out",

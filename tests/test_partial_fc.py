@@ -14,7 +14,7 @@ import pytest
 
 from vargface.errors import VargfaceError
 from vargface.train.config import generate_config
-from vargface.train.losses import loss_head
+from vargface.train.losses import head_outputs, loss_head
 from vargface.train.lr_scheduler import build
 from vargface.train.partial_fc import (LOGIT_BUFFERS, PartialFC, ShardLayout, check_fits, fc7_memory,
                                        load_shards, merge_shards, sample_rows, save_shards)
@@ -130,9 +130,58 @@ def test_ratio_one_trains_like_the_full_head(loss):
     assert np.abs(arg["fc7_weight"].asnumpy() - init["fc7_weight"]).max() > 1e-3  # the classifier did move
 
 
-@pytest.mark.parametrize("loss", ["arcface", "arcneg"])
-def test_a_sampled_step_is_the_full_head_over_the_sampled_centres(loss):
-    config = make_config(loss, num_classes=30)
+def head_module(config, contexts):
+    """The full head's Module on (B, D) embeddings with every output of `head_outputs` (the smoothed loss,
+    RegularFace), its input gradient kept."""
+    outputs = head_outputs(mx.sym.Variable("data"), config)
+    module = mx.mod.Module(mx.sym.Group([symbol for symbol, _ in outputs]), data_names=["data"],
+                           label_names=["softmax_label"], context=contexts)
+    module.bind(data_shapes=[("data", (B, D))], label_shapes=[("softmax_label", (B,))], inputs_need_grad=True)
+    return module, [name for _, name in outputs]
+
+
+@pytest.mark.parametrize("loss, contexts, terms", [
+    ("arcface", CONTEXTS, dict(label_smoothing=0.1)),
+    ("cosface", CONTEXTS, dict(label_smoothing=0.2)),
+    # the RegularFace term's nearest centres are searched within a shard: one shard is the full head's
+    ("arcface", CONTEXTS[:1], dict(regularface=2.0)),
+    ("cosface", CONTEXTS[:1], dict(regularface=2.0, label_smoothing=0.1)),
+])
+def test_label_smoothing_and_regularface_at_ratio_one_equal_the_full_head(loss, contexts, terms):
+    config = make_config(loss, **terms)
+    rng = np.random.RandomState(5)
+    weight = rng.randn(C, D).astype(np.float32)
+    emb, label = batch(5, weight)
+    module, names = head_module(config, contexts)
+    module.init_params(arg_params={"fc7_weight": mx.nd.array(weight)})
+    module.forward_backward(mx.io.DataBatch([mx.nd.array(emb)], [mx.nd.array(label)]))
+    outputs = dict(zip(names, module.get_outputs()))
+    group = module._exec_group
+    ref_centre_grad = sum(g.asnumpy() for g in group.grad_arrays[group.param_names.index("fc7_weight")])
+    ref_centre_grad /= len(contexts)
+
+    engine = PartialFC(config, contexts, sample_ratio=1.0)
+    engine.set_weights(weight)
+    parts = np.array_split(emb, len(contexts))
+    result = engine.forward_backward([mx.nd.array(x, ctx=c) for x, c in zip(parts, contexts)], label, 1)
+    expected = float(outputs["loss"].asnumpy().mean()) if "label_smoothing" in terms else \
+        loss_from_probabilities(outputs[None].asnumpy(), label)
+    assert abs(float(result.loss.asscalar()) - expected) < 1e-5
+    if "regularface" in terms:
+        assert abs(float(result.extras["regularface"].asscalar()) - float(outputs["regularface"].asnumpy().mean())) \
+            < 1e-6
+    else:
+        assert not result.extras
+    np.testing.assert_allclose(np.concatenate([g.asnumpy() for g in result.grads]),
+                               module.get_input_grads()[0].asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([w.grad.asnumpy() for w in engine.weights]), ref_centre_grad,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("loss, smoothing", [("arcface", 0.0), ("arcneg", 0.0), ("cosface", 0.1)])
+def test_a_sampled_step_is_the_full_head_over_the_sampled_centres(loss, smoothing):
+    """Label smoothing spreads its ε over the sampled centres, as a head of those centres alone would."""
+    config = make_config(loss, num_classes=30, label_smoothing=smoothing)
     rng = np.random.RandomState(4)
     weight = rng.randn(30, D).astype(np.float32)
     label = rng.randint(0, 30, size=B)
@@ -143,13 +192,14 @@ def test_a_sampled_step_is_the_full_head_over_the_sampled_centres(loss):
     sampled = np.concatenate(engine.sampled)
     assert len(sampled) < 30
 
-    module = full_head_module(make_config(loss, num_classes=len(sampled)), mx.sym.Variable("data"), (B, D),
-                              inputs_need_grad=True)
+    module, names = head_module(make_config(loss, num_classes=len(sampled), label_smoothing=smoothing), CONTEXTS)
     module.init_params(arg_params={"fc7_weight": mx.nd.array(weight[sampled])})
     remapped = np.searchsorted(sampled, label)
     module.forward_backward(mx.io.DataBatch([mx.nd.array(emb)], [mx.nd.array(remapped)]))
-    prob = module.get_outputs()[0].asnumpy()
-    assert abs(float(result.loss.asscalar()) - loss_from_probabilities(prob, remapped)) < 1e-5
+    outputs = dict(zip(names, module.get_outputs()))
+    expected = float(outputs["loss"].asnumpy().mean()) if smoothing else \
+        loss_from_probabilities(outputs[None].asnumpy(), remapped)
+    assert abs(float(result.loss.asscalar()) - expected) < 1e-5
     np.testing.assert_allclose(np.concatenate([g.asnumpy() for g in result.grads]),
                                module.get_input_grads()[0].asnumpy(), atol=1e-5)
 

@@ -83,9 +83,9 @@ def test_in_training_verification_equals_the_commands_on_the_saved_checkpoint(
     assert embedded.shape == rounds[-1].shape and np.isfinite(embedded).all()
     np.testing.assert_array_equal(embedded, rounds[-1].astype(np.float32))
 
-    done = run_cli("compare", "--model", model, "--ctx", ctx, paths[0], paths[1])
+    done = run_cli("compare", "--model", model, "--ctx", ctx, paths[0], paths[1], "--json")
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout.split()[-1]) == pytest.approx(float(embedded[0] @ embedded[1]), abs=1e-5)
+    assert json.loads(done.stdout)["cosine"] == pytest.approx(float(embedded[0] @ embedded[1]), abs=1e-5)
 
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(names) + "\n")

@@ -1,9 +1,12 @@
-"""Every command in README.md works as written.
+"""Every command in README.md and docs/ works as written.
 
 Blocks marked `<!-- readme-test: run -->` run line by line on synthetic data in a temporary folder and must exit
-0. Every `vargface` command in every block (and every command `scripts/reproduce_lfr_light.sh` prints in a dry
-run, and the `vargface train` options given to `scripts/dist_train.sh worker`) must parse with the real parser and,
-for train/distill, resolve to a valid config; `make` targets must exist in the Makefile."""
+0. Every `vargface` command in every block of the README and docs (and every command
+`scripts/reproduce_lfr_light.sh` prints in a dry run, and the `vargface train` options given to
+`scripts/dist_train.sh worker`) must parse with the real parser and, for train/distill, resolve to a valid config;
+every option an inline `vargface COMMAND --option` mention shows must be one that command takes, and any other
+`--option` shown in prose one that some command takes; `make` targets must exist in the Makefile."""
+import argparse
 import os
 import re
 import shlex
@@ -15,13 +18,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- readme-test: (\w+) -->\n)?```(\w*)\n(.*?)```", re.S)
+INLINE = re.compile(r"(?<!`)`(vargface [^`]+)`(?!`)")
+OTHER_TOOLS = {"--no-deps", "--no-build-isolation", "--upgrade"}  # pip's, named where the install is explained
 
 
-def readme_blocks():
-    """-> list of (mark or None, language, [command argv lists]) for the shell blocks of README.md."""
+def readme_blocks(path=ROOT / "README.md"):
+    """-> list of (mark or None, language, [command argv lists]) for the shell blocks of ``path``."""
     found = []
-    for mark, lang, body in BLOCK.findall((ROOT / "README.md").read_text()):
+    for mark, lang, body in BLOCK.findall(path.read_text()):
         if lang not in ("sh", "bash"):
             continue
         commands = []
@@ -67,7 +73,7 @@ def test_readme_has_run_and_parse_blocks():
 def test_every_command_exists(tmp_path):
     makefile = (ROOT / "Makefile").read_text()
     checked = 0
-    for _, _, commands in readme_blocks():
+    for _, _, commands in [block for path in DOCS for block in readme_blocks(path)]:
         for env, argv in commands:
             if not argv:
                 continue
@@ -90,6 +96,68 @@ def test_every_command_exists(tmp_path):
             elif argv[0].startswith(("scripts/", "bench/")):
                 assert (ROOT / argv[0]).is_file(), argv[0]
     assert checked >= 20
+
+
+def inline_mentions():
+    """(file name, code span, argv after `vargface`) of every inline `vargface ...` code span of README.md and docs/
+    (code blocks excluded)."""
+    found = []
+    for path in DOCS:
+        prose = BLOCK.sub("", path.read_text())
+        for span in INLINE.findall(prose):
+            span = " ".join(span.split())
+            try:
+                argv = shlex.split(span)[1:]
+            except ValueError:
+                argv = span.split()[1:]
+            found.append((path.name, span, argv))
+    return found
+
+
+def command_parser(parser, argv):
+    """(the parser of the (sub)command ``argv`` starts with, its words): `data rec ...` -> `vargface data rec`."""
+    words = []
+    while argv:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers or argv[0] not in subparsers[0].choices:
+            break
+        parser, words, argv = subparsers[0].choices[argv[0]], words + [argv[0]], argv[1:]
+    return parser, words
+
+
+def options_of(parser):
+    """Every option string of ``parser`` and of its subcommands."""
+    found = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= options_of(sub)
+    return found
+
+
+def test_every_option_an_inline_mention_shows_is_one_its_command_takes():
+    """`vargface CMD --opt` in prose (placeholders and '...' included) names options that CMD's parser accepts, and
+    any other `--option` the prose shows in code is one that some command takes."""
+    from vargface.cli import build_parser
+
+    parser, checked = build_parser(), 0
+    for name, span, argv in inline_mentions():
+        command, words = command_parser(parser, argv)
+        accepted = {option for action in command._actions for option in action.option_strings}
+        for word in argv[len(words):]:
+            if word.startswith("--"):
+                option = word.split("=")[0]
+                assert option in accepted, f"{name}: `{span}`: `vargface {' '.join(words)}` has no option {option}"
+                checked += 1
+    assert checked >= 5
+    known = options_of(parser)
+    for path in DOCS + [ROOT / "data" / "README.md"]:
+        for span in re.findall(r"`([^`]+)`", BLOCK.sub("", path.read_text())):
+            for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", span):
+                assert option in known or option in OTHER_TOOLS, f"{path.name}: `{span}`: no command takes {option}"
+                checked += 1
+    assert checked >= 100
 
 
 def dry_run_recipe(tmp_path, env):

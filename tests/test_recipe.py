@@ -1,5 +1,6 @@
 """`vargface recipe lfr-light` / `recursive` as dry runs, their config files, the FLOPs gate, and the two scripts
 that wrap them. (The end-to-end run on tiny synthetic data is in tests/test_demo.py, beside the demo's data.)"""
+import json
 import os
 import shlex
 import shutil
@@ -52,6 +53,12 @@ def test_lfr_light_dry_run_lists_every_step_with_its_config(tmp_path, monkeypatc
     for command in commands:
         check_vargface(command)
 
+    # verification packs by name, file name or path, as `train --target` takes them
+    _, out, _ = run(["recipe", "lfr-light", "--dry-run", "--out", str(work), "--dataset", "/d", "--target",
+                     "lfw,cfp_fp.bin,/elsewhere/agedb_30.bin"], capsys)
+    verify = [c for c in printed_commands(out) if c[0] == "verify"][0]
+    assert verify[verify.index("--target") + 1] == "/d/lfw.bin,/d/cfp_fp.bin,/elsewhere/agedb_30.bin"
+
     # without a test list there is no feature-file step
     _, out, _ = run(["recipe", "lfr-light", "--dry-run", "--out", str(work)], capsys)
     assert "[10/10]" in out and "lfr features" not in out
@@ -66,6 +73,26 @@ def test_recursive_dry_run_trains_a_teacher_unless_given(tmp_path, capsys):
     commands = printed_commands(out)
     assert [c[:2] for c in commands] == [["distill", "cache"], ["distill", "--teacher"]]
     assert commands[0][commands[0].index("--teacher") + 1] == "t/model,3" and commands[1][-2:] == ["--kd-weight", "2"]
+
+
+def test_dry_run_prints_the_commands_when_the_folder_holds_another_run(tmp_path, capsys):
+    """A folder a real run would refuse (another run's settings, or files of no run): the dry run says so and still
+    prints every command, changing nothing."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    code, out, _ = run(["recipe", "recursive", "--dry-run", "--out", str(work), "--dataset", "d"], capsys)
+    assert code == 0 and "(dry run) " + str(work) + ": exists and is not a recipe output" in out
+    assert "a real run there is refused (choose another --out" in out and len(printed_commands(out)) == 3
+    code, _, err = run(["recipe", "recursive", "--out", str(work), "--dataset", "d"], capsys)
+    assert code == 1 and "is not a recipe output" in err and "choose another --out" in err
+
+    state = {"settings": {"other": 1}, "steps": {}, "outputs": []}
+    (work / "notes.txt").unlink()
+    (work / "recipe-state.json").write_text(json.dumps(state))
+    code, out, _ = run(["recipe", "recursive", "--dry-run", "--out", str(work), "--dataset", "d"], capsys)
+    assert code == 0 and "holds a recipe run with other settings" in out and len(printed_commands(out)) == 3
+    assert os.listdir(work) == ["recipe-state.json"] and json.loads((work / "recipe-state.json").read_text()) == state
 
 
 def test_a_teacher_network_set_on_the_recipe_is_the_one_trained_and_named(tmp_path, monkeypatch, capsys):
@@ -133,10 +160,15 @@ def test_scripts_pass_their_environment_to_the_recipe(tmp_path):
     assert commands[-2][commands[-2].index("--target") + 1] == "/data/retina/lfw.bin"
     assert not (tmp_path / "w").exists()
 
-    env = dict(os.environ, DRY_RUN="1", WORK=str(tmp_path / "r"), CTX="cpu", TEACHER="t/model,1", VARGFACE=vargface)
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "distill_recursive.sh"), "/data/d"], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert [c[:2] for c in printed_commands(out.stdout)] == [["distill", "cache"], ["distill", "--teacher"]]
+    env = dict(os.environ, DRY_RUN="1", WORK=str(tmp_path / "r"), CTX="cpu", TEACHER="t/model,1", VARGFACE=vargface,
+               DATA="/data/d")
+    for argv in ([], ["/data/d"]):  # DATA from the environment as in the other wrapper, or as the first argument
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "distill_recursive.sh"), *argv, "--set", "lr=0.05"],
+                             env=dict(env, DATA="/data/d" if not argv else "/elsewhere"), capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        commands = printed_commands(out.stdout)
+        assert [c[:2] for c in commands] == [["distill", "cache"], ["distill", "--teacher"]]
+        assert commands[0][commands[0].index("--dataset") + 1] == "/data/d" and commands[1][-2:] == ["--lr", "0.05"]
     script = (ROOT / "scripts" / "distill_recursive.sh").read_text()
     assert ".kdcache" not in script and "-state.json" not in script  # the naming rules stay in Python

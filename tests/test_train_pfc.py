@@ -68,11 +68,12 @@ def losses(result):
     return [e["loss"] for e in result["history"] if e["type"] == "train"]
 
 
-@pytest.mark.parametrize("loss", ["arcface", "cosface"])
-def test_ratio_one_trains_exactly_like_the_full_head(data_dir, tmp_path, loss):
+@pytest.mark.parametrize("loss, smoothing", [("arcface", 0.0), ("cosface", 0.1)])
+def test_ratio_one_trains_exactly_like_the_full_head(data_dir, tmp_path, loss, smoothing):
     lines = []
-    full = fit(tiny_config(data_dir, str(tmp_path / "full"), loss, **SMOOTH), log=quiet())
-    sharded = fit(tiny_config(data_dir, str(tmp_path / "pfc"), loss, fc_parallel=True, **SMOOTH), log=quiet(lines))
+    full = fit(tiny_config(data_dir, str(tmp_path / "full"), loss, label_smoothing=smoothing, **SMOOTH), log=quiet())
+    sharded = fit(tiny_config(data_dir, str(tmp_path / "pfc"), loss, label_smoothing=smoothing, fc_parallel=True,
+                              **SMOOTH), log=quiet(lines))
     assert len(losses(full)) == 3 and np.allclose(losses(sharded), losses(full), atol=1e-5)
     assert_same_run(state_arrays(str(tmp_path / "full")), state_arrays(str(tmp_path / "pfc")))
     assert any("fc7 per device: weights" in line and "2 shard(s) of 12 classes" in line for line in lines)
@@ -135,8 +136,9 @@ def test_sampled_run_resumes_exactly_and_refuses_another_layout(many_classes, tm
 def test_a_sampled_run_learns(data_dir, tmp_path):
     result = fit(tiny_config(data_dir, str(tmp_path / "m"), fc_parallel=True, sample_ratio=0.1, max_steps=60,
                              loss_m2=0.3, lr_schedule="cosine", warmup_steps=4, frequent=5, verbose=60,
-                             val_targets="heldout"), log=quiet())
+                             val_targets="heldout", regularface=0.5), log=quiet())
     train = losses(result)
+    assert all(e["regularface"] > 0 for e in result["history"] if e["type"] == "train")
     verify = [e["heldout_acc"] for e in result["history"] if e["type"] == "verify"]
     assert np.mean(train[-2:]) < train[0] - 1.0
     assert verify[-1] > 0.7 and verify[-1] > verify[0] + 0.1  # above chance, and above the untrained network

@@ -26,7 +26,7 @@ SHARED = {
     "--seed": dict(nargs=None),
     "--per-batch-size": dict(nargs=None, metavar="N"),
     "--image-size": dict(metavar="N"),
-    "--target": dict(metavar="PACKS"),
+    "--target": dict(metavar={"PACKS", "IJBB|IJBC"}),  # verification packs; the IJB benchmark (InsightFace's)
     "--root": dict(metavar="DIR"),
 }
 # Options of one command or a few, each with what it means; every other option is in the vocabulary (or an alias of
@@ -37,27 +37,38 @@ OWN = {
     "--eval-ctx": "recipe: devices of verification", "--far": "tar-at-far: the FARs",
     "--first-identity": "data synth: number of the first identity", "--identities": "synthetic identities",
     "--heldout-identities": "experiment: held-out identities", "--heldout-per-identity": "experiment: their images",
-    "--per-identity": "images per synthetic identity", "--pairs": "pairs in a verification pack",
+    "--per-identity": "images per synthetic identity", "--pairs": "pairs in a verification pack (synth-ijb: template pairs)",
     "--lfr-list": "recipe: the LFR2019 test list", "--list": "flops: list the presets",
     "--max-faults": "data check: faults listed", "--nfolds": "verify: cross-validation folds",
     "--no-flip": "embed/compare: without the mirror", "--opt": "flops: the old spelling of --net-opt",
     "--quality": "JPEG quality", "--quick": "experiment: a smoke run", "--rec": "data synth: write a .rec",
-    "--reuse": "distill cache: keep a cache that checks out", "--roc": "verify: the ROC curve PNG",
+    "--reuse": "distill cache: keep a cache that checks out", "--roc": "verify, ijb: the ROC curve PNG",
     "--seeds": "experiment: number of seeds", "--set": "recipe: --KEY VALUE for the training commands",
     "--strict": "data: refuse what would be skipped", "--student-steps": "experiment: updates per student round",
     "--taps": "flops: list the taps", "--teacher-steps": "experiment: the teacher's updates",
-    "--tile": "tar-at-far: block size", "--tolerance": "export: the parity bound",
-    "--variants": "experiment: the ablations",
+    "--tile": "tar-at-far, identify: block size", "--tolerance": "export: the parity bound",
+    "--variants": "experiment: the ablations", "--budgets": "experiment: the budgets of a sweep",
+    "--subjects": "data synth-ijb: identities", "--templates-per-subject": "data synth-ijb: templates of each",
+    "--mode": "ijb: the test mode NxDyFz", "--distractor-list": "identify: the distractors' image paths",
+    "--noise": "identify: lists of mislabelled images", "--sizes": "identify: gallery sizes in distractors",
+    "--rank": "identify: the highest rank reported", "--cmc": "identify: the CMC curve PNG",
 }
 # Spellings the shared names replaced: none may come back.
 RETIRED = {"--batch-size", "--data-dir", "--data", "--work", "--output", "--out-dir", "--force", "--data-root"}
 # Commands that write an output: each takes --overwrite (train/distill write their run under --prefix).
 WRITERS = {"data synth", "data lst", "data rec", "data unpack", "data pairs", "verify", "lfr features", "export",
            "embed", "plot-log", "distill cache", "train", "distill", "demo", "experiment distill", "recipe lfr-light",
-           "recipe recursive", "merge-fc7"}
+           "recipe recursive", "data synth-ijb", "ijb", "identify", "merge-fc7"}
 READS_DATASET = {"data unpack", "data check", "distill cache", "train", "distill"}
 PRINTS_JSON = {"data synth", "data lst", "data rec", "data unpack", "data check", "data pairs", "flops", "verify",
-               "tar-at-far", "export", "embed", "compare", "lfr features", "distill cache"}
+               "tar-at-far", "export", "embed", "compare", "lfr features", "distill cache", "data synth-ijb", "ijb",
+               "identify"}
+
+
+def shared_attribute(action, attribute, value):
+    """The action's attribute is the shared value (or one of a set of them)."""
+    found = getattr(action, attribute)
+    return found in value if isinstance(value, set) else found == value
 
 
 def leaf_parsers(parser, path=()):
@@ -87,15 +98,32 @@ def test_every_option_of_every_command_is_in_the_vocabulary():
                     assert option in VOCABULARY or option in schema or option in OWN, (command, option)
             if strings and strings[0] in SHARED:
                 for attribute, value in SHARED[strings[0]].items():
-                    assert getattr(action, attribute) == value, (command, strings[0], attribute)
+                    assert shared_attribute(action, attribute, value), (command, strings[0], attribute)
     assert set(OWN) <= used and set(VOCABULARY) <= used
 
 
+def listed_commands(cell):
+    """The commands a table cell names: `data synth/rec`, `train` -> ['data synth', 'data rec', 'train']."""
+    commands = []
+    for item in re.findall(r"`([^`]+)`", cell):
+        group, _, subs = item.rpartition(" ")
+        commands += [f"{group} {sub}".strip() for sub in subs.split("/")]
+    return commands
+
+
 def test_the_readme_table_is_the_vocabulary():
+    """One row per vocabulary option, naming exactly the commands that take it."""
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("### CLI vocabulary"):].split("\n## ")[0]
     rows = re.findall(r"^\| `(--[\w-]+)[^`]*` \|", table, re.M)
     assert sorted(rows) == sorted(VOCABULARY)
+    leaves = dict(leaf_parsers(build_parser()))
+    for option in VOCABULARY:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{option}"))
+        listed = listed_commands(row.rstrip(" |").rpartition(" | ")[2])
+        taking = [command for command, parser in leaves.items()
+                  if any(option in action.option_strings for action in parser._actions)]
+        assert sorted(listed) == sorted(taking), (option, "listed", listed, "taken by", taking)
     for option, aliases in ALIASES.items():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{option}"))
         assert all(f"`{alias}`" in row for alias in aliases), row
@@ -147,7 +175,7 @@ def test_every_subcommand_speaks_one_vocabulary():
                 action = options[flag]
                 assert action.dest in (flag[2:].replace("-", "_"), config_keys.get(flag)), (command, flag)
                 for attribute, value in expected.items():
-                    assert getattr(action, attribute) == value, (command, flag, attribute)
+                    assert shared_attribute(action, attribute, value), (command, flag, attribute)
         assert ("--overwrite" in options) == (command in WRITERS), command
         assert "--out" not in options or "--overwrite" in options, command
         if command in READS_DATASET:
@@ -177,6 +205,8 @@ def inputs(tmp_path_factory):
 OUTPUT_COMMANDS = {
     "data synth": (lambda i: ["data", "synth", "--out", "OUT", "--identities", 2, "--per-identity", 2, "--image-size",
                               32, "--workers", 1], "output", True),
+    "data synth-ijb": (lambda i: ["data", "synth-ijb", "--out", "OUT", "--subjects", 2, "--templates-per-subject", 2,
+                                  "--workers", 1], "output", True),
     "data lst": (lambda i: ["data", "lst", i["faces"], "--out", "OUT"], "output", False),
     "data rec": (lambda i: ["data", "rec", i["faces"], "--out", "OUT", "--image-size", 32, "--workers", 1], "output",
                  True),

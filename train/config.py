@@ -245,16 +245,17 @@ def resolve_prefix(config):
 
 
 # -- the data folder ---------------------------------------------------------------------------------------------
+def pack_path(folder, target):
+    """The file of a verification target: NAME or NAME.bin in the data ``folder``, or a path to a .bin."""
+    if target.endswith(".bin"):
+        return target if os.sep in target else os.path.join(folder, target)
+    return os.path.join(folder, target + ".bin")
+
+
 def verification_packs(config):
-    """[(name, path)] of ``config.val_targets``: NAME or NAME.bin in the data folder, or a path to a .bin."""
-    packs = []
-    for target in config.val_targets or ():
-        if target.endswith(".bin"):
-            path = target if os.sep in target else os.path.join(config.dataset_path, target)
-        else:
-            path = os.path.join(config.dataset_path, target + ".bin")
-        packs.append((os.path.basename(path)[:-4], path))
-    return packs
+    """[(name, path)] of ``config.val_targets`` (`pack_path`)."""
+    paths = [pack_path(config.dataset_path, target) for target in config.val_targets or ()]
+    return [(os.path.basename(path)[:-4], path) for path in paths]
 
 
 def open_data(config):

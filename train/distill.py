@@ -178,7 +178,7 @@ def make_plugin(config, teacher, schedule=None, log=print):
 
     The cache holds one teacher checkpoint's embeddings, so it is refused with a feature-map term (those maps,
     C x H x W per image, are too large to store) or a teacher schedule (the teacher changes during training)."""
-    from vargface.train.teacher_cache import TeacherCache, default_cache_path
+    from vargface.train.teacher_cache import TeacherCache, auto_cache_path
 
     terms, teacher_cache = config.terms, config.teacher_cache
     cache = None
@@ -192,7 +192,7 @@ def make_plugin(config, teacher, schedule=None, log=print):
             raise VargfaceError(f"--teacher-cache {teacher_cache}: a cache holds only the teacher's embeddings, but "
                                 f"--kd {maps[0]} needs its {maps[0].teacher} feature map every step; run without "
                                 f"--teacher-cache")
-        path = default_cache_path(config.dataset_path, teacher) if teacher_cache == "auto" else teacher_cache
+        path = auto_cache_path(config.dataset_path, teacher) if teacher_cache == "auto" else teacher_cache
         if uses_mirror_only(config):
             cache = TeacherCache(path, config.dataset_path, teacher, image_shape=(3, *config.image_size))
             log(f"distill: teacher embeddings from cache {path}")

@@ -38,8 +38,8 @@ def register(subparsers):
     options.add_dataset(c)
     options.add_image_size(c, help="side of the images training feeds (the --image-size of the student; default: "
                                    "the size in DATASET/property)")
-    options.add_out(c, "cache file (default: DATASET/train.<teacher folder>-<teacher prefix>-<epoch>.kdcache, "
-                       "which --teacher-cache auto finds)", required=False)
+    options.add_out(c, "cache file (default: beside the teacher's checkpoint, TEACHER_PREFIX-EPOCH.<data folder "
+                       "name>.kdcache, which --teacher-cache auto finds)", required=False)
     options.add_per_batch_size(c, 64)
     options.add_ctx(c)
     existing = c.add_mutually_exclusive_group()

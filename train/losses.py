@@ -130,13 +130,58 @@ def cosines(F, embedding, weight, num_rows, **name):
 
 
 def loss_head(embedding, config, num_classes=None):
-    """Softmax cross-entropy over the head's logits; its output is the class probability (B, C).
+    """Softmax cross-entropy over the head's logits (label-smoothed by ``config.label_smoothing``); its output is
+    the class probability (B, C)."""
+    return head_outputs(embedding, config, num_classes)[0][0]
+
+
+def head_outputs(embedding, config, num_classes=None):
+    """[(Symbol, metric name)] of the head: first the softmax cross-entropy's class probabilities (B, C) (name
+    None), then what the config adds: with ``label_smoothing`` ε the smoothed cross-entropy per sample, not
+    back-propagated, logged as ``loss`` (the objective the head then trains, in place of −log p_y); with
+    ``regularface`` λ the RegularFace term on ``fc7_weight`` (docs/losses.md#regularface), logged as
+    ``regularface``. With both at 0 the head is the plain softmax cross-entropy, op for op.
 
     Gradients are averaged over the device batch (``normalization='valid'``); the trainer rescales by the number
-    of devices/workers whose gradients the KVStore sums."""
+    of devices/workers whose gradients the KVStore sums. SoftmaxOutput's ``smooth_alpha`` is exactly the smoothed
+    target of `smoothed_target`."""
+    from vargface.train.regularface import regularface_loss
+
     label = mx.sym.Variable("softmax_label")
     fc7 = logits(embedding, label, config, num_classes)
-    return mx.sym.SoftmaxOutput(fc7, label, normalization="valid", name="softmax")
+    eps, lam = float(config.get("label_smoothing", 0.0)), float(config.get("regularface", 0.0))
+    smoothing = {"smooth_alpha": eps} if eps else {}
+    outputs = [(mx.sym.SoftmaxOutput(fc7, label, normalization="valid", name="softmax", **smoothing), None)]
+    if eps:
+        log_prob = mx.sym.log_softmax(fc7, axis=1)
+        loss = smoothed_cross_entropy(mx.sym, mx.sym.pick(log_prob, label, axis=1), mx.sym.sum(log_prob, axis=1),
+                                      eps, num_classes or config.num_classes)
+        outputs.append((mx.sym.BlockGrad(loss, name="smoothed_loss"), "loss"))
+    if lam:
+        outputs.append((regularface_loss(fc7.get_internals()["fc7_weight"], lam), "regularface"))
+    return outputs
+
+
+# ---- label smoothing (docs/losses.md#label-smoothing) -----------------------------------------------------------
+def smoothing_weights(eps, num_classes):
+    """(target on the true class, target on each other class): 1 − ε and ε / (C − 1) over C classes."""
+    return 1.0 - eps, eps / max(1, num_classes - 1)
+
+
+def smoothed_target(F, label, depth, eps, num_classes):
+    """The label-smoothed target (B, depth) over ``depth`` of the softmax's ``num_classes`` logits: 1 − ε at the
+    label's column, ε / (C − 1) at every other; a row labelled −1 (its class is among other logits, e.g. on another
+    shard) is ε / (C − 1) everywhere. The logits' gradient of the smoothed cross-entropy is softmax − target.
+    ``F``: mx.sym or mx.nd."""
+    on, off = smoothing_weights(eps, num_classes)
+    return F.one_hot(label, depth=depth, on_value=on, off_value=off)
+
+
+def smoothed_cross_entropy(F, true_log_prob, log_prob_sum, eps, num_classes):
+    """−Σ_j target_j · log p_j per sample from log p_y (``true_log_prob``) and Σ_j log p_j over all
+    ``num_classes`` logits (``log_prob_sum``): −(1 − ε − ε/(C − 1)) · log p_y − ε/(C − 1) · Σ_j log p_j."""
+    on, off = smoothing_weights(eps, num_classes)
+    return -(true_log_prob * (on - off) + log_prob_sum * off)
 
 
 def negatives_need_target(config):

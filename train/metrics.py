@@ -7,7 +7,9 @@ import numpy as np
 
 
 def batch_metrics(outputs, label, extra_names):
-    """outputs: [softmax probabilities (B, C), plugin loss outputs...] (merged over devices); label (B,).
+    """outputs: [softmax probabilities (B, C), the head's and the plugin's loss outputs...] (merged over devices),
+    named by ``extra_names``; label (B,). The loss is −log p_y unless an output named ``loss`` gives it (the
+    label-smoothed cross-entropy).
 
     The (B, C) probabilities stay on their device and only (B,) vectors come to the host: with ~90k classes and
     batch 512, copying the whole matrix (~190 MB) and scanning it in NumPy would take a large share of each step. Probabilities lie in [0, 1] or are NaN,
@@ -26,8 +28,10 @@ def batch_metrics(outputs, label, extra_names):
 
 def sharded_metrics(result, outputs, extra_names):
     """The sharded classifier's loss and accuracy (a `vargface.train.partial_fc.StepResult`: over the sampled
-    centres), and the plugin losses' means from the Module's ``outputs`` after the embedding."""
-    values = {"loss": float(result.loss.asscalar()), "acc": float(result.accuracy.asscalar())}
+    centres; label-smoothed with label smoothing), its terms on the centres (``regularface``), and the plugin
+    losses' means from the Module's ``outputs`` after the embedding."""
+    values = {"loss": float(result.loss.asscalar()), "acc": float(result.accuracy.asscalar()),
+              **{name: float(value.asscalar()) for name, value in result.extras.items()}}
     return {**values, **plugin_metrics(outputs, extra_names)}
 
 

@@ -63,12 +63,17 @@ class ShardLayout:
                 f"device(s)), {self.num_classes} classes of {self.emb_size} dimensions")
 
 
+def sample_count(positives, rows, ratio):
+    """How many of a shard's ``rows`` a step samples when ``positives`` distinct ones are in the batch."""
+    return min(rows, max(positives, int(round(ratio * rows))))
+
+
 def sample_rows(positives, rows, ratio, seed, update, shard):
     """Sorted rows of one shard for one step: every row in ``positives`` plus negatives drawn uniformly without
-    replacement from the other rows, up to round(ratio · rows) rows in all (more only when the positives alone
-    are more). The same (seed, update, shard) draws the same rows."""
+    replacement from the other rows, `sample_count` rows in all. The same (seed, update, shard) draws the same
+    rows."""
     positives = np.unique(np.asarray(positives, dtype=np.int64))
-    count = min(rows, max(len(positives), int(round(ratio * rows))))
+    count = sample_count(len(positives), rows, ratio)
     if count == rows:
         return np.arange(rows, dtype=np.int64)
     rng = np.random.default_rng([abs(int(seed)), int(update), int(shard)])
@@ -84,18 +89,20 @@ class StepResult:
 
     ``grads``: per local device, the gradient of its (b, D) embeddings, scaled as that device's own full head
     would give it (the mean over its own batch), so the trainer's ``rescale_grad`` = 1 / (devices·workers)
-    averages it as before. ``loss``, ``accuracy``: over the global batch, the accuracy against the sampled
-    centres only (the full classifier's when ``sample_ratio`` is 1)."""
+    averages it as before. ``loss`` (label-smoothed with ``label_smoothing``), ``accuracy``: means over the
+    global batch, against the sampled centres only (the full classifier's when ``sample_ratio`` is 1).
+    ``extras``: {metric name: value (1,)} of the terms on the centres (``regularface``)."""
 
     grads: list
     loss: object
     accuracy: object
+    extras: dict
 
 
 def logit_gradient(prob, target, scale):
-    """d(loss)/d(logits) of the softmax cross-entropy against the target distribution ``target`` (rows: a one-hot
-    over the shard's sampled centres, zero where the class is elsewhere), times ``scale``: the one place it is
-    formed. Written over ``prob`` (an (N, S) buffer less at the peak)."""
+    """d(loss)/d(logits) of the softmax cross-entropy against the target distribution ``target`` (rows over the
+    shard's sampled centres: the one-hot label, zero where the class is elsewhere, or its label-smoothed form),
+    times ``scale``: the one place it is formed. Written over ``prob`` (an (N, S) buffer less at the peak)."""
     prob -= target
     prob *= scale
     return prob
@@ -216,8 +223,8 @@ class PartialFC:
         local = mx.nd.concat(*[e.as_in_context(home) for e in embeddings], dim=0)
         labels = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
         batch = self.group.gather("embeddings", local)
-        all_labels = self.group.gather("labels", mx.nd.array(labels, ctx=mx.cpu(), dtype="float64"))
-        all_labels = all_labels.asnumpy().astype(np.int64)
+        all_labels = labels.astype(np.int64) if self.group.size == 1 else self.group.gather(
+            "labels", mx.nd.array(labels, ctx=mx.cpu(), dtype="float64")).asnumpy().astype(np.int64)
 
         shards = [self._shard_inputs(d, batch, all_labels, update) for d in range(len(self.contexts))]
         with autograd.record():
@@ -228,24 +235,39 @@ class PartialFC:
             shared = self._sum("true_cos", [_owned(mx.nd.pick(c.detach(), s["label"], axis=1), s["label"])
                                             for c, s in zip(cos, shards)])
             true_cos = [shared.as_in_context(c.context) for c in cos]  # (a copy recorded by autograd breaks it)
-        targets = [mx.nd.one_hot(s["label"], depth=c.shape[1]) for c, s in zip(cos, shards)]  # one per shard
+        one_hots = [mx.nd.one_hot(s["label"], depth=c.shape[1]) for c, s in zip(cos, shards)]  # one per shard
         with autograd.record():
             if negatives_need_target(self.config):  # the owner's own cosine keeps its gradient
                 true_cos = [mx.nd.where(s["label"] >= 0, mx.nd.pick(c, s["label"], axis=1), t)
                             for c, s, t in zip(cos, shards, true_cos)]
             logits = [margin_from_cosines(mx.nd, c, s["label"], c.shape[1], self.config, cos_t=t, one_hot=h)
-                      for c, s, t, h in zip(cos, shards, true_cos, targets)]
+                      for c, s, t, h in zip(cos, shards, true_cos, one_hots)]
+        eps = float(self.config.get("label_smoothing", 0.0))
+        sampled = self._sampled_counts(all_labels)  # of every shard of the run
         # Each shard's softmax (one fused pass) holds 1 / sum exp(z - m_k) at its largest logit m_k: m_k, that
-        # value and the true class's logit (where the shard owns the class) travel in one all-gather, and each
-        # shard's softmax times its share of the global sum is the exact softmax over every shard, rounded as
-        # the full head's within a few units in the last place.
+        # value and the true class's logit (where the shard owns the class) travel in one all-gather (with
+        # label smoothing also sum_j (z_j - m_k)), and each shard's softmax times its share of the global sum is
+        # the exact softmax over every shard, rounded as the full head's within a few units in the last place.
         probs = [mx.nd.softmax(z, axis=1) for z in logits]
-        rows = self._gather_shards("softmax", [mx.nd.stack(mx.nd.max(z, axis=1), mx.nd.max(p, axis=1),
-                                                           _owned(mx.nd.pick(z, s["label"], axis=1), s["label"]))
-                                               for z, p, s in zip(logits, probs, shards)])
+        rows = self._gather_shards("softmax", [mx.nd.stack(
+            mx.nd.max(z, axis=1), mx.nd.max(p, axis=1), _owned(mx.nd.pick(z, s["label"], axis=1), s["label"]),
+            *([mx.nd.sum(mx.nd.broadcast_sub(z, mx.nd.max(z, axis=1, keepdims=True)), axis=1)] if eps else []))
+            for z, p, s in zip(logits, probs, shards)])
         peak, true_logit = mx.nd.max(rows[:, 0], axis=0), mx.nd.sum(rows[:, 2], axis=0)
         sums = mx.nd.exp(mx.nd.broadcast_sub(rows[:, 0], peak)) / rows[:, 1]  # each shard's sum exp(z - peak)
         total = mx.nd.sum(sums, axis=0)
+        log_sum_exp = peak + mx.nd.log(total)
+        if eps:
+            from vargface.train.losses import smoothed_cross_entropy, smoothed_target
+
+            counts = mx.nd.array(sampled, ctx=home).reshape((-1, 1))
+            # sum_j log p_j over every sampled centre, shard by shard: sum_j (z_j - m_k) + S_k (m_k - L)
+            log_prob_sum = mx.nd.sum(rows[:, 3] + mx.nd.broadcast_mul(
+                counts, mx.nd.broadcast_sub(rows[:, 0], log_sum_exp)), axis=0)
+            loss = smoothed_cross_entropy(mx.nd, true_logit - log_sum_exp, log_prob_sum, eps, sum(sampled))
+            targets = [smoothed_target(mx.nd, s["label"], len(s["picked"]), eps, sum(sampled)) for s in shards]
+        else:
+            loss, targets = log_sum_exp - true_logit, one_hots
         for d, target in enumerate(targets):
             z, prob = logits[d], probs[d]
             logits[d] = probs[d] = None  # this shard's (N, S) buffers go before the next shard's gradient is formed
@@ -253,10 +275,37 @@ class PartialFC:
             prob = mx.nd.broadcast_mul(prob, mx.nd.expand_dims(share, 1), out=prob)
             z.backward(logit_gradient(prob, target, 1.0 / len(all_labels)))
             del z, prob
+        extras = {}
+        if float(self.config.get("regularface", 0.0)):
+            extras["regularface"] = self._regularface(shards, sampled)
         emb_grad = self._sum("emb_grad", [s["emb"].grad for s in shards])
         self._pending = [(s["index"], s["rows"]) for s in shards]
-        return StepResult(grads=self._split(emb_grad, [e.shape[0] for e in embeddings]),
-                          loss=mx.nd.mean(peak - true_logit + mx.nd.log(total)), accuracy=mx.nd.mean(true_logit >= peak))
+        return StepResult(grads=self._split(emb_grad, [e.shape[0] for e in embeddings]), loss=mx.nd.mean(loss),
+                          accuracy=mx.nd.mean(true_logit >= peak), extras=extras)
+
+    def _regularface(self, shards, sampled):
+        """RegularFace over the sampled centres (docs/partial_fc.md#label-smoothing-and-regularface): each
+        shard's term on its own sampled centres, weighted by its share of them, its gradient added to theirs;
+        returns the value summed over every shard (1,). With one shard at ``sample_ratio`` 1 it is the full
+        head's term."""
+        from vargface.train.regularface import penalty
+
+        lam, values = float(self.config.regularface), []
+        for s in shards:
+            value, grad = penalty(s["rows"].detach(), lam * len(s["picked"]) / sum(sampled))
+            centres_grad = s["rows"].grad
+            centres_grad += grad
+            values.append(value)
+        return self._sum("regularface", values)
+
+    def _sampled_counts(self, all_labels):
+        """The number of centres every shard of the run samples in this step (the same on every worker)."""
+        counts = []
+        for shard in range(self.layout.shards):
+            start, rows = self.layout.rows(shard)
+            positives = np.unique(all_labels[(all_labels >= start) & (all_labels < start + rows)]).size
+            counts.append(sample_count(positives, rows, self.sample_ratio))
+        return counts
 
     def update(self, lr):
         """Apply SGD with momentum at the learning rate ``lr`` (the schedule's, times fc7_lr_mult here) to the
@@ -318,7 +367,7 @@ class PartialFC:
             index = mx.nd.array(picked, ctx=ctx, dtype="int64")
             leaf = mx.nd.take(self.weights[d], index)
             leaf.attach_grad()
-        return {"emb": emb, "rows": leaf, "index": index, "label": mx.nd.array(positions, ctx=ctx)}
+        return {"emb": emb, "rows": leaf, "index": index, "label": mx.nd.array(positions, ctx=ctx), "picked": picked}
 
     def _sum(self, name, parts):
         """The sum of one array per local device (on the first device) and over the workers."""

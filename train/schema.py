@@ -84,6 +84,8 @@ class Key:
         return value
 
     def _convert(self, value):
+        if value == "" and self.kind in ("names", "terms"):  # '' names none, also where unset means a default
+            return []
         if value is None or (self.optional and value == ""):
             if self.optional or self.kind in ("names", "terms"):
                 return None if self.optional else []
@@ -188,6 +190,10 @@ def _increasing(steps):
     if any(b <= a for a, b in zip(steps, steps[1:])):
         return "expected strictly increasing update counts"
     return None
+
+
+def _below_one(value):
+    return "must be < 1 (1 would leave no target on the true class)" if value >= 1 else None
 
 
 _INIT = re.compile(r"^xavier_(uniform|gaussian)_(in|out|avg)_([0-9.eE+-]+)$")
@@ -324,6 +330,12 @@ KEYS = [
     Key("sample_ratio", 1.0, "float", "with --fc-parallel: each shard reads, per step, the centres of the batch's "
         "classes plus random others up to this fraction of its classes (1: all; 0.1 is Partial FC's choice)",
         low=0, open_low=True, high=1, resume=True, placeholder="R"),
+    Key("label_smoothing", 0.0, "float", "label smoothing ε of the softmax cross-entropy: target 1-ε on the class, "
+        "ε/(C-1) on each other; the margin stays on the true logit (0: off)", low=0, rule=_below_one, resume=True,
+        placeholder="EPS"),
+    Key("regularface", 0.0, "float", "weight λ of RegularFace's exclusive regularization (λ/C)·Σ_i max_{j≠i} "
+        "cos(W_i, W_j) on the classifier's centres, added to the loss and logged as 'regularface' (0: off)", low=0,
+        resume=True, placeholder="LAMBDA"),
     # -- data -----------------------------------------------------------------------------------------------------
     Key("dataset_path", "", "path", "folder with train.rec, train.idx, property and the verification packs",
         group="dataset", rule=_path),
@@ -402,8 +414,8 @@ KEYS = [
     Key("generations", 1, "int", "number of recursive generations", commands=(DISTILL,), low=1),
     Key("init", "", "model", "initial student weights of generation 1 (default: from scratch)",
         commands=(DISTILL,), rule=_model),
-    Key("teacher_cache", "", "path", "teacher-embedding cache from `vargface distill cache` ('auto': the default "
-        "path beside train.rec); embedding terms under one fixed teacher, mirror-only augmentation",
+    Key("teacher_cache", "", "path", "teacher-embedding cache from `vargface distill cache` ('auto': its default "
+        "path, beside the teacher's checkpoint); embedding terms under one fixed teacher, mirror-only augmentation",
         commands=(DISTILL,), rule=_path),
     Key("teacher_schedule", "", "path", "PREFIX of the teacher's per-epoch checkpoints: student epoch e trains "
         "under PREFIX-(e+1) (multi-step distillation; instead of --teacher)", commands=(DISTILL,), rule=_path),

@@ -30,11 +30,30 @@ BODY_PLACEHOLDER = "sha256:" + "0" * 64  # written first, patched in place (same
 
 
 def default_cache_path(data_dir, teacher):
-    """Where `vargface distill cache` writes by default: beside the .rec, named after the teacher checkpoint's
-    folder and prefix (trainer prefixes all end in 'model'), e.g. train.r100-arcface-emore-model-0001.kdcache."""
+    """Where `vargface distill cache` writes by default: beside the teacher's checkpoint, named after it and the
+    data folder, e.g. models/r100/model-0001.ms1m-retinaface-t1.kdcache. The teacher's folder holds the user's
+    runs; the data folder is often shared and read-only."""
+    data_name = os.path.basename(os.path.normpath(os.path.abspath(data_dir)))
+    return f"{teacher.prefix}-{teacher.epoch:04d}.{data_name}.kdcache"
+
+
+def auto_cache_path(data_dir, teacher):
+    """The cache `--teacher-cache auto` uses: the default path, or where earlier versions wrote it (beside
+    train.rec) when only that one exists."""
+    path = default_cache_path(data_dir, teacher)
     folder = os.path.basename(os.path.dirname(os.path.abspath(teacher.prefix)))
     name = f"{folder}-{os.path.basename(teacher.prefix)}" if folder else os.path.basename(teacher.prefix)
-    return os.path.join(data_dir, "train.%s-%04d.kdcache" % (name, teacher.epoch))
+    earlier = os.path.join(data_dir, "train.%s-%04d.kdcache" % (name, teacher.epoch))
+    return earlier if not os.path.exists(path) and os.path.exists(earlier) else path
+
+
+def cache_command(teacher, data_dir, path, image_shape=None):
+    """The `vargface distill cache` command that writes the cache ``path`` for this teacher, data and size."""
+    import shlex
+
+    size = ["--image-size", str(image_shape[-1])] if image_shape is not None else []
+    return "vargface distill cache " + shlex.join(["--teacher", teacher.model, "--dataset", str(data_dir), *size,
+                                                    "--out", str(path)])
 
 
 def _layout(header_length, count, emb_size):
@@ -56,7 +75,12 @@ def build_cache(teacher, data_dir, path=None, batch_size=64, image_size=None, ov
     Returns the cache path. The cache is locked while it is written (`vargface.locks`)."""
     from vargface.data.source import open_training_set
 
-    path = path or default_cache_path(data_dir, teacher)
+    if not path:
+        path = default_cache_path(data_dir, teacher)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.access(folder, os.W_OK):
+            raise VargfaceError(f"cannot write the cache beside the teacher: {folder} is not writable; pass --out "
+                                f"PATH here and --teacher-cache PATH to `vargface distill`")
     height = width = int(image_size or open_training_set(data_dir).image_size[0])
     with OutputLock(path):
         if os.path.exists(path) and not overwrite:
@@ -127,15 +151,14 @@ def _body_digest(fd, start, end, progress=False):
 
 def read_header(path):
     """The JSON header of a cache file (raises a clear error for anything that is not one; the version and the
-    body are the opener's to check, which can say how to rebuild the cache)."""
+    body are the opener's to check, and it says how to rebuild the cache)."""
     if not os.path.isfile(path):
-        raise VargfaceError(f"--teacher-cache: {path} does not exist; make it with `vargface distill cache`")
+        raise VargfaceError(f"--teacher-cache: {path} does not exist")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(16)
         if len(head) == 16 and head[:8] == UNFINISHED:
-            raise VargfaceError(f"--teacher-cache: {path} is an unfinished cache (its writer was interrupted); "
-                                f"make it again with `vargface distill cache`")
+            raise VargfaceError(f"--teacher-cache: {path} is an unfinished cache (its writer was interrupted)")
         if len(head) < 16 or head[:8] != MAGIC:
             raise VargfaceError(f"--teacher-cache: {path} is not a vargface teacher cache (bad magic)")
         (length,) = struct.unpack("<Q", head[8:])
@@ -162,10 +185,14 @@ class TeacherCache:
     """Read-only view of a cache file, checked against the data and teacher it is used with."""
 
     def __init__(self, path, data_dir, teacher, image_shape=None, progress=True):
-        header, length = read_header(path)
-        size = f" --image-size {image_shape[-1]}" if image_shape is not None else ""
-        rebuild = (f"; rebuild it with `vargface distill cache --teacher {teacher.model} --dataset {data_dir}{size} "
-                   f"--out {path} --overwrite`")
+        make = cache_command(teacher, data_dir, path, image_shape)
+        if not os.path.lexists(path):
+            raise VargfaceError(f"--teacher-cache: {path} does not exist; make it with `{make}`")
+        rebuild = f"; rebuild it with `{make} --overwrite`"
+        try:
+            header, length = read_header(path)
+        except VargfaceError as error:
+            raise VargfaceError(f"{error}{rebuild}") from None
         if header.get("version") != VERSION:
             found = ("has no checksum over its embeddings (an older format)" if header.get("version") == 1 else
                      f"has version {header.get('version')}, expected {VERSION}")

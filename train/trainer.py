@@ -122,7 +122,7 @@ class TrainingGraph:
     train_sym: object
     data_shapes: list
     label_shapes: list
-    extra_names: list
+    extra_names: list  # the training log's name of each output after the class probabilities
 
     def bind(self, contexts):
         """A Module of the training Symbol bound for training on ``contexts`` (the batch split across them)."""
@@ -140,22 +140,24 @@ def training_graph(config, plugin, batch_size, contexts):
     ``contexts``."""
     import mxnet as mx
 
-    from vargface.train.losses import loss_head
+    from vargface.train.losses import head_outputs
 
     side = int(config.image_size[0])
     emb_sym = embedding_symbol(config)
     train_emb = training_embedding(emb_sym, config.train_graph, contexts)
     extra_losses = plugin.extra_losses(train_emb, config)
-    plugin_losses = [loss for loss, _ in extra_losses]
     if config.fc_parallel:  # the classifier lives outside the graph, sharded (vargface.train.partial_fc)
-        train_sym, label_shapes = mx.sym.Group([train_emb] + plugin_losses), []
+        extras, label_shapes = extra_losses, []
+        train_sym = mx.sym.Group([train_emb] + [symbol for symbol, _ in extras])
     else:
         head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
-        train_sym = mx.sym.Group([loss_head(head_input, config)] + plugin_losses)
+        head = head_outputs(head_input, config)
+        extras = head[1:] + extra_losses  # (Symbol, metric name) after the class probabilities
+        train_sym = mx.sym.Group([head[0][0]] + [symbol for symbol, _ in extras])
         label_shapes = [("softmax_label", (batch_size,))]
     extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(batch_size)]
     return TrainingGraph(emb_sym, train_sym, [("data", (batch_size, 3, side, side))] + extra_inputs, label_shapes,
-                         [name for _, name in extra_losses])
+                         [name for _, name in extras])
 
 
 def build_training_module(config, plugin=None, contexts=None):
@@ -536,7 +538,7 @@ def _fit(run):
         run.save_state(state)  # the rollback target before the first checkpoint
     history, rollbacks = [], 0
     if run.resume_from is None and run.val_sets:
-        _verify_round(run, state, history, baseline=True)  # the untrained network: the baseline of the curves
+        _verify_round(run, state, history, baseline=True)  # the initial weights: the baseline of the curves
     with _StopFlag() as stop:
         while True:
             try:
@@ -566,7 +568,8 @@ def _fit(run):
 
 def _verify_round(run, state, history, baseline=False):
     """Verify on every target, log it; returns the mean accuracy (the score the best checkpoint is chosen by).
-    The ``baseline`` round (the untrained network) is logged but never counts as the best."""
+    The ``baseline`` round (the weights before the first update: untrained, or --pretrained as a later
+    distillation generation starts) is logged but never counts as the best."""
     results = run.last_results = run.verify()
     score = float(np.mean([r["accuracy"] for r in results.values()]))
     run.record({"type": "verify", "step": state.num_update, "epoch": state.epoch, "score": score,
@@ -574,7 +577,7 @@ def _verify_round(run, state, history, baseline=False):
     best = max(score, state.best["score"]) if state.best else score
     run.log(f"[{state.num_update}] verification: " + "  ".join(
         f"{k} {v['accuracy']:.5f}+-{v['std']:.5f}" for k, v in results.items())
-        + ("  (baseline: the untrained network)" if baseline else f"  (best {best:.5f})"))
+        + ("  (baseline: before the first update)" if baseline else f"  (best {best:.5f})"))
     return score
 
 

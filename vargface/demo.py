@@ -3,7 +3,8 @@
 Synthetic training identities and held-out identities -> RecordIO -> a ResNet-IR teacher clearly stronger than the
 student -> a VarGFaceNet student from scratch -> recursive angular distillation (generations 1 and 2) and a control
 trained as long as generation 2 without a teacher -> every model on the held-out identities (10-fold Accuracy-Flip
-on a pair set and the exact TAR over all pairs of the held-out images) -> a table (Markdown + JSON) and a PNG.
+on a pair set, the exact TAR over all pairs of the held-out images and IJB-style template TAR at FAR 1e-4 on an
+IJB-layout set of them) -> a table (Markdown + JSON) and a PNG.
 
 It is one seed of `vargface experiment distill` (same steps, same report) without its ablations: a single seed
 gives one paired difference per comparison and no interval, so the demo shows the method working end to end and

@@ -28,7 +28,7 @@ VOCABULARY = {
     "--seed": "the random seed",
     "--json": "machine-readable results on stdout, and no progress bars (bars are drawn on a terminal only)",
     "--image-size": "the image side in pixels (images are N x N)",
-    "--target": "verification packs (`.bin`), comma-separated",
+    "--target": "the evaluation set: verification packs (`.bin`), comma-separated; `ijb`: IJBB or IJBC",
     "--root": "the folder that relative image paths refer to",
 }
 # Older spellings, still accepted as aliases of the canonical option.

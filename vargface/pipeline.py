@@ -86,7 +86,8 @@ class Pipeline:
         self.lock, self.entered = None, False
 
     def _open(self):
-        """The state to continue (a fresh one under ``overwrite``; the old one is kept in ``previous``)."""
+        """The state to continue (a fresh one under ``overwrite``; the old one is kept in ``previous``). A work
+        folder this run may not continue is refused; a dry run says so and shows the commands of a fresh run."""
         work = self.work
         if os.path.exists(work) and not os.path.isdir(work):
             raise VargfaceError(f"{work}: exists and is not a directory")
@@ -102,21 +103,30 @@ class Pipeline:
                 state["outputs"] = [p for p in outputs if isinstance(p, str)] if isinstance(outputs, list) else []
             except (OSError, ValueError, KeyError, TypeError) as error:
                 if not self.overwrite:
-                    raise VargfaceError(f"{self.state_path}: unreadable {self.what} state ({error}); "
-                                        f"{self.hint}") from None
+                    return self._refused(f"{self.state_path}: unreadable {self.what} state ({error})", fresh)
                 state = {}
         elif os.path.isdir(work) and os.listdir(work):
             from vargface.errors import summarize
 
-            raise VargfaceError(f"{work}: exists and is not a {self.what} output (it holds "
-                                f"{summarize(sorted(os.listdir(work)), sep=', ')}); {self.hint}")
+            return self._refused(f"{work}: exists and is not a {self.what} output (it holds "
+                                 f"{summarize(sorted(os.listdir(work)), sep=', ')})", fresh,
+                                 hint="choose another --out (a folder without this state is never emptied, "
+                                      "not even with --overwrite)")
         if self.overwrite:
             self.previous = state or {}
             return fresh
         if state is not None and state.get("settings") != self.settings:
-            raise VargfaceError(f"{work} holds a {self.what} run with other settings ({self.state_path}); "
-                                f"{self.hint}")
+            return self._refused(f"{work} holds a {self.what} run with other settings ({self.state_path})", fresh)
         return {**fresh, **state} if state is not None else fresh
+
+    def _refused(self, reason, fresh, hint=None):
+        """A work folder this run may not use: an error, or in a dry run a note before the commands of a fresh
+        run (what another folder, or --overwrite, would run)."""
+        hint = hint or self.hint
+        if not self.dry_run:
+            raise VargfaceError(f"{reason}; {hint}")
+        print(f"(dry run) {reason}: a real run there is refused ({hint}); the commands of a fresh run:", flush=True)
+        return fresh
 
     def _own(self, paths):
         """``paths`` inside the work folder, relative to it (nothing outside it is ever the pipeline's to remove)."""

@@ -41,7 +41,8 @@ def register(subparsers):
     _common(light, ctx_default="gpu:0,1,2,3,4,5,6,7", work_default="./lfr_light")
     light.add_argument("--eval-ctx", default="gpu:0", help="devices for verification and the feature file "
                        "(default: %(default)s)")
-    options.add_target(light, default=TARGETS, help="verification packs NAME (DATASET/NAME.bin), comma-separated")
+    options.add_target(light, default=TARGETS, help="verification packs, comma-separated: NAME or NAME.bin in "
+                       "DATASET, or a path to a .bin")
     light.add_argument("--lfr-list", help="LFR2019 image-track test list; without it no feature file is written")
     options.add_root(light, help="folder the paths of --lfr-list are relative to")
     light.set_defaults(func=lfr_light_command)
@@ -133,7 +134,11 @@ class Recipe:
 
         def check(printed):
             figures = write_json(path, printed[0])
-            if not figures.get("fits_budget"):
+            if figures.get("fits_budget") is None:  # trained at another side: the budget says nothing about it
+                side = figures["input_shape"][-1]
+                print(f"{name}: counted at {side}x{side}; the deepglint-light budget is for 112x112 inputs, so this "
+                      f"gate does not judge it", flush=True)
+            elif not figures["fits_budget"]:
                 raise VargfaceError(f"{name}: {figures.get('flops', 0) / 1e9:.3f} GFLOPs exceeds the deepglint-light "
                                     f"budget of 1.0 GFLOPs ({path})")
             return {"flops": figures["flops"], "params": figures["params"]}
@@ -161,7 +166,9 @@ class Recipe:
             print(f"{title}: {line} ({path})", flush=True)
             return {target: r["accuracy"] for target, r in results.items()}
 
-        packs = ",".join(os.path.join(self.args.dataset, t + ".bin") for t in targets)
+        from vargface.train.config import pack_path
+
+        packs = ",".join(pack_path(self.args.dataset, t) for t in targets)
         return Step("verify_" + name, f"verify {title}", [["verify", "--model", model, "--target", packs, "--ctx",
                                                            self.args.eval_ctx, "--json"]], outputs=[path],
                     capture=True, result=keep)
