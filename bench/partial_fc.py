@@ -7,8 +7,9 @@ own process: the full head is the trainer's Module on one cpu context; the shard
 within a shared 23 GB machine (at 512-d it needs about 19 GB); the figures scale with --emb-size and --batch. Reported: seconds per step (forward, backward, update), its speed-up over the full
 head, the peak memory per device as MXNet's memory profiler counts it on each context (weights, momentum,
 gradients, logits and temporaries), the estimate the trainer prints at start, and the process's peak RSS. A case
-whose estimate exceeds the available memory is reported as refused, not run.
-Run: OMP_NUM_THREADS=2 .venv/bin/python bench/partial_fc.py [--classes 100000,1000000,2000000]"""
+whose estimate exceeds the available memory, or --memory-limit (all its devices together), is reported as
+refused, not run.
+Run: OMP_NUM_THREADS=2 .venv/bin/python bench/partial_fc.py [--classes 100000,1000000,2000000] [--memory-limit GB]"""
 import argparse
 import json
 import os
@@ -100,6 +101,8 @@ def main():
     parser.add_argument("--emb-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64, help="global batch (split over the devices)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case (after one untimed)")
+    parser.add_argument("--memory-limit", type=float, default=0,
+                        help="GB a case may take on all its devices together, by the estimate (0: what is available)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: measure one case, print JSON
     args = parser.parse_args()
     if args.case:
@@ -119,6 +122,8 @@ def main():
             row = {"classes": classes, "case": name, "devices": devices, "estimate_gb": memory.total / GB}
             try:
                 check_fits(memory, [mx.cpu(i) for i in range(devices)], what=f"{name} at {classes} classes")
+                if args.memory_limit and memory.total * devices > args.memory_limit * GB:
+                    raise VargfaceError(f"over --memory-limit {args.memory_limit:g} GB")
             except VargfaceError as refused:
                 row["refused"] = str(refused)
             else:
@@ -142,7 +147,7 @@ def main():
     for r in rows:
         head = f"{r['classes']:>9} {r['case']:<18} {r['devices']:>7} "
         if "refused" in r:
-            print(head + f"refused: estimate {r['estimate_gb']:.2f} GB per device")
+            print(head + f"refused: estimate {r['estimate_gb']:.2f} GB per device ({r['refused']})")
             continue
         speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         print(head + f"{r['step_seconds']:>8.2f} {speedup:>8} {r['device_peak_gb']:>9.2f}GB "
