@@ -35,6 +35,7 @@ bench: install
 	$(PY) bench/loader.py
 	$(PY) bench/train.py
 	$(PY) bench/distill.py
+	$(PY) bench/precision.py
 	$(PY) bench/tar_at_far.py
 	$(PY) bench/partial_fc.py
 	$(PY) bench/ijb.py

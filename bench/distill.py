@@ -46,6 +46,7 @@ def main():
     from vargface.train.distill import make_plugin, teacher_taps
     from vargface.train.teacher import Teacher
     from vargface.train.teacher_cache import build_cache, TeacherCache
+    from vargface.train.step import TrainStep
     from vargface.train.trainer import build_training_module
 
     quiet = lambda line: None  # noqa: E731
@@ -64,10 +65,13 @@ def main():
                                                    teacher_cache=cache, val_targets="", per_batch_size=batch))
 
         def training_module(plugin):
-            """The student's training graph under ``plugin`` (the trainer's own), bound and ready for SGD steps."""
-            module = build_training_module(config, plugin, [mx.cpu()])[1]
+            """The student's training graph under ``plugin`` (the trainer's own), bound and ready for the trainer's
+            steps (`TrainStep`)."""
+            graph, module = build_training_module(config, plugin, [mx.cpu()])
             module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.001, "momentum": 0.9})
-            return module
+            train_step = TrainStep(module, [mx.cpu()], graph.extra_names)
+            train_step.start()
+            return train_step
 
         term_sets = {1: ["angular:embedding@7"], 2: ["angular:embedding@7", "angular:stride16@2"],
                      4: ["angular:embedding@7", "angular:stride16@2", "angular:stride8@1", "angular:stride4@0.5"]}
@@ -84,16 +88,15 @@ def main():
             by_terms[count] = (plugin, training_module(plugin))
         it = open_training_set(data).iterator(batch, 112, shuffle=True, rand_mirror=True)
 
-        def step(plugin, module=module):
+        def step(plugin, train_step=module):
             try:
                 b = it.next()
             except StopIteration:
                 it.reset()
                 b = it.next()
             tic = time.time()
-            extra = plugin.extra_data(b)
-            module.forward_backward(mx.io.DataBatch(data=list(b.data) + extra, label=b.label))
-            module.update()
+            staged = train_step.stage(b)  # the images on the devices, for the student and a live teacher
+            train_step(staged, plugin.extra_data(staged), (0, 0, 0))
             mx.nd.waitall()
             return time.time() - tic
 

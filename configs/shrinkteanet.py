@@ -9,3 +9,11 @@ loss = "arcface"
 teacher = "models/r100-arcface-retina/model,1"
 kd = ["angular:stride8@1", "angular:stride16@2", "angular:embedding@7"]
 prefix = "models/vargfacenet-shrinkteanet/model"
+
+# On 8 GPUs at 64 images each (global batch 512), the live teacher (feature maps cannot be cached) beside the
+# student; 180k updates of the vargfacenet preset's warm-up + cosine, as the recursive recipe's students.
+ctx = "gpu:0,1,2,3,4,5,6,7"
+kvstore = "device"
+per_batch_size = 64
+max_steps = 180000
+lr_total_steps = 180000

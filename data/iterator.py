@@ -1,13 +1,16 @@
 """``FaceRecordIter``: a fast, deterministic ``mx.io.DataIter`` over an InsightFace .rec.
 
 Drop-in for InsightFace's ``FaceImageIter`` (same keyword names), with:
-- decoding in a thread pool (``cv2.imdecode`` releases the GIL) and batches prefetched ahead of the trainer;
+- each batch decoded by several threads (``cv2.imdecode`` releases the GIL), a few batches ahead of the trainer:
+  host memory stays about ``prefetch + 1`` batches whatever the number of cores, and the batch's NDArray
+  (pinned memory with ``pinned=True``, for fast copies to GPUs) is made in a worker thread, not the trainer's;
 - every random choice (epoch order, mirror, cutoff, colour jitter) drawn from ``(seed, epoch)`` or
   ``(seed, epoch, record)``, so an epoch is reproducible and a resumed run sees exactly the same batches:
   ``set_epoch(epoch, start_batch=k)`` jumps to batch k without decoding the skipped images;
 - sharding: with the same seed every part computes the same epoch order and takes every ``num_parts``-th
   sample from ``part_index`` (disjoint parts that together cover the data set);
-- ``batch.index`` (record keys) and ``batch.mirrored`` on each DataBatch, for teacher-embedding caches.
+- ``batch.index`` (record keys) and ``batch.mirrored`` on each DataBatch, for teacher-embedding caches, and
+  ``batch.host_label`` (the labels as NumPy), for what samples on the host (the sharded classifier).
 
 Images are NCHW float32 RGB in 0..255 (networks normalise inside). When ``data_shape`` differs from the stored
 image size, decoded images are resized to it (``cv2.INTER_AREA`` when shrinking, e.g. 112 records read at 56);
@@ -15,7 +18,7 @@ pass ``resize=False`` to make a size mismatch an error instead.
 """
 import collections
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import mxnet as mx
 import numpy as np
@@ -26,6 +29,9 @@ from vargface.data.recordio import RecReader, read_property
 from vargface.errors import VargfaceError, last_line
 
 _GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # RGB luma weights
+# Batches decoded ahead of the consumer: enough to hide a slow batch, few enough that a batch of 1024 faces
+# (154 MB at 112x112 in float32) times the prefetch stays a small share of a host's memory.
+PREFETCH = 3
 
 
 class FaceRecordIter(mx.io.DataIter):
@@ -37,7 +43,7 @@ class FaceRecordIter(mx.io.DataIter):
     def __init__(self, batch_size, data_shape=(3, 112, 112), path_imgrec=None, shuffle=False, aug_list=None,
                  mean=None, rand_mirror=False, cutoff=0, color_jittering=0, images_filter=0, data_name="data",
                  label_name="softmax_label", seed=0, part_index=0, num_parts=1, last_batch="discard",
-                 num_workers=None, prefetch=None, resize=True, epoch=0):
+                 num_workers=None, prefetch=None, resize=True, epoch=0, pinned=False):
         super().__init__(int(batch_size))
         if path_imgrec is None:
             raise VargfaceError("FaceRecordIter: path_imgrec is required (a .rec file or a data directory)")
@@ -78,9 +84,12 @@ class FaceRecordIter(mx.io.DataIter):
                                 f"{self.num_parts} are fewer than one batch of {self.batch_size}")
         self.provide_data = [mx.io.DataDesc(data_name, (self.batch_size,) + self.data_shape)]
         self.provide_label = [mx.io.DataDesc(label_name, (self.batch_size,))]
-        workers = int(num_workers or default_workers())
-        self.prefetch = int(prefetch or 2 * workers)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="FaceRecordIter")
+        self.workers = int(num_workers or default_workers())
+        self.prefetch = int(prefetch or PREFETCH)
+        self.context = mx.cpu_pinned() if pinned else mx.cpu()
+        # one pool assembles whole batches (at most `prefetch` at a time), the other decodes their images
+        self._batches = ThreadPoolExecutor(self.prefetch, thread_name_prefix="FaceRecordIter-batch")
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="FaceRecordIter")
         self._pending = collections.deque()
         self.set_epoch(epoch)
 
@@ -118,7 +127,7 @@ class FaceRecordIter(mx.io.DataIter):
     def _fill(self):
         while len(self._pending) < self.prefetch and self._submitted < self.num_batches:
             keys, pad = self._batch_keys(self._submitted)
-            self._pending.append(self._pool.submit(self._load, keys, pad, self.epoch))
+            self._pending.append(self._batches.submit(self._load, keys, pad, self.epoch))
             self._submitted += 1
 
     def next(self):
@@ -128,22 +137,41 @@ class FaceRecordIter(mx.io.DataIter):
         future = self._pending.popleft()
         self.cursor += 1
         self._fill()
-        data, label, index, mirrored, pad = future.result()
-        batch = mx.io.DataBatch([mx.nd.array(data)], [mx.nd.array(label)], pad=pad, index=index,
-                                provide_data=self.provide_data, provide_label=self.provide_label)
-        batch.mirrored = mirrored
+        data, label, labels, index, mirrored, pad = future.result()
+        batch = mx.io.DataBatch([data], [label], pad=pad, index=index, provide_data=self.provide_data,
+                                provide_label=self.provide_label)
+        batch.mirrored, batch.host_label = mirrored, labels
         return batch
 
-    def _load(self, keys, pad, epoch):
-        """Decode one batch (runs in a worker thread)."""
-        import cv2
+    def batch_bytes(self):
+        """Bytes of one batch's images as float32."""
+        return self.batch_size * int(np.prod(self.data_shape)) * 4
 
-        _, height, width = self.data_shape
+    def _load(self, keys, pad, epoch):
+        """One batch (runs in a batch thread): its images decoded by the decode threads in contiguous parts, then
+        copied once into the batch's NDArray."""
         data = np.empty((len(keys),) + self.data_shape, np.float32)
         labels = np.empty(len(keys), np.float32)
         mirrored = np.zeros(len(keys), bool)
+        bounds = np.linspace(0, len(keys), min(self.workers, len(keys)) + 1).astype(int)
+        parts = [self._pool.submit(self._decode, keys, start, stop, epoch, data, labels, mirrored)
+                 for start, stop in zip(bounds[:-1], bounds[1:])]
+        wait(parts)
+        for part in parts:
+            part.result()  # a failed record is raised here
+        if self.mean is not None:
+            data -= self.mean
+        return (mx.nd.array(data, ctx=self.context), mx.nd.array(labels, ctx=self.context), labels,
+                np.asarray(keys, np.int64), mirrored, pad)
+
+    def _decode(self, keys, start, stop, epoch, data, labels, mirrored):
+        """Decode images ``start:stop`` of a batch into its arrays (runs in a decode thread)."""
+        import cv2
+
+        _, height, width = self.data_shape
         augment = self.rand_mirror or self.cutoff > 0 or self.color_jittering > 0
-        for i, key in enumerate(keys):
+        for i in range(start, stop):
+            key = keys[i]
             try:
                 image, label = self.reader.decode(int(key), cv2.IMREAD_COLOR)
             except VargfaceError:
@@ -168,9 +196,6 @@ class FaceRecordIter(mx.io.DataIter):
                     rgb = self._augment(np.ascontiguousarray(rgb), rng)
             data[i] = rgb.transpose(2, 0, 1)
             labels[i] = label
-        if self.mean is not None:
-            data -= self.mean
-        return data, labels, np.asarray(keys, np.int64), mirrored, pad
 
     def _augment(self, rgb, rng):
         """InsightFace's augmentations: JPEG re-compression (color_jittering > 1), brightness/contrast/saturation
@@ -200,12 +225,14 @@ class FaceRecordIter(mx.io.DataIter):
 
     def close(self):
         self._cancel()
+        self._batches.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.reader.close()
 
     def __del__(self):
         try:
             self._cancel()
+            self._batches.shutdown(wait=False)
             self._pool.shutdown(wait=False)
         except Exception:  # interpreter shutdown
             pass

@@ -1,13 +1,15 @@
 """Ordered parallel map over threads. OpenCV (imdecode, imencode, warpAffine, drawing) releases the GIL, so
 threads scale across cores without pickling images between processes."""
 import collections
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 
 def default_workers():
-    """The cores this process may run on (a container's or taskset's limit, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may run on (`vargface.openmp.usable_cores`: affinity and a container's quota, not
+    the machine's count)."""
+    from vargface.openmp import usable_cores
+
+    return usable_cores()
 
 
 def imap_ordered(fn, items, workers=None, ahead=None):

@@ -31,14 +31,25 @@ class FaceEmbedder(InferenceRunner):
     def embed_files(self, paths, flip=True, progress=False):
         """Embed image files (aligned faces, any side); a file that does not decode is a VargfaceError naming it.
 
-        Files are decoded a few batches at a time, so memory stays bounded; one progress bar counts images."""
+        Files are decoded by threads while the device embeds the images before them, a few batches ahead, so
+        memory stays bounded; one progress bar counts images."""
         from vargface.options import progress_bar
-        from vargface.eval.images import read_image
 
-        step, chunks = self.batch_size * 8, []
+        chunks = []
         with progress_bar(total=len(paths), unit="img", desc="embed", enabled=progress) as bar:
-            for start in range(0, len(paths), step):
-                names = paths[start:start + step]
-                chunks.append(self.embed([read_image(p) for p in names], flip=flip))
-                bar.update(len(names))
+            for block in self.embed_stream(paths, flip=flip):
+                chunks.append(block)
+                bar.update(len(block))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_size), np.float32)
+
+    def embed_stream(self, paths, flip=True, step=None):
+        """Embeddings of image files in blocks of ``step`` images (default: eight batches), in order; the next
+        block's files decode in threads while this one is embedded (`vargface.eval.images.read_images`)."""
+        import itertools
+
+        from vargface.eval.images import read_images
+
+        step = step or self.batch_size * 8
+        images = read_images(paths, ahead=step)
+        for start in range(0, len(paths), step):
+            yield self.embed(list(itertools.islice(images, step)), flip=flip)

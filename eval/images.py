@@ -20,6 +20,16 @@ def read_image(path, size=None):
     return decode_rgb(buf, None if size is None else (size, size), path)
 
 
+def read_images(paths, size=None, workers=None, ahead=64):
+    """`read_image` of each path, in order, decoded by threads (OpenCV releases the GIL) while the caller embeds
+    the images before: at most ``ahead`` images are decoded in advance, so memory stays bounded."""
+    import functools
+
+    from vargface.data.parallel import imap_ordered
+
+    return imap_ordered(functools.partial(read_image, size=size), paths, workers, ahead)
+
+
 def to_nchw(images):
     """uint8/float NHWC RGB -> float32 NCHW RGB 0..255, the networks' input."""
     images = np.asarray(images)

@@ -101,8 +101,9 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     """Embed every image of ``list_file`` (paths relative to ``root``) into the LFR2019 file ``out``, resumably.
 
     ``embedder`` is a `FaceEmbedder`; the partial file is keyed on its checkpoint's checksum, the list and the
-    root, so a rerun with other weights or images refuses to append. Returns the number of rows computed in this
-    run."""
+    root, so a rerun with other weights or images refuses to append. Rows are written in blocks of ``chunk``
+    images (default: eight batches), each decoded in threads while the block before it is embedded. Returns the
+    number of rows computed in this run."""
     from vargface.options import progress_bar
     from vargface.atomic import atomic_path, move_into_place, reserve_space, write_errors
 
@@ -123,19 +124,19 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
         except VargfaceError:
             os.remove(partial)
             raise
-    chunk = chunk or embedder.batch_size * 8
     bar = progress_bar(total=rows, initial=done, unit="img", desc="lfr features", enabled=progress)
     start = done
+    # one stream of blocks: the images of the next block decode in threads while this one is embedded and written
+    blocks = embedder.embed_stream([os.path.join(root, name) for name in paths[done:]], step=chunk)
     with write_errors(partial), open(partial, "r+b") as handle:
-        while done < rows:  # plain writes, not a memory map: a failed write is an error, never a SIGBUS
-            names = paths[done:done + chunk]
-            block = np.ascontiguousarray(embedder.embed_files([os.path.join(root, name) for name in names]), ROW)
+        for block in blocks:  # plain writes, not a memory map: a failed write is an error, never a SIGBUS
+            block = np.ascontiguousarray(block, ROW)
             os.pwrite(handle.fileno(), block.tobytes(), HEADER_BYTES + done * cols * ROW.itemsize)
             os.fdatasync(handle.fileno())  # the rows are on disk before the sidecar counts them
-            done += len(names)
+            done += len(block)
             with atomic_path(sidecar) as tmp, open(tmp, "w", encoding="utf-8") as state:
                 json.dump({**identity, "done": done}, state)
-            bar.update(len(names))
+            bar.update(len(block))
     bar.close()
     move_into_place(partial, out)
     os.remove(sidecar)

@@ -141,15 +141,18 @@ class InferenceRunner:
         return tuple({name: mx.nd.array(value) for name, value in arrays.items()}
                      for arrays in self.graph.params(*self._params))
 
+    def _bound_size(self, batch_size):
+        """Module splits a batch evenly across its devices. A batch of one is fine on the inference graph (the
+        faithful VarGFaceNet crashed MXNet 1.9.1 at batch one: docs/inference.md#batch-one)."""
+        devices = len(self.contexts)
+        return -(-max(batch_size, devices) // devices) * devices
+
     def _bind(self, batch_size):
         import mxnet as mx
 
         from vargface.symbols.inference import InferenceGraph
 
-        devices = len(self.contexts)
-        # Module splits a batch evenly across its devices. A batch of one is fine on the inference graph (the
-        # faithful VarGFaceNet crashed MXNet 1.9.1 at batch one: docs/inference.md#batch-one).
-        self.batch_size = -(-max(batch_size, devices) // devices) * devices
+        self.batch_size = self._bound_size(batch_size)
         self.graph = InferenceGraph(self.symbol, self._params[0], self.input_size)
         self.module = mx.mod.Module(self.graph.symbol, data_names=["data"], label_names=None, context=self.contexts)
         with _without_subgraph_fusion():
@@ -199,6 +202,22 @@ class InferenceRunner:
             for out, value in zip(outs, self.module.get_outputs()):
                 out[start:start + count] = value.asnumpy()[:count]
         return outs
+
+    def forward_devices(self, slices):
+        """Every output of the cut for images already on the devices: ``slices`` holds one float32 NCHW NDArray per
+        device (in the order of the runner's contexts, equal sizes); returns, per output, one NDArray per device.
+        Nothing is copied to the host (the live distillation teacher feeds the student's devices this way); the
+        arrays are the executors' own, overwritten by the next forward pass."""
+        import mxnet as mx
+
+        if len(slices) != len(self.contexts):
+            raise VargfaceError(f"{self.output}: {len(slices)} image slices for {len(self.contexts)} devices")
+        if len({len(s) for s in slices}) != 1:
+            raise VargfaceError(f"{self.output}: slices of {[len(s) for s in slices]} images; expected equal ones")
+        if self.module is None or self.batch_size != self._bound_size(len(slices) * len(slices[0])):
+            self._bind(len(slices) * len(slices[0]))  # once: a training batch keeps its size
+        self.module.forward([mx.io.DataBatch(data=[s]) for s in slices], is_train=False)
+        return self.module.get_outputs(merge_multi_context=False)
 
     def prepare(self, images):
         """uint8/float RGB images (an (N, H, W, 3) array or a list of (H, W, 3), any side) -> float32 NCHW at the

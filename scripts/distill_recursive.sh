@@ -9,7 +9,8 @@
 # Settings from the environment, as in scripts/reproduce_lfr_light.sh:
 #   DATA=../datasets/ms1m-retinaface-t1   train.rec, train.idx, property and the verification packs (a first
 #                                         argument that is not an option names it too)
-#   CTX=gpu:0,1,2,3        devices for the teacher, the cache and the students
+#   CTX=gpu:0,1,2,3,4,5,6,7  devices for the teacher, the cache and the students (the configs are tuned for 8;
+#                          with fewer, pass --set per_batch_size=N to keep the global batch of 512)
 #   TEACHER=prefix,epoch   an existing teacher checkpoint; without it an r100 is trained into WORK first
 #   WORK=./recursive       checkpoints and the recipe state
 #   DRY_RUN=1              print the commands only
@@ -20,8 +21,7 @@ set -euo pipefail
 DATA=${DATA:-../datasets/ms1m-retinaface-t1}
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then DATA=$1; shift; fi
 VARGFACE=${VARGFACE:-$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/vargface}
-options=(--dataset "$DATA" --out "${WORK:-./recursive}" --ctx "${CTX:-gpu:0,1,2,3}")
+options=(--dataset "$DATA" --out "${WORK:-./recursive}" --ctx "${CTX:-gpu:0,1,2,3,4,5,6,7}")
 [ -n "${TEACHER:-}" ] && options+=(--teacher "$TEACHER")
 [ "${DRY_RUN:-0}" = 1 ] && options+=(--dry-run)
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 exec "$VARGFACE" recipe recursive "${options[@]}" "$@"

@@ -19,5 +19,4 @@ options=(--dataset "${DATA:-../datasets/ms1m-retinaface-t1}" --out "${WORK:-./lf
          --target "${VAL_TARGETS:-lfw,cfp_fp,agedb_30}" --root "${LFR_ROOT:-.}")
 [ -n "${LFR_LIST:-}" ] && options+=(--lfr-list "$LFR_LIST")
 [ "${DRY_RUN:-0}" = 1 ] && options+=(--dry-run)
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 exec "$VARGFACE" recipe lfr-light "${options[@]}" "$@"

@@ -16,10 +16,6 @@ options=(--config "$CONFIG")
 [ -n "${CTX:-}" ] && options+=(--ctx "$CTX")
 [ -n "${PREFIX:-}" ] && options+=(--prefix "$PREFIX")
 
-# Environment variables that matter for speed on GPUs.
-export MXNET_CUDNN_AUTOTUNE_DEFAULT=${MXNET_CUDNN_AUTOTUNE_DEFAULT:-1}  # pick the fastest cuDNN algorithms once
-export MXNET_ENGINE_TYPE=${MXNET_ENGINE_TYPE:-ThreadedEnginePerDevice}  # one engine thread pool per GPU
-export MXNET_GPU_WORKER_NTHREADS=${MXNET_GPU_WORKER_NTHREADS:-2}       # overlap copies and compute per GPU
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # MXNet's CPU operators; FaceRecordIter decodes in its own threads
-
+# No MXNet or OpenMP settings here: `vargface` chooses the thread counts for the devices it trains on, and the
+# settings docs/environment.md discusses (cuDNN autotune, determinism) are the user's to export.
 exec "$VARGFACE" train "${options[@]}" "$@"

@@ -78,3 +78,51 @@ def _shapes(sym, data_shape):
     _, outputs, _ = internals.infer_shape_partial(data=tuple(data_shape))
     arguments, _, _ = sym.infer_shape_partial(data=tuple(data_shape))
     return dict(zip(internals.list_outputs(), outputs)), dict(zip(sym.list_arguments(), arguments))
+
+
+def prelu_slope_gradients(ctx, rewritten=False, channels=8):
+    """(slope gradient by back-propagation, the same by finite differences, the slopes) of a convolution -> PReLU
+    graph on ``ctx`` (``rewritten``: its fast form). The loss, sum(y * dy) for a fixed dy, is linear in the slopes, so a
+    central difference is exact up to rounding: the two agree where MXNet's PReLU computes the slope gradient
+    right, and the first is ``gamma`` times the second where it has the defect of docs/fast_graph.md."""
+    import numpy as np
+
+    shape = (4, channels, 3, 3)
+    net = mx.sym.LeakyReLU(mx.sym.Convolution(mx.sym.Variable("data"), num_filter=channels, kernel=(1, 1),
+                                              no_bias=True, name="check_conv"), act_type="prelu", name="check_act")
+    if rewritten:
+        net = fast_graph(net, data_shape=shape)
+    rng = np.random.RandomState(0)
+    values = {"data": rng.normal(0, 1, shape), "check_conv_weight": rng.normal(0, 0.5, (channels, channels, 1, 1)),
+              "check_act_gamma": rng.uniform(0.2, 1.0, channels)}
+    out_grad = mx.nd.array(rng.normal(0, 1, shape), ctx=ctx)
+
+    def bound(gamma):  # a training binding: no graph fusion
+        executor = net.simple_bind(ctx, grad_req="write", data=shape)
+        for name, value in dict(values, check_act_gamma=gamma).items():
+            executor.arg_dict[name][:] = value
+        return executor
+
+    def loss(gamma):
+        output = bound(gamma).forward(is_train=True)[0]
+        return float(mx.nd.sum(output.astype("float64") * out_grad.astype("float64")).asscalar())
+
+    executor = bound(values["check_act_gamma"])
+    executor.forward(is_train=True)
+    executor.backward(out_grad)
+    backprop = executor.grad_dict["check_act_gamma"].asnumpy()
+    gamma = values["check_act_gamma"]
+    finite = np.array([loss(gamma + 0.5 * e) - loss(gamma - 0.5 * e) for e in np.eye(channels)])
+    return backprop, finite, gamma
+
+
+def prelu_kernel_right(ctx):
+    """Whether MXNet's own PReLU computes the slope gradient right on ``ctx`` (see `prelu_slope_gradients`); False
+    when the check cannot run there (e.g. a GPU of a CPU-only build)."""
+    import numpy as np
+
+    try:
+        backprop, finite, _ = prelu_slope_gradients(ctx)
+    except mx.base.MXNetError:
+        return False
+    return bool(np.allclose(backprop, finite, rtol=1e-3, atol=1e-3))

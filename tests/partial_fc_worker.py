@@ -1,6 +1,7 @@
 """One dist_sync worker of tests/test_partial_fc.py: for each loss named on the command line, a backbone (one
-FullyConnected layer) trained data-parallel on cpu:0,cpu:1 of each worker with its optimizer on the workers, the
-classifier sharded over both workers' devices (4 shards), three SGD steps; each worker compares its losses,
+FullyConnected layer) trained data-parallel on cpu:0,cpu:1 of each worker (its gradients summed through the
+kvstore, its optimizer on the workers), the classifier sharded over both workers' devices (4 shards), three SGD
+steps; each worker compares its losses,
 backbone and shards with the full head trained on the same global batch in this process on four cpu contexts, and
 prints the largest difference as JSON. (MXNet's own step schedule, not gluoncv's: the import stays short.)"""
 import json
@@ -12,7 +13,7 @@ import numpy as np
 from vargface.train.config import generate_config
 from vargface.train.losses import loss_head
 from vargface.train.partial_fc import PartialFC
-from vargface.train.workers import WorkerGroup, workers_update
+from vargface.train.workers import WorkerGroup
 
 PER_DEVICE, D, C, IN = 3, 6, 13, 5
 
@@ -51,10 +52,12 @@ def check(kv, loss):
     backbone.bind(data_shapes=[("data", (PER_DEVICE * len(contexts), IN))])
     backbone.init_params(arg_params={k: mx.nd.array(v) for k, v in init.items() if "fc1" in k})
     steps_schedule = schedule(config)
-    with workers_update():
-        backbone.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=dict(
-            optimizer, rescale_grad=1 / len(everyone), lr_scheduler=steps_schedule))
-    assert not backbone._update_on_kvstore
+    # as the trainer's step: the kvstore (whose servers only sum) sums the gradients, each worker updates
+    backbone.init_optimizer(kvstore=None, optimizer="sgd", optimizer_params=dict(
+        optimizer, rescale_grad=1 / len(everyone), lr_scheduler=steps_schedule))
+    group = backbone._exec_group
+    for name, weights in zip(group.param_names, group.param_arrays):
+        kv.init(name, weights[0])
     engine = PartialFC(config, contexts, sample_ratio=1.0, group=WorkerGroup(kv))
     engine.set_weights(init["fc7_weight"])
 
@@ -66,6 +69,8 @@ def check(kv, loss):
         backbone.forward(mx.io.DataBatch([mx.nd.array(x[mine])]), is_train=True)
         result = engine.forward_backward(backbone.get_outputs(merge_multi_context=False)[0], label[mine], update)
         backbone.backward(out_grads=[mx.nd.concat(*[g.as_in_context(contexts[0]) for g in result.grads], dim=0)])
+        for name, grads in zip(group.param_names, group.grad_arrays):
+            kv.pushpull(name, grads, out=grads)
         backbone.update()
         engine.update(steps_schedule(update))
         ref_loss = -np.mean(np.log(prob[np.arange(total), label]))

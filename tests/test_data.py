@@ -178,6 +178,47 @@ def test_iterator_shards_are_disjoint_and_cover(rec):
     assert len(batches) == 1  # same batch count per worker: dist_sync cannot hang
 
 
+def test_iterator_memory_stays_bounded_on_a_256_core_host(tmp_path, monkeypatch):
+    """Decode threads come from the usable cores; the prefetch does not: however many cores, at most a few batches
+    are decoded ahead, each batch by several threads, in pinned memory when asked."""
+    import threading
+    import time
+    import tracemalloc
+
+    from vargface.data import iterator
+    from vargface.data.recordio import RecReader
+
+    make_synthetic_rec(str(tmp_path / "big"), 40, 16, size=64, seed=2, progress=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 256)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
+    threads, original = {}, RecReader.decode
+
+    def decode(self, key, *args):
+        threads.setdefault(int(key), threading.get_ident())
+        return original(self, key, *args)
+
+    monkeypatch.setattr(RecReader, "decode", decode)
+    it = FaceRecordIter(batch_size=32, data_shape=(3, 64, 64), path_imgrec=str(tmp_path / "big"), shuffle=True,
+                        pinned=True)
+    assert it.workers == 256 and it.prefetch == iterator.PREFETCH and it.num_batches == 20
+    tracemalloc.start()
+    try:
+        deepest, first = 0, None
+        for batch in it:
+            time.sleep(0.02)  # a slow consumer: the loader runs as far ahead as it may
+            deepest = max(deepest, len(it._pending))
+            first = batch.index.tolist() if first is None else first
+            assert batch.data[0].context == mx.cpu_pinned(0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        it.close()
+    assert deepest <= iterator.PREFETCH
+    # the decoded arrays of the batches in flight (the old loader kept 2 x 256 batches: all 20 here)
+    assert peak < (iterator.PREFETCH + 3) * it.batch_bytes(), (peak, it.batch_bytes())
+    assert len({threads[key] for key in first}) > 1  # a batch is split between threads
+
+
 def test_iterator_pads_last_batch(rec):
     it = FaceRecordIter(batch_size=8, data_shape=(3, SIZE, SIZE), path_imgrec=str(rec), last_batch="pad")
     out = list(it)

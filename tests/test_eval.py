@@ -453,6 +453,37 @@ def test_export_cli_tiny(tiny_model, tmp_path, run_cli):
     assert not (tmp_path / "strict.onnx").exists()
 
 
+def test_lfr_features_decode_in_threads_ahead_of_the_device(tiny_model, face_files, tmp_path, monkeypatch):
+    import threading
+
+    from vargface.eval import images
+    from vargface.eval.embedder import FaceEmbedder
+    from vargface.eval.lfr import extract_features, read_features
+
+    prefix, epoch = tiny_model
+    root, names = face_files
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n")
+    embedder = FaceEmbedder(prefix, epoch, batch_size=2)
+    decoded, embedded, read, embed = [], [], images.read_image, embedder.embed
+
+    def reading(path, size=None):
+        decoded.append((path, threading.get_ident()))
+        return read(path, size)
+
+    def embedding(batch, **options):
+        embedded.append(len(decoded))  # images decoded when a block's embedding starts
+        return embed(batch, **options)
+
+    monkeypatch.setattr(images, "read_image", reading)
+    monkeypatch.setattr(embedder, "embed", embedding)
+    extract_features(embedder, str(tmp_path / "list.txt"), str(root), tmp_path / "f.bin", chunk=4, progress=False)
+    assert len({thread for _, thread in decoded}) > 1 and threading.get_ident() not in {t for _, t in decoded}
+    assert sorted(p for p, _ in decoded) == sorted(str(root / n) for n in names)
+    assert any(count > 4 * (block + 1) for block, count in enumerate(embedded))  # the next block already decoding
+    expected = FaceEmbedder(prefix, epoch, batch_size=2).embed([read(root / n) for n in names])
+    np.testing.assert_allclose(read_features(tmp_path / "f.bin"), expected, atol=1e-5)  # in the list's order
+
+
 def test_lfr_features_refuse_to_append_after_the_weights_or_root_change(tiny_model, face_files, tmp_path):
     import shutil
 

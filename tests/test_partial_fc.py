@@ -117,7 +117,7 @@ def test_ratio_one_trains_like_the_full_head(loss):
         ref_loss = loss_from_probabilities(reference.get_outputs()[0].asnumpy(), label)
         reference.update()
 
-        result = engine.train_step(backbone, mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(label)]), update)
+        result = engine.train_step(backbone, mx.io.DataBatch([mx.nd.array(x)]), label, update)
         backbone.update()
         engine.update(schedule(update))
         assert abs(float(result.loss.asscalar()) - ref_loss) < 1e-5, update
@@ -234,7 +234,7 @@ def test_plugin_losses_and_a_detached_embedding(detach):
     backbone.init_params(arg_params={k: mx.nd.array(v) for k, v in init.items()})
     engine = PartialFC(config, CONTEXTS)
     engine.set_weights(weight)
-    engine.train_step(backbone, mx.io.DataBatch([mx.nd.array(x)], [mx.nd.array(label)]), 1, detach=detach)
+    engine.train_step(backbone, mx.io.DataBatch([mx.nd.array(x)]), label, 1, detach=detach)
     np.testing.assert_allclose(fc1_grad(backbone), fc1_grad(reference), atol=1e-4)
     assert np.abs(np.concatenate([w.grad.asnumpy() for w in engine.weights])).max() > 1e-3
 

@@ -202,46 +202,7 @@ def test_bad_options_name_option_and_accepted_values(options, words):
         assert word in str(info.value)
 
 
-# ---- training: global gradient-norm clipping and a tiny PocketNet that learns --------------------------------
-
-def test_clip_global_norm_bounds_the_norm_of_the_applied_gradient():
-    from vargface.train.trainer import clip_global_norm
-
-    emb = get_symbol("pocketnet_s128", channels=4, layers=4, input_size=32, emb_size=8)
-    sym = mx.sym.make_loss(mx.sym.sum(mx.sym.square(emb - mx.sym.Variable("target"))))
-    contexts = [mx.cpu(0), mx.cpu(1)]
-    mod = mx.mod.Module(sym, data_names=["data", "target"], label_names=None, context=contexts)
-    mod.bind([("data", (4, 3, 32, 32)), ("target", (4, 8))])
-    mod.init_params(mx.init.Xavier(rnd_type="uniform", factor_type="in", magnitude=6))
-    rng = np.random.RandomState(0)
-    batch = mx.io.DataBatch([mx.nd.array(rng.uniform(0, 255, (4, 3, 32, 32))), mx.nd.array(rng.normal(0, 3, (4, 8)))])
-    names = set(emb.list_arguments()) - {"data"}
-    rescale = 1.0 / len(contexts)
-
-    def applied_gradient():
-        group = mod._exec_group
-        return {n: sum(g.asnumpy() for g in grads) * rescale for n, grads in zip(group.param_names, group.grad_arrays)}
-
-    mod.forward_backward(batch)
-    before = applied_gradient()
-    norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in before.values()))
-    assert norm > 1.0
-    assert clip_global_norm(mod, names, max_norm=norm * 10, rescale=rescale) == pytest.approx(norm, rel=1e-4)
-    unchanged = applied_gradient()
-    assert all(np.array_equal(unchanged[n], before[n]) for n in before)
-
-    reported = clip_global_norm(mod, names, max_norm=0.5, rescale=rescale)
-    assert reported == pytest.approx(norm, rel=1e-4)
-    after = applied_gradient()
-    clipped = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in after.values()))
-    assert clipped == pytest.approx(0.5, rel=1e-4)
-    for n in before:  # one factor for every array on every device: the direction is kept
-        np.testing.assert_allclose(after[n], before[n] * 0.5 / norm, rtol=1e-4, atol=1e-7)
-    # Only the named arrays are clipped.
-    first = sorted(names)[0]
-    clip_global_norm(mod, names - {first}, max_norm=1e-3, rescale=rescale)
-    np.testing.assert_array_equal(applied_gradient()[first], after[first])
-
+# ---- training: a tiny PocketNet that learns with global gradient-norm clipping (tests/test_step.py: the clip) --
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

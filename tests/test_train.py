@@ -147,8 +147,10 @@ def test_bad_input_fails_before_training(data_dir, tmp_path):
     base = dict(per_batch_size=4, val_targets="", max_steps=2, frequent=1, ctx="cpu")
     with pytest.raises(VargfaceError, match="gpu 0 does not exist"):
         fit(generate_config("r18_tiny", data_dir, "arcface", **dict(base, ctx="gpu:0")), log=logs.append)
-    with pytest.raises(VargfaceError, match="--kvstore nccl: expected one of"):
+    with pytest.raises(VargfaceError, match="--kvstore nccl sums gradients between the GPUs.*--ctx cpu:0 names CPUs"):
         fit(generate_config("r18_tiny", data_dir, "arcface", kvstore="nccl", **base), log=logs.append)
+    with pytest.raises(VargfaceError, match="--kvstore fast: expected one of"):
+        fit(generate_config("r18_tiny", data_dir, "arcface", kvstore="fast", **base), log=logs.append)
     with pytest.raises(VargfaceError, match="property says 6 classes.*num_classes=7"):
         fit(generate_config("r18_tiny", data_dir, "arcface", num_classes=7, **base), log=logs.append)
     with pytest.raises(VargfaceError, match="no training state"):

@@ -160,20 +160,26 @@ def test_a_nan_on_one_worker_stops_both_with_a_clear_error(data_dir, tmp_path):
 
 
 def other_worker(monkeypatch, decision, flag, at):
-    """Stands in for a second worker of a one-process run: at the ``at``-th decision named ``decision`` it
-    raises ``flag``."""
+    """Stands in for a second worker of a one-process run: the run's group has two workers, whose sums are this
+    one's alone, and the other raises ``flag`` at the ``at``-th decision named ``decision``."""
     from vargface.train.workers import WorkerGroup
 
-    original, calls = WorkerGroup.raised, []
+    original, calls = WorkerGroup.__init__, []
+
+    def two_workers(group, kv=None):
+        original(group, kv)
+        group.size = 2
 
     def raised(group, name, flags):
-        answer = original(group, name, flags)
+        answer = {k: [0] if v else [] for k, v in flags.items()}
         calls.extend([name] if name == decision else [])
         if name == decision and len(calls) == at:
             answer[flag] = answer[flag] + [1]
         return answer
 
+    monkeypatch.setattr(WorkerGroup, "__init__", two_workers)
     monkeypatch.setattr(WorkerGroup, "raised", raised)
+    monkeypatch.setattr(WorkerGroup, "sum", lambda group, name, array: array)
 
 
 @pytest.mark.parametrize("name, flag, at, expected", [

@@ -162,5 +162,55 @@ def test_settings_that_cannot_shard_are_refused():
     with pytest.raises(VargfaceError, match="--sample-ratio 0.1 samples the centres of a sharded classifier: add "
                                             "--fc-parallel"):
         generate_config("r18_tiny", "emore", "arcface", sample_ratio=0.1)
+    with pytest.raises(VargfaceError, match="--fc-parallel trains its classifier in float32: --dtype bfloat16"):
+        generate_config("r18_tiny", "emore", "arcface", fc_parallel=True, dtype="bfloat16")
     with pytest.raises(VargfaceError, match=r"--sample-ratio 0: must be > 0 and <= 1"):
         generate_config("r18_tiny", "emore", "arcface", fc_parallel=True, sample_ratio="0")
+
+
+def test_clipping_bounds_the_summed_embedding_gradient_and_leaves_the_classifier():
+    """The training step with the sharded classifier: the embedding network's gradient is summed over the devices,
+    its norm read once and clipped on every device; the classifier's centres are not clipped."""
+    from vargface.train.partial_fc import PartialFC
+    from vargface.train.step import TrainStep
+    from vargface.train.trainer import build_training_module
+
+    devices = [mx.cpu(0), mx.cpu(1)]
+    config = generate_config("pocketnet_s128", "emore", "arcface", net_channels=4, net_layers=4, emb_size=8,
+                             image_size=SIZE, num_classes=6, per_batch_size=2, fc_parallel=True)
+    graph, module = build_training_module(config, contexts=devices)
+    module.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.0, "rescale_grad": 0.5})
+    engine = PartialFC(config, devices)
+    engine.init_weights()
+    names = set(graph.emb_sym.list_arguments()) - {"data"}
+    rng = np.random.RandomState(0)
+    labels = np.array([0, 1, 4, 5])
+    batch = mx.io.DataBatch([mx.nd.array(rng.uniform(0, 255, (4, 3, SIZE, SIZE)))], [mx.nd.array(labels)])
+    group = module._exec_group
+    engine.train_step(module, batch, labels, 1)  # each device's own gradient: what the step must sum
+    applied = {n: sum(g.asnumpy() for g in grads) * 0.5 for n, grads in zip(group.param_names, group.grad_arrays)}
+    centres = [w.grad.asnumpy() for w in engine.weights]
+    norm = np.sqrt(sum(np.sum(applied[n].astype(np.float64) ** 2) for n in names))
+    assert norm > 0.5
+
+    def step(max_norm):  # learning rate 0: the weights, so each step's gradients, stay the same
+        train_step = TrainStep(module, devices, [], kvstore=mx.kv.create("device"), clip=(names, max_norm),
+                               rescale_grad=0.5, head=engine)
+        train_step.start(None, lambda update: 0.0)
+        outcome = train_step(train_step.stage(batch), [], (0, 0, 0))
+        return outcome.row, {n: [g.asnumpy() * 0.5 for g in grads] for n, grads in zip(group.param_names,
+                                                                                     group.grad_arrays)}
+
+    row, loose = step(norm * 10)
+    assert row[-1] == pytest.approx(norm, rel=1e-4) and np.isfinite(row[0]) and row[0] > 0
+    for name, copies in loose.items():
+        for copy in copies:
+            np.testing.assert_allclose(copy, applied[name], rtol=1e-5, atol=1e-8, err_msg=name)
+    row, tight = step(0.5)
+    clipped = np.sqrt(sum(np.sum(tight[n][0].astype(np.float64) ** 2) for n in names))
+    assert row[-1] == pytest.approx(norm, rel=1e-4) and clipped == pytest.approx(0.5, rel=1e-4)
+    for name, copies in tight.items():
+        for copy in copies:
+            np.testing.assert_allclose(copy, applied[name] * 0.5 / norm, rtol=1e-4, atol=1e-8, err_msg=name)
+    for mine, before in zip(engine.weights, centres):  # the classifier's gradient as it was, unclipped
+        np.testing.assert_allclose(mine.grad.asnumpy(), before, rtol=1e-5, atol=1e-8)

@@ -142,7 +142,7 @@ def test_every_config_key_has_help_and_a_check():
     # the checks can fail: a value outside each kind of check is refused
     from vargface.errors import VargfaceError
 
-    for name, bad in (("lr", "inf"), ("kvstore", "nccl"), ("image_size", "32,48"), ("lr_steps", "3,3"),
+    for name, bad in (("lr", "inf"), ("kvstore", "nccl2"), ("image_size", "32,48"), ("lr_steps", "3,3"),
                       ("ctx", "tpu:0"), ("pretrained", "no-epoch"), ("kd", ["kl:embedding"])):
         with pytest.raises(VargfaceError, match=re.escape(BY_NAME[name].option)):
             BY_NAME[name].read(bad)

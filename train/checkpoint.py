@@ -93,6 +93,8 @@ class TrainState:
     best_number: int = None  # its checkpoint under PREFIX_best (a number: the run folder may move)
     last_checkpoint: int = None
     finished: bool = False  # the run's final checkpoint is written
+    loss_scale: float = None  # mixed precision: the dynamic loss scale reached
+    loss_scale_clean: int = 0  # ... and the clean updates since it last changed
 
     @classmethod
     def from_info(cls, info, source):
@@ -104,7 +106,7 @@ class TrainState:
         values = {}
         for field in fields(cls):
             value = info.get(field.name, field.default)
-            kind = {"lr_scale": float, "best": dict, "finished": bool}.get(field.name, int)
+            kind = {"lr_scale": float, "loss_scale": float, "best": dict, "finished": bool}.get(field.name, int)
             optional = field.default is None
             if kind is int and isinstance(value, str) and value.isdigit() and field.name == "best_number":
                 value = int(value)
@@ -128,6 +130,12 @@ def _updater(module):
     return module._kvstore._updater if module._update_on_kvstore else module._updater
 
 
+def _devices(module):
+    """How many copies of each state the updater keeps: one per device when every device updates its own weights
+    (its keys are parameter index x devices + device), one when a KVStore updates them (keys = indices)."""
+    return 1 if module._update_on_kvstore else len(module._context)
+
+
 def _key_text(key):
     return ("i:" if isinstance(key, int) else "s:") + str(key)
 
@@ -142,9 +150,11 @@ def save_optimizer(path, module):
     restores it (the layout of each state, per-parameter update counts, num_update)."""
     import mxnet as mx
 
-    updater = _updater(module)
+    updater, devices = _updater(module), _devices(module)
     arrays, layout = {}, []
-    for key, state in updater.states.items():
+    # Saved per parameter (the first device's copy; every device holds the same), so a state loads into any
+    # layout, and states saved when the KVStore kept them load too.
+    for key, state in _per_parameter(updater.states, devices).items():
         parts = state if isinstance(state, (tuple, list)) else [state]
         if not all(p is None or isinstance(p, mx.nd.NDArray) for p in parts):
             raise VargfaceError(f"optimizer state of {key!r} is a {type(state).__name__}; only NDArrays are saved")
@@ -157,7 +167,15 @@ def save_optimizer(path, module):
         mx.nd.save(tmp, arrays)
     optimizer = updater.optimizer
     return {"layout": layout, "num_update": int(optimizer.num_update),
-            "index_update_count": [[_key_text(k), int(v)] for k, v in optimizer._index_update_count.items()]}
+            "index_update_count": [[_key_text(k), int(v)] for k, v in
+                                   _per_parameter(optimizer._index_update_count, devices).items()]}
+
+
+def _per_parameter(values, devices):
+    """{parameter key: value} of an updater's {key: value}, from the first device's copies."""
+    if devices == 1:
+        return dict(values)
+    return {key // devices: value for key, value in values.items() if key % devices == 0}
 
 
 def load_optimizer(path, bookkeeping, module):
@@ -175,11 +193,26 @@ def load_optimizer(path, bookkeeping, module):
     except Exception as error:
         raise VargfaceError(f"--resume: optimizer state {path} is damaged or does not match its pointer: "
                             f"{last_line(error)}") from None
-    updater = _updater(module)
-    updater.states = states
-    updater.states_synced = dict.fromkeys(states, False)  # copied to each weight's device on its next update
-    updater.optimizer._index_update_count.update(counts)
+    updater, devices = _updater(module), _devices(module)
+    # one copy per device (copied to the weight's device on its next update)
+    updater.states = _per_device(states, devices, _copy)
+    updater.states_synced = dict.fromkeys(updater.states, False)
+    updater.optimizer._index_update_count.update(_per_device(counts, devices))
     updater.optimizer.num_update = num_update
+
+
+def _per_device(values, devices, copy=lambda value: value):
+    """The updater's {key: value} of {parameter key: value}: a copy for each device (the inverse of
+    `_per_parameter`)."""
+    if devices == 1:
+        return dict(values)
+    return {key * devices + device: copy(value) for key, value in values.items() for device in range(devices)}
+
+
+def _copy(state):
+    if isinstance(state, (tuple, list)):
+        return type(state)(_copy(part) for part in state)
+    return None if state is None else state.copy()
 
 
 def save_state(prefix, info, arg_params, aux_params, module=None, classifier=None):

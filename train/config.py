@@ -202,6 +202,9 @@ def _check_together(values):
         if values["kvstore"] == "dist_async":
             raise VargfaceError("--fc-parallel computes one softmax over every worker's shard in step: use "
                                 "--kvstore dist_sync or dist_device_sync, not dist_async")
+        if values["dtype"] != "float32":
+            raise VargfaceError(f"--fc-parallel trains its classifier in float32: --dtype {values['dtype']} is for "
+                                f"the full head only")
     elif values["sample_ratio"] != 1:
         raise VargfaceError(f"--sample-ratio {values['sample_ratio']:g} samples the centres of a sharded "
                             f"classifier: add --fc-parallel")

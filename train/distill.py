@@ -111,11 +111,13 @@ class DistillPlugin(TrainerPlugin):
         return losses
 
     def extra_data(self, batch):
+        """The teacher's taps of ``batch``: from the cache (host memory, sliced to the devices by the step), or from
+        the live teacher on the images the step staged on the student's devices (they stay there)."""
         import mxnet as mx
 
         if self.cache is not None:
             return [mx.nd.array(self.cache.lookup(batch.index, batch.mirrored))]
-        features = self.teacher.features(batch.data[0])
+        features = self.teacher.features_on_devices(batch.device_data)
         return [features[tap] for tap in self.teacher_taps]
 
     def detach_margin_loss(self):

@@ -1,63 +1,117 @@
-"""Per-batch training metrics read from the Module's outputs: softmax cross-entropy, accuracy, and the mean of
-each plugin loss. The trainer checks them for NaN/inf before applying the update, then averages them over the
-speedometer window."""
+"""Per-step training metrics and the NaN guard's finite check, computed where the outputs are.
+
+Each device reduces its own outputs to a few numbers (the sum of -log p(label), the correct predictions, the sum
+of each plugin loss); the step's row is their sum over devices, left on the first device. Nothing comes to the host
+on an ordinary step: the rows of a speedometer window are read in one copy when it is logged (or when a checkpoint
+or a stop needs them), so the device never waits for the host between logged steps. The (B, C) class
+probabilities stay on their devices. The row's loss is NaN when any probability is not finite (a sum of them would
+be), which is the NaN guard's test."""
 import math
 
 import numpy as np
 
+LOSS, ACCURACY, GRAD_NORM = "loss", "acc", "grad_norm"
 
-def batch_metrics(outputs, label, extra_names):
-    """outputs: [softmax probabilities (B, C), the head's and the plugin's loss outputs...] (merged over devices),
-    named by ``extra_names``; label (B,). The loss is −log p_y unless an output named ``loss`` gives it (the
-    label-smoothed cross-entropy).
 
-    The (B, C) probabilities stay on their device and only (B,) vectors come to the host: with ~90k classes and
-    batch 512, copying the whole matrix (~190 MB) and scanning it in NumPy would take a large share of each step. Probabilities lie in [0, 1] or are NaN,
-    so their sum is finite exactly when every entry is."""
+class NanLoss(Exception):
+    """A metric or weight became NaN or inf; ``where`` names the worker of a distributed run (' on worker K')."""
+
+    def __init__(self, metric, value, epoch, batch, step, where=""):
+        super().__init__(f"{metric} became {value} at epoch {epoch} batch {batch} (update {step + 1}){where}")
+        self.metric, self.value, self.epoch, self.batch, self.step = metric, value, epoch, batch, step
+
+
+def device_row(outputs, label):
+    """One device's metric sums (float32 NDArray on that device): [sum of -log p(label), correct predictions,
+    sum of each further output]. ``outputs``: the device's outputs, the class probabilities (b, C) first."""
     import mxnet as mx
 
-    prob = outputs[0]
-    label = label.as_in_context(prob.context)
-    picked = mx.nd.pick(prob, label, axis=1).asnumpy()
-    correct = (mx.nd.argmax(prob, axis=1) == label).asnumpy()
-    finite = math.isfinite(float(mx.nd.sum(prob).asscalar()))
-    values = {"loss": float(-np.mean(np.log(np.maximum(picked, 1e-30)))) if finite else math.nan,
-              "acc": float(np.mean(correct))}
-    return {**values, **plugin_metrics(outputs[1:], extra_names)}
+    prob = outputs[0].astype("float32", copy=False)
+    picked = mx.nd.pick(prob, label, axis=1)
+    # 0 * sum(prob) is 0, or NaN when any probability is not finite
+    nll = -mx.nd.sum(mx.nd.log(mx.nd.maximum(picked, 1e-30))) + 0 * mx.nd.sum(prob)
+    correct = mx.nd.sum(mx.nd.argmax(prob, axis=1) == label)
+    extras = [mx.nd.sum(out.astype("float32", copy=False)) for out in outputs[1:]]
+    return mx.nd.concat(*[value.reshape((1,)) for value in [nll, correct] + extras], dim=0)
 
 
-def sharded_metrics(result, outputs, extra_names):
-    """The sharded classifier's loss and accuracy (a `vargface.train.partial_fc.StepResult`: over the sampled
-    centres; label-smoothed with label smoothing), its terms on the centres (``regularface``), and the plugin
-    losses' means from the Module's ``outputs`` after the embedding."""
-    values = {"loss": float(result.loss.asscalar()), "acc": float(result.accuracy.asscalar()),
-              **{name: float(value.asscalar()) for name, value in result.extras.items()}}
-    return {**values, **plugin_metrics(outputs, extra_names)}
+def sharded_row(result, per_device_outputs, batch, home):
+    """The step's metric sums on ``home`` (no host copy) with the sharded classifier (`vargface.train.partial_fc`):
+    its loss and accuracy (``result``, means over the sampled centres) times this worker's ``batch``, its terms
+    on the centres (``result.extras``, once), then each further Module output's sum over the devices
+    (``per_device_outputs``: the outputs after the embedding, one NDArray per device each)."""
+    import mxnet as mx
+
+    values = [result.loss * batch, result.accuracy * batch] + list(result.extras.values())
+    values += [mx.nd.add_n(*[mx.nd.sum(out).as_in_context(home) for out in output]) for output in per_device_outputs]
+    return mx.nd.concat(*[value.as_in_context(home).reshape((1,)) for value in values], dim=0)
 
 
-def plugin_metrics(outputs, extra_names):
-    """{name: mean} of the plugin losses' outputs (merged over devices)."""
-    return {name: float(np.mean(out.asnumpy())) for name, out in zip(extra_names, outputs)}
+def step_row(per_device_outputs, labels, home):
+    """The step's metric sums over devices on ``home`` (no host copy). ``per_device_outputs``: for each output, one
+    NDArray per device (`Module.get_outputs(merge_multi_context=False)`); ``labels``: one per device."""
+    import mxnet as mx
 
-
-def first_nonfinite(values):
-    """Name of the first metric that is NaN or infinite (None when all are finite)."""
-    return next((k for k, v in values.items() if not math.isfinite(v)), None)
+    rows = [device_row([output[d] for output in per_device_outputs], label).as_in_context(home)
+            for d, label in enumerate(labels)]
+    return rows[0] if len(rows) == 1 else mx.nd.add_n(*rows)
 
 
 class Window:
-    """Averages of the per-batch metrics since the last reset (one speedometer line)."""
+    """The step rows since the last logged line. ``names``: loss, acc, the plugin losses and grad_norm when
+    clipping; ``counts``: what each sum is divided by (the batch, each plugin output's size, 1).
 
-    def __init__(self):
-        self.sums, self.count = {}, 0
+    A row is an NDArray (read with the others in one copy at `read`) or already on the host (a step that synced
+    anyway: mixed precision or clipping)."""
 
-    def add(self, values):
-        for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.count += 1
+    def __init__(self, names, counts):
+        self.names, self.counts = list(names), np.asarray(counts, np.float64)
+        self.rows, self.where, self.batches = [], [], 0
+
+    def add(self, row, where):
+        """``row`` of one update; ``where`` its (epoch, batch, update count before it)."""
+        self.rows.append(row)
+        self.where.append(where)
+        self.batches += 1
+
+    def skipped(self):
+        """A batch trained on without an update (a mixed-precision overflow): it counts for the speed only."""
+        self.batches += 1
+
+    @property
+    def count(self):
+        return len(self.rows)
+
+    def read(self):
+        """The rows as metric values (a float array per row), in one copy from the device."""
+        import mxnet as mx
+
+        pending = [i for i, row in enumerate(self.rows) if not isinstance(row, np.ndarray)]
+        if pending:
+            stacked = mx.nd.stack(*[self.rows[i] for i in pending]).asnumpy()
+            for i, values in zip(pending, stacked):
+                self.rows[i] = values
+        return [np.asarray(row, np.float64) / self.counts for row in self.rows]
+
+    def check(self):
+        """Raise `NanLoss` for the first row with a metric that is not finite."""
+        for values, where in zip(self.read(), self.where):
+            check_row(self.names, values, where)
 
     def averages(self):
-        return {key: value / max(self.count, 1) for key, value in self.sums.items()}
+        """{name: mean over the window}; an output named ``loss`` (label smoothing's objective) comes after the
+        first column and so replaces −log p(label) under that name."""
+        values = self.read()
+        return {name: float(np.mean([row[i] for row in values])) for i, name in enumerate(self.names)} \
+            if values else {}
 
     def reset(self):
-        self.sums, self.count = {}, 0
+        self.rows, self.where, self.batches = [], [], 0
+
+
+def check_row(names, values, where):
+    """Raise `NanLoss` naming the first metric of ``values`` that is not finite, at ``where`` (epoch, batch,
+    update count)."""
+    for name, value in zip(names, values):
+        if not math.isfinite(value):
+            raise NanLoss(name, float(value), *where)

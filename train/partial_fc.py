@@ -328,21 +328,27 @@ class PartialFC:
             momentum[index] = velocity
         self._pending = None
 
-    def train_step(self, module, batch, update, detach=False):
-        """One step of a backbone Module through this classifier: the Module's forward (its first output is the
-        embedding; others, e.g. distillation's MakeLoss terms, carry their own gradients), `forward_backward` on
-        the embeddings of every device and ``batch.label[0]``, then each device's backward with the gradient of
-        its own embeddings (zero with ``detach``: the classifier still learns, the embedding does not). Returns
-        the `StepResult`; the Module's and this classifier's `update` apply it."""
+    def train_step(self, module, data, labels, update, detach=False):
+        """One step of a backbone Module through this classifier: the Module's forward of ``data`` (a DataBatch,
+        or one per device; its first output is the embedding, others, e.g. distillation's MakeLoss terms, carry
+        their own gradients), `forward_backward` on the embeddings of every device and ``labels`` (this worker's
+        batch), then each device's backward with the gradient of its own embeddings (zero with ``detach``: the
+        classifier still learns, the embedding does not). Returns the `StepResult`; the Module's and this
+        classifier's `update` apply it."""
         import mxnet as mx
 
-        module.forward(batch, is_train=True)
+        module.forward(data, is_train=True)
         outputs = module.get_outputs(merge_multi_context=False)
-        result = self.forward_backward(outputs[0], batch.label[0], update)
+        result = self.forward_backward(outputs[0], labels, update)
         for d, executor in enumerate(module._exec_group.execs):
             grad = mx.nd.zeros_like(result.grads[d]) if detach else result.grads[d]
             executor.backward([grad] + [mx.nd.zeros_like(out[d]) for out in outputs[1:]])
         return result
+
+    @property
+    def metric_names(self):
+        """The names of `StepResult.extras`, in their order."""
+        return ["regularface"] if float(self.config.get("regularface", 0.0)) else []
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _shard_inputs(self, d, batch, all_labels, update):

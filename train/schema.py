@@ -20,6 +20,7 @@ from vargface.errors import VargfaceError
 from vargface.options import ALIASES
 from vargface.symbols.registry import NETWORK_ALIASES
 from vargface.train.distill_loss import DEFAULT_TERM, FORMS
+from vargface.train.precision import DTYPES
 
 TRAIN, DISTILL = "train", "distill"
 BOTH = (TRAIN, DISTILL)
@@ -360,8 +361,13 @@ KEYS = [
     Key("per_batch_size", 128, "int", "images per device per batch", low=1, resume=True),
     Key("ctx", "cpu", "str", "devices: gpu:0,1,2,3 | cpu:0,cpu:1 | cpu", rule=_refused_by(_devices),
         placeholder="DEVICES"),
-    Key("kvstore", "device", "str", "gradient aggregation (dist_*: start through scripts/dist_train.sh)",
-        choices=("local", "device", "dist_sync", "dist_device_sync", "dist_async")),
+    Key("kvstore", "device", "str", "how the devices' gradients are summed: device (on the devices), nccl (GPUs "
+        "of one machine, over NCCL), local (on the host), dist_* (across machines: start through "
+        "scripts/dist_train.sh)", choices=("local", "device", "nccl", "dist_sync", "dist_device_sync",
+                                            "dist_async")),
+    Key("dtype", "float32", "str", "training precision: float16 (GPUs) or bfloat16 (CPUs with oneDNN) train in mixed "
+        "precision with dynamic loss scaling (an overflowed step is skipped); weights and checkpoints stay float32",
+        choices=DTYPES, resume=True),
     Key("lr_schedule", "step", "str", "step (decay by lr_factor at lr_steps) | cosine (to lr_min over "
         "lr_total_steps)", choices=("step", "cosine")),
     Key("lr_steps", [100000, 160000, 220000], "ints", "update counts at which the step schedule decays, "
@@ -373,11 +379,12 @@ KEYS = [
     Key("lr_min", 0.0, "float", "learning rate at the end of the cosine", low=0),
     Key("end_epoch", 10000, "int", "stop after this many epochs", low=1),
     Key("max_steps", 0, "int", "stop after this many updates (0: run to end_epoch)", low=0),
-    Key("clip_grad_norm", 0.0, "float", "scale the embedding network's gradients (all devices) down to this "
-        "global L2 norm (0: off; not with a dist kvstore)", low=0),
-    Key("train_graph", "auto", "str", "auto (fast on CPU, faithful elsewhere) | faithful (the network's own ops) "
-        "| fast (the same function in ops with fast CPU kernels, docs/fast_graph.md); checkpoints always hold "
-        "the faithful graph", choices=("auto", "faithful", "fast")),
+    Key("clip_grad_norm", 0.0, "float", "scale the embedding network's gradient, summed over the devices, down to "
+        "this global L2 norm (0: off; not with a dist kvstore)", low=0),
+    Key("train_graph", "auto", "str", "auto (fast, unless a check on the GPU finds MXNet's PReLU slope gradient "
+        "right) | faithful (the network's own ops) | fast (the same function with right PReLU slope gradients, "
+        "in ops with fast CPU kernels, docs/fast_graph.md); checkpoints always hold the faithful graph",
+        choices=("auto", "faithful", "fast")),
     Key("on_nan", "stop", "str", "stop | rollback (to the last state, learning rate x nan_lr_factor)",
         choices=("stop", "rollback")),
     Key("nan_lr_factor", 0.1, "float", "learning-rate factor of each rollback", low=0, high=1, open_low=True),

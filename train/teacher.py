@@ -54,6 +54,23 @@ class Teacher:
             images = self.runner.prepare(images.transpose(0, 2, 3, 1))
         return {tap: mx.nd.array(out, ctx=mx.cpu()) for tap, out in zip(self.taps, self.runner.forward_outputs(images))}
 
+    def features_on_devices(self, slices):
+        """{tap: [NDArray per device]} of the student's images already on its devices (one slice per device, the
+        teacher bound on the same devices): the teacher's outputs stay there for the student's step, with no copy
+        to the host. A teacher of another input size resizes on the host by the runner's rule (the pixels the
+        evaluator sees), then returns its outputs to the devices."""
+        import mxnet as mx
+
+        if slices[0].shape[2:] == (self.input_size, self.input_size):
+            return dict(zip(self.taps, self.runner.forward_devices(slices)))
+        images = self.runner.prepare(mx.nd.concat(*[s.as_in_context(mx.cpu()) for s in slices], dim=0)
+                                     .asnumpy().transpose(0, 2, 3, 1))
+        outputs, start, split = self.runner.forward_outputs(images), 0, []
+        for s in slices:
+            split.append((start, start + len(s), s.context))
+            start += len(s)
+        return {tap: [mx.nd.array(out[a:b], ctx=ctx) for a, b, ctx in split] for tap, out in zip(self.taps, outputs)}
+
     def get_params(self):
         """The teacher's weights as its executors hold them, read back from the devices, so a test can show that
         training left them unchanged."""

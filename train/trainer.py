@@ -1,13 +1,17 @@
-"""Data-parallel training on mx.mod.Module: embedding network + margin-softmax head (+ plugin losses), KVStore
-local / device / dist_sync / dist_device_sync, exact resume, periodic verification, NaN guard. With --fc-parallel
-the classifier is sharded over the devices and workers outside the Module (`vargface.train.partial_fc`).
+"""Data-parallel training on mx.mod.Module: embedding network + margin-softmax head (+ plugin losses), gradients
+summed over the devices by a KVStore (device, nccl, local) or over machines (dist_sync, dist_device_sync), float32
+or mixed precision, exact resume, periodic verification, NaN guard. One step is `vargface.train.step.TrainStep`.
+With --fc-parallel the classifier is sharded over the devices and workers outside the Module
+(`vargface.train.partial_fc`).
 
-A dist run updates on the workers (the servers only sum), and its workers decide together: a NaN or a signal on
-any of them stops all of them at the same update, and a worker that cannot start stops the others.
+A dist_sync run sums the gradients through the kvstore and updates on the workers (the servers only sum), and its
+workers decide together: a NaN or a signal on any of them stops all of them at the same update, and a worker that
+cannot start stops the others.
 
 Determinism for resume: the data order comes from (seed, epoch) in FaceRecordIter, the MXNet and NumPy RNGs are
 re-seeded from (seed, update count) before every batch, and the update count drives the LR schedule; so restoring
-weights, optimizer state, epoch, batch and update count reproduces the uninterrupted run."""
+weights, optimizer state, loss scale, epoch, batch and update count reproduces the uninterrupted run (on CPUs
+exactly; on GPUs within the limits of docs/environment.md#exact-resume-on-gpus)."""
 import json
 import logging
 import os
@@ -23,9 +27,10 @@ from vargface.errors import VargfaceError
 from vargface.train import checkpoint as ckpt
 from vargface.train.checkpoint import TrainState
 from vargface.train.config import resolve_prefix
-from vargface.train.metrics import Window, batch_metrics, first_nonfinite, sharded_metrics
+from vargface.train.metrics import NanLoss, Window
+from vargface.train.precision import FLOAT32, INITIAL_SCALE, LossScale
 from vargface.train.run_files import RunFiles
-from vargface.train.workers import WorkerGroup, workers_update
+from vargface.train.workers import WorkerGroup
 
 
 class TrainerPlugin:
@@ -43,7 +48,9 @@ class TrainerPlugin:
         return []
 
     def extra_data(self, batch):
-        """batch: DataBatch from FaceRecordIter (has .index, .mirrored) -> list of NDArray, one per extra input."""
+        """batch: DataBatch from FaceRecordIter (has .index, .mirrored, and .device_data: the images already on
+        each training device) -> one entry per extra input: an NDArray of the whole batch (the step slices it to
+        the devices) or a list of one NDArray per device (e.g. computed there from ``device_data``)."""
         return []
 
     def detach_margin_loss(self):
@@ -64,12 +71,6 @@ class TrainerPlugin:
         return f"rerun it with `vargface train --config {files.config} --prefix NEW_PREFIX`"
 
 
-class NanLoss(Exception):
-    def __init__(self, metric, value, epoch, batch, step, where=""):
-        super().__init__(f"{metric} became {value} at epoch {epoch} batch {batch} (update {step + 1}){where}")
-        self.metric, self.value, self.epoch, self.batch, self.step = metric, value, epoch, batch, step
-
-
 def make_initializer(name):
     """'xavier_<uniform|gaussian>_<in|out|avg>_<magnitude>' (checked by the schema's net_init key) ->
     mx.init.Xavier (docs/recipes.md#vargfacenet)."""
@@ -85,31 +86,6 @@ def embedding_symbol(config):
     from vargface.train.config import network_options
 
     return get_symbol(config.network, **network_options(config))
-
-
-def clip_global_norm(module, names, max_norm, rescale):
-    """Scale the gradients of ``names`` on every device by min(1, max_norm / (norm + 1e-6)); return ``norm``.
-
-    ``norm`` is the L2 norm over all these arrays of the gradient the optimizer applies (the devices' sum times
-    ``rescale``), as torch.nn.utils.clip_grad_norm_ computes it on data-parallel (averaged) gradients. MXNet's
-    ``clip_gradient`` clips each element instead, which changes the gradient's direction."""
-    import mxnet as mx
-
-    group = module._exec_group
-    per_param = [grads for name, grads in zip(group.param_names, group.grad_arrays)
-                 if name in names and grads and grads[0] is not None]
-    if not per_param:
-        return 0.0
-    home = per_param[0][0].context
-    squares = [mx.nd.sum(mx.nd.square(mx.nd.add_n(*[g.as_in_context(home) for g in grads])))
-               for grads in per_param]
-    norm = float(mx.nd.sqrt(mx.nd.add_n(*squares)).asscalar()) * rescale
-    scale = max_norm / (norm + 1e-6)
-    if scale < 1:
-        for grads in per_param:
-            for grad in grads:
-                grad *= scale
-    return norm
 
 
 @dataclass
@@ -137,27 +113,34 @@ class TrainingGraph:
 
 def training_graph(config, plugin, batch_size, contexts):
     """`TrainingGraph` of ``config`` with ``plugin``'s inputs and losses, for a global batch of ``batch_size`` on
-    ``contexts``."""
+    ``contexts``; with ``config.dtype`` float16 or bfloat16, in mixed precision (`vargface.train.precision`),
+    with the loss-scale input last."""
     import mxnet as mx
 
+    from vargface.train import precision
     from vargface.train.losses import head_outputs
 
     side = int(config.image_size[0])
     emb_sym = embedding_symbol(config)
     train_emb = training_embedding(emb_sym, config.train_graph, contexts)
     extra_losses = plugin.extra_losses(train_emb, config)
+    data_shapes = [("data", (batch_size, 3, side, side))] + [(n, tuple(s)) for n, s in plugin.extra_inputs(batch_size)]
     if config.fc_parallel:  # the classifier lives outside the graph, sharded (vargface.train.partial_fc)
         extras, label_shapes = extra_losses, []
-        train_sym = mx.sym.Group([train_emb] + [symbol for symbol, _ in extras])
+        heads = [train_emb] + [symbol for symbol, _ in extras]
     else:
         head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
         head = head_outputs(head_input, config)
         extras = head[1:] + extra_losses  # (Symbol, metric name) after the class probabilities
-        train_sym = mx.sym.Group([head[0][0]] + [symbol for symbol, _ in extras])
+        heads = [head[0][0]] + [symbol for symbol, _ in extras]
         label_shapes = [("softmax_label", (batch_size,))]
-    extra_inputs = [(n, tuple(s)) for n, s in plugin.extra_inputs(batch_size)]
-    return TrainingGraph(emb_sym, train_sym, [("data", (batch_size, 3, side, side))] + extra_inputs, label_shapes,
-                         [name for _, name in extras])
+    if config.dtype == precision.FLOAT32:
+        train_sym = mx.sym.Group(heads)
+    else:
+        data_shapes.append((precision.SCALE_INPUT, (batch_size,)))
+        train_sym = precision.convert(mx.sym.Group(precision.scale_loss_gradients(heads)), config.dtype,
+                                      [name for name, _ in data_shapes + label_shapes])
+    return TrainingGraph(emb_sym, train_sym, data_shapes, label_shapes, [name for _, name in extras])
 
 
 def build_training_module(config, plugin=None, contexts=None):
@@ -174,17 +157,43 @@ def build_training_module(config, plugin=None, contexts=None):
     return graph, module
 
 
+def chosen_train_graph(train_graph, contexts):
+    """``fast`` or ``faithful`` for ``--train-graph`` on ``contexts``: ``auto`` takes the rewrite (right slope
+    gradients, fast CPU kernels) on every device, unless the devices are GPUs on which a check shows MXNet's own
+    PReLU slope gradient right (`vargface.symbols.fast.prelu_kernel_right`)."""
+    if train_graph != "auto":
+        return train_graph
+    from vargface.symbols.fast import prelu_kernel_right
+
+    gpus = [ctx for ctx in contexts if ctx.device_type == "gpu"]
+    return "faithful" if gpus and prelu_kernel_right(gpus[0]) else "fast"
+
+
 def training_embedding(emb_sym, train_graph, contexts):
-    """The embedding graph the optimizer trains: the faithful one, or its CPU rewrite (`vargface.symbols.fast`: the
+    """The embedding graph the optimizer trains: the faithful one, or its rewrite (`vargface.symbols.fast`: the
     same arrays and function in ops with fast CPU kernels, and right slope gradients where MXNet's PReLU gives
-    wrong ones). ``auto`` takes the rewrite when every device is a CPU."""
-    if train_graph == "auto":
-        train_graph = "fast" if all(ctx.device_type == "cpu" for ctx in contexts) else "faithful"
-    if train_graph != "fast":
+    wrong ones), as `chosen_train_graph` decides."""
+    if chosen_train_graph(train_graph, contexts) != "fast":
         return emb_sym
     from vargface.symbols.fast import fast_graph
 
     return fast_graph(emb_sym)
+
+
+def check_devices(config, contexts):
+    """Refuse a kvstore or precision ``contexts`` cannot train with, naming the option; returns warnings."""
+    from vargface.train.precision import check_devices as check_precision
+
+    gpus = [ctx for ctx in contexts if ctx.device_type == "gpu"]
+    devices = ",".join(f"{ctx.device_type}:{ctx.device_id}" for ctx in contexts)
+    if config.kvstore == "nccl" and len(gpus) != len(contexts):
+        raise VargfaceError(f"--kvstore nccl sums gradients between the GPUs of one machine (NCCL), but --ctx "
+                            f"{devices} names CPUs; use --kvstore device")
+    check_precision(config.dtype, contexts, config.kvstore)
+    if config.kvstore == "local" and gpus and len(contexts) > 1:
+        return [f"--kvstore local sums the {len(contexts)} GPUs' gradients on the host (CPU), through PCIe every "
+                f"step; --kvstore device sums them on the GPUs and --kvstore nccl over NCCL"]
+    return []
 
 
 def current_params(module):
@@ -235,12 +244,17 @@ class _Run:
         import mxnet as mx
 
         self.plugin, self.contexts, self.label = plugin, contexts, label
+        warnings = check_devices(config, contexts)
         self.dist = config.kvstore.startswith("dist")
         self.kv = mx.kv.create(config.kvstore) if self.dist else None
         self.rank, self.workers = (self.kv.rank, self.kv.num_workers) if self.dist else (0, 1)
-        self.group = WorkerGroup(self.kv)
+        # dist_sync workers train in step (sums, gathers and shared decisions); dist_async ones each on their own
+        self.asynchronous = config.kvstore == "dist_async"
+        self.group = WorkerGroup(None if self.asynchronous else self.kv)
         # a distributed run's workers log as one stream: each line says whose it is
         self.log = (lambda line: log(f"[worker {self.rank}/{self.workers}] {line}")) if self.dist else log
+        for warning in warnings:
+            self.say(f"warning: {warning}")
         self.files = RunFiles(resolve_prefix(config))
         if self.rank > 0:
             self.files = self.files.worker(self.rank)
@@ -288,6 +302,8 @@ class _Run:
         self.say(f"--overwrite: removed the {len(old)} files of the previous run under {self.prefix}")
 
     def _build(self, config, graph):
+        import mxnet as mx
+
         from vargface.train.config import open_data, resolve_dataset
 
         data = open_data(config)
@@ -302,7 +318,8 @@ class _Run:
         self.head = self._classifier(config)
         self.extra_names = self.graph.extra_names
         # The release clips the embedding network's gradients only, not the classifier's.
-        self.clip_names = set(self.emb_sym.list_arguments()) - {"data"}
+        self.clip = (set(self.emb_sym.list_arguments()) - {"data"}, float(config.clip_grad_norm)) \
+            if float(config.clip_grad_norm) > 0 else None
         self.record_of_run = dict(self.settings(), data=data.fingerprint())
 
         # Everything a resume or --pretrained needs is checked before any training work.
@@ -325,10 +342,22 @@ class _Run:
         self.train_iter = data.iterator(self.batch_size, size, shuffle=True, rand_mirror=bool(config.data_rand_mirror),
                                         cutoff=int(config.data_cutoff), color_jittering=int(config.data_color),
                                         seed=int(config.seed), part_index=self.rank, num_parts=self.workers,
-                                        num_workers=config.data_workers)
+                                        num_workers=config.data_workers,
+                                        pinned=any(c.device_type == "gpu" for c in self.contexts))
         self.iters_per_epoch = self.train_iter.num_batches
         self.val_sets = self._load_val_sets()
         self.module = self.graph.bind(self.contexts)
+        from vargface.train.step import TrainStep
+
+        # The devices' gradients are summed by a KVStore: a dist_sync run's own (over the workers too), else one of
+        # this run's; one device alone needs none, and dist_async's Module sums and updates on its servers.
+        if self.dist:
+            aggregator = None if self.asynchronous else self.kv
+        else:
+            aggregator = mx.kv.create(config.kvstore) if len(self.contexts) > 1 else None
+        self.step = TrainStep(self.module, self.contexts, self.extra_names, kvstore=aggregator, clip=self.clip,
+                              mixed=config.dtype != FLOAT32, rescale_grad=self.rescale_grad, head=self.head,
+                              detach=self.plugin.detach_margin_loss(), group=self.group)
         self.infer = None
         from vargface.train.config import save_config
 
@@ -441,19 +470,21 @@ class _Run:
         schedule = build(c, self.iters_per_epoch, scale=state.lr_scale)
         params = {"learning_rate": float(c.lr), "momentum": float(c.mom), "wd": float(c.wd),
                   "rescale_grad": self.rescale_grad, "lr_scheduler": schedule,
-                  "begin_num_update": int(state.num_update)}
-        if self.dist:
-            with workers_update():
-                self.module.init_optimizer(kvstore=self.kv, optimizer="sgd", optimizer_params=params,
-                                           force_init=True)
-            # every worker starts from rank 0's weights (the kvstore holds them after init_optimizer)
+                  "begin_num_update": int(state.num_update), "multi_precision": c.dtype != FLOAT32}
+        # Only dist_async updates on its servers; otherwise the step sums the gradients (`self.step`) and every
+        # device updates its copy, so the optimizer's momentum is here for the training state.
+        self.module.init_optimizer(kvstore=self.kv if self.asynchronous else None, optimizer="sgd",
+                                   optimizer_params=params, force_init=True)
+        if self.group.size > 1:  # every worker starts from rank 0's weights
             group = self.module._exec_group
             for name, arrays in zip(group.param_names, group.param_arrays):
-                self.kv.pull(name, out=arrays)
-        else:
-            self.module.init_optimizer(kvstore=c.kvstore, optimizer="sgd", optimizer_params=params, force_init=True)
+                first = self.group.sum(f"start:{name}", arrays[0] if self.rank == 0 else arrays[0].zeros_like())
+                for array in arrays:
+                    first.copyto(array)
         ckpt.restore_optimizer(self.module, states)
         self.schedule = schedule
+        self.step.start(LossScale(state.loss_scale or INITIAL_SCALE, state.loss_scale_clean)
+                        if c.dtype != FLOAT32 else None, schedule)
 
     def save_state(self, state):
         arg, aux = current_params(self.module)
@@ -618,63 +649,82 @@ def _checkpoint(run, state, history, final=False):
 
 
 def _train(run, state, history, stop):
-    """The batch loop from ``state``; returns (state, interrupted: False or the signal number). Raises NanLoss before
-    applying a bad update."""
-    import mxnet as mx
-
-    c, module = run.config, run.module
-    window, tic, max_steps = Window(), time.time(), int(c.max_steps)
+    """The batch loop from ``state``; returns (state, interrupted: False or the signal number). Raises NanLoss for
+    the first bad batch: before its update when the step synced anyway (clipping, mixed precision), else at the
+    next logged line, checkpoint or stop, before anything is saved (`vargface.train.step`)."""
+    c, step = run.config, run.step
+    window, tic, max_steps = Window(step.names, step.counts), time.time(), int(c.max_steps)
     while not run.nothing_to_do(state):
         run.train_iter.set_epoch(state.epoch, start_batch=min(state.batch, run.train_iter.num_batches))
         for batch in run.train_iter:
             if max_steps and state.num_update >= max_steps:
                 break
             run.plugin.before_batch(state.epoch, state.num_update)
+            step.stage(batch)
             extra = run.plugin.extra_data(batch)
             _seed_rngs(c.seed, state.num_update + 1)
-            data = mx.io.DataBatch(data=list(batch.data) + list(extra), label=batch.label)
-            if run.head:
-                result = run.head.train_step(module, data, state.num_update + 1, run.plugin.detach_margin_loss())
-                values = sharded_metrics(result, module.get_outputs()[1:], run.extra_names)
-            else:
-                module.forward_backward(data)
-                values = batch_metrics(module.get_outputs(), batch.label[0], run.extra_names)
-            if float(c.clip_grad_norm) > 0:
-                values["grad_norm"] = clip_global_norm(module, run.clip_names, float(c.clip_grad_norm),
-                                                       run.rescale_grad)
-            bad = first_nonfinite(values)
-            # before the update, all workers learn whether any has a non-finite loss or was signalled
-            raised = run.group.raised("step", {"nonfinite": bad is not None, "signal": stop.signal is not None})
-            if raised["nonfinite"]:  # this worker's metric, or the first worker that raised it
-                raise NanLoss(bad or f"the loss of worker {raised['nonfinite'][0]}", values[bad] if bad else
-                              "non-finite", state.epoch, state.batch, state.num_update, run.where if bad else "")
-            module.update()
-            if run.head:
-                run.head.update(run.schedule(state.num_update + 1))
-            state.num_update += 1
+            where = (state.epoch, state.batch, state.num_update)
+            outcome = step(batch, extra, where, stopping=stop.signal is not None)
             state.batch += 1
-            window.add(values)
-            if state.num_update % int(c.frequent) == 0:
-                _speedometer(run, state, window, tic, history)
-                window.reset()
-                tic = time.time()
-            if state.num_update % int(c.verbose) == 0 and not run.last_update(state):
-                _checkpoint(run, state, history)
-            if raised["signal"]:
+            if outcome.skipped:
+                window.skipped()
+                _overflowed(run, state, where, history)
+            else:
+                state.num_update += 1
+                window.add(outcome.row, where)
+                _count_clean_update(run, state)
+                if state.num_update % int(c.frequent) == 0:
+                    _speedometer(run, state, window, tic, history)
+                    window.reset()
+                    tic = time.time()
+                if state.num_update % int(c.verbose) == 0 and not run.last_update(state):
+                    window.check()
+                    _checkpoint(run, state, history)
+            if outcome.signalled:
+                window.check()
                 cause = f"signal {stop.signal}" if stop.signal is not None else \
-                    f"a signal to worker {raised['signal'][0]}"
+                    f"a signal to worker {outcome.signalled[0]}"
                 run.say(f"stopping on {cause} at update {state.num_update}; continue with --resume")
                 run.save_state(state)
                 return state, int(stop.signal or signal.SIGTERM)
         else:
             state.epoch, state.batch = state.epoch + 1, 0
+    window.check()
     _checkpoint(run, state, history, final=True)
     return state, False
 
 
+def _overflowed(run, state, where, history):
+    """Mixed precision: the step's gradients overflowed and its update was skipped; halve the loss scale. At the
+    scale's floor the gradient is not finite at any scale: the NaN guard's case."""
+    scale = run.step.scale
+    before = scale.scale
+    if not scale.overflowed():
+        raise NanLoss("gradient", "non-finite", *where)
+    run.step.set_scale()
+    state.loss_scale, state.loss_scale_clean = scale.scale, scale.clean
+    run.say(f"the gradients of update {where[2] + 1} overflowed at loss scale {before:g}: batch skipped, loss scale "
+            f"now {scale.scale:g}")
+    run.record({"type": "overflow", "step": state.num_update, "epoch": where[0], "batch": where[1],
+                "loss_scale": scale.scale}, history)
+
+
+def _count_clean_update(run, state):
+    """Mixed precision: count an update without overflow; the loss scale doubles after a long run of them."""
+    scale = run.step.scale
+    if scale is None:
+        return
+    if scale.updated():
+        run.step.set_scale()
+        run.say(f"update {state.num_update}: loss scale raised to {scale.scale:g}")
+    state.loss_scale, state.loss_scale_clean = scale.scale, scale.clean
+
+
 def _speedometer(run, state, window, tic, history):
-    """InsightFace-style progress line plus the same numbers as a JSON line."""
-    speed = window.count * run.batch_size / max(time.time() - tic, 1e-9)
+    """InsightFace-style progress line plus the same numbers as a JSON line; the window's metrics come from the
+    devices here, in one copy, and the NaN guard checks them."""
+    window.check()
+    speed = window.batches * run.batch_size / max(time.time() - tic, 1e-9)
     lr = run.schedule(state.num_update)
     averages = window.averages()
     run.log(f"Epoch[{state.epoch}] Batch[{state.batch}] Update[{state.num_update}] Speed: {speed:.2f} samples/sec"

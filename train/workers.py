@@ -2,10 +2,8 @@
 KVStore (``pushpull``), without Horovod or MPI (docs/partial_fc.md#across-workers-dist-kvstore).
 
 The servers must only sum for this: a server that holds an optimizer applies it to every key pushed to it. So a
-dist run updates on the workers (`workers_update`), which also keeps the optimizer's momentum where a training
-state can save it."""
-import contextlib
-import os
+dist_sync run's Module updates on the workers (the training step sums its gradients through the same kvstore),
+which also keeps the optimizer's momentum where a training state can save it."""
 import weakref
 
 _KEYS = weakref.WeakKeyDictionary()  # kvstore -> the keys made on it
@@ -56,18 +54,3 @@ class WorkerGroup:
 
         rows = self.gather(name, mx.nd.array([[float(bool(flags[k])) for k in names]], dtype="float64")).asnumpy()
         return {k: [rank for rank in range(self.size) if rows[rank, i] > 0] for i, k in enumerate(names)}
-
-
-@contextlib.contextmanager
-def workers_update():
-    """Around ``Module.init_optimizer`` with a dist kvstore: the optimizer runs on the workers (each applies the
-    same update to the summed gradient), not on the servers (MXNET_UPDATE_ON_KVSTORE=0 while it runs)."""
-    old = os.environ.get("MXNET_UPDATE_ON_KVSTORE")
-    os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["MXNET_UPDATE_ON_KVSTORE"]
-        else:
-            os.environ["MXNET_UPDATE_ON_KVSTORE"] = old

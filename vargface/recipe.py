@@ -51,7 +51,7 @@ def register(subparsers):
                                description="Train the r100 teacher (unless --teacher names one), cache its "
                                            "embeddings once, then distil the student for the generations of "
                                            f"configs/{DISTILL_CONFIG}.")
-    _common(recursive, ctx_default="gpu:0,1,2,3", work_default="./recursive")
+    _common(recursive, ctx_default="gpu:0,1,2,3,4,5,6,7", work_default="./recursive")
     recursive.add_argument("--teacher", metavar="PREFIX,EPOCH", help="an existing teacher checkpoint (default: "
                            "train one into OUT)")
     recursive.set_defaults(func=recursive_command)
@@ -64,7 +64,8 @@ def _common(parser, ctx_default, work_default):
     options.add_out(parser, f"folder of the checkpoints, results and the recipe state; a rerun continues it "
                             f"(default: {work_default})", required=False, default=work_default)
     options.add_overwrite(parser, help=PIPELINE_OVERWRITE)
-    options.add_ctx(parser, default=ctx_default, help="training devices")
+    options.add_ctx(parser, default=ctx_default, help="training devices (the config files are tuned for 8 devices x "
+                    "64 images; with fewer, --set per_batch_size=N keeps the global batch of 512)")
     parser.add_argument("--configs", default=CONFIGS, help="folder of the experiment config files "
                         "(default: the repository's configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[SCOPE.]KEY=VALUE",
@@ -101,6 +102,7 @@ class Recipe:
         self.args = args
         self.work = args.out
         self.resumable = []  # resume files of steps (removed by --overwrite only, kept for a redo to continue)
+        self.trained = {}  # config file -> the --set flags its training commands add
         self.flags = parse_overrides(args.overrides)
         for name in (TEACHER_CONFIG, STUDENT_CONFIG, DISTILL_CONFIG):
             if not os.path.isfile(os.path.join(args.configs, name)) and not args.dry_run:
@@ -121,6 +123,7 @@ class Recipe:
 
     def training(self, command, config, scope, prefix):
         flags = self.flags[scope] + (self.flags["distill"] if command == "distill" else [])
+        self.trained[config] = flags
         return [command, "--config", self.config(config), "--dataset", self.args.dataset, "--ctx", self.args.ctx,
                 "--prefix", prefix] + flags
 
@@ -173,9 +176,31 @@ class Recipe:
                                                            self.args.eval_ctx, "--json"]], outputs=[path],
                     capture=True, result=keep)
 
+    def batch_notes(self):
+        """A line for each config file whose global batch (per_batch_size x its devices) --ctx changes: the
+        learning rates were tuned for that batch."""
+        from vargface.context import device_specs
+        from vargface.train.config import read_config_file
+
+        devices, notes = len(device_specs(self.args.ctx)), []
+        for name, flags in self.trained.items():
+            path = os.path.join(self.args.configs, name)
+            if not os.path.isfile(path) or "--per-batch-size" in flags:
+                continue
+            settings = read_config_file(path)
+            tuned, per = len(device_specs(settings.get("ctx", "cpu"))), int(settings.get("per_batch_size", 128))
+            if tuned != devices:
+                notes.append(f"note: {self.config(name)} is tuned for a global batch of {per * tuned} ({per} x "
+                             f"{tuned} devices); --ctx gives {devices}, a global batch of {per * devices} at the same "
+                             f"learning rate (--set per_batch_size={max(1, per * tuned // devices)} keeps "
+                             f"{per * tuned})")
+        return notes
+
     def run(self, steps, settings):
         print(f"vargface recipe {self.args.recipe}: {len(steps)} steps, work folder {self.work}"
               + (" (dry run: the commands only)" if self.args.dry_run else ""), flush=True)
+        for note in self.batch_notes():
+            print(note, flush=True)
         with Pipeline(self.work, "recipe-state.json", settings, "recipe", overwrite=self.args.overwrite,
                       dry_run=self.args.dry_run, hint="pass --overwrite to start again or choose another --out",
                       outputs=self.resumable) as pipeline:
