@@ -480,7 +480,8 @@ class _Run:
             for name, arrays in zip(group.param_names, group.param_arrays):
                 first = self.group.sum(f"start:{name}", arrays[0] if self.rank == 0 else arrays[0].zeros_like())
                 for array in arrays:
-                    first.copyto(array)
+                    if array is not first:
+                        first.copyto(array)
         ckpt.restore_optimizer(self.module, states)
         self.schedule = schedule
         self.step.start(LossScale(state.loss_scale or INITIAL_SCALE, state.loss_scale_clean)
