@@ -37,6 +37,7 @@ bench: install
 	$(PY) bench/distill.py
 	$(PY) bench/precision.py
 	$(PY) bench/tar_at_far.py
+	$(PY) bench/partial_fc.py
 	$(PY) bench/ijb.py
 
 clean:

@@ -9,7 +9,8 @@ Drop-in for InsightFace's ``FaceImageIter`` (same keyword names), with:
   ``set_epoch(epoch, start_batch=k)`` jumps to batch k without decoding the skipped images;
 - sharding: with the same seed every part computes the same epoch order and takes every ``num_parts``-th
   sample from ``part_index`` (disjoint parts that together cover the data set);
-- ``batch.index`` (record keys) and ``batch.mirrored`` on each DataBatch, for teacher-embedding caches.
+- ``batch.index`` (record keys) and ``batch.mirrored`` on each DataBatch, for teacher-embedding caches, and
+  ``batch.host_label`` (the labels as NumPy), for what samples on the host (the sharded classifier).
 
 Images are NCHW float32 RGB in 0..255 (networks normalise inside). When ``data_shape`` differs from the stored
 image size, decoded images are resized to it (``cv2.INTER_AREA`` when shrinking, e.g. 112 records read at 56);
@@ -136,10 +137,10 @@ class FaceRecordIter(mx.io.DataIter):
         future = self._pending.popleft()
         self.cursor += 1
         self._fill()
-        data, label, index, mirrored, pad = future.result()
+        data, label, labels, index, mirrored, pad = future.result()
         batch = mx.io.DataBatch([data], [label], pad=pad, index=index, provide_data=self.provide_data,
                                 provide_label=self.provide_label)
-        batch.mirrored = mirrored
+        batch.mirrored, batch.host_label = mirrored, labels
         return batch
 
     def batch_bytes(self):
@@ -160,7 +161,7 @@ class FaceRecordIter(mx.io.DataIter):
             part.result()  # a failed record is raised here
         if self.mean is not None:
             data -= self.mean
-        return (mx.nd.array(data, ctx=self.context), mx.nd.array(labels, ctx=self.context),
+        return (mx.nd.array(data, ctx=self.context), mx.nd.array(labels, ctx=self.context), labels,
                 np.asarray(keys, np.int64), mirrored, pad)
 
     def _decode(self, keys, start, stop, epoch, data, labels, mirrored):

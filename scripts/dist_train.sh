@@ -89,6 +89,8 @@ case "$role" in
         pids+=("${workers[@]}")
         status=0
         for pid in "${workers[@]}"; do wait "$pid" || status=$?; done
+        # a worker that failed (before it joined, or at a stop) leaves the scheduler and servers waiting: end them
+        [ "$status" -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true
         for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
         trap - EXIT
         exit $status ;;

@@ -148,7 +148,7 @@ def test_trained_checkpoint_verifies_as_on_the_faithful_graph(tmp_path, run_cli)
     data = tmp_path / "data"
     make_synthetic_rec(str(data), 8, 6, size=32, seed=4, workers=1, progress=False)
     make_synthetic_bin(str(data / "val.bin"), 8, 40, size=32, seed=4, per_identity=3, workers=1)
-    config = generate_config("r18_tiny", str(data), "arcface", ctx="cpu", per_batch_size=8, max_steps=30,
+    config = generate_config("r18_tiny", str(data), "arcface", ctx="cpu", per_batch_size=8, max_steps=60,
                              lr=0.05, verbose=1000, prefix=str(tmp_path / "m" / "model"), seed=0)
     result = fit(config, log=lambda line: None)
     prefix, epoch = result["prefix"], result["epoch"]

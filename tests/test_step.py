@@ -104,6 +104,9 @@ def _steps(record):
     (dict(), 0, 1),  # float32: nothing between logged lines, one copy per logged line
     (dict(clip_grad_norm=5.0), 1, 1),  # the norm (and the step's metrics with it) once a step, nothing more
     (dict(dtype="bfloat16"), 1, 1),  # the overflow flag (and the metrics) once a step
+    # the sharded classifier samples on the host from the iterator's NumPy labels: no sync of its own
+    (dict(fc_parallel=True, sample_ratio=0.5), 0, 1),
+    (dict(fc_parallel=True, clip_grad_norm=5.0), 1, 1),
 ])
 def test_a_step_syncs_the_host_at_most_as_stated(settings, per_step, logged, data_dir, tmp_path, monkeypatch):
     record = []
@@ -183,7 +186,7 @@ def test_bfloat16_trains_skips_an_overflow_and_resumes_exactly(data_dir, tmp_pat
     assert overflow == {"type": "overflow", "step": 4, "epoch": 0, "batch": 4, "loss_scale": 32768.0}
     assert any("overflowed at loss scale 65536: batch skipped, loss scale now 32768" in line for line in lines)
     losses = [e["loss"] for e in full["history"] if e["type"] == "train"]
-    assert np.mean(losses[-2:]) < losses[0] - 0.3  # it learns
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3  # it learns (each line is 3 noisy batches of 8)
     info, arg, aux, _ = load_state(str(tmp_path / "full"))
     assert info["loss_scale"] == 32768.0 and all(v.dtype == np.float32 for v in {**arg, **aux}.values())
     saved = mx.nd.load(f"{tmp_path / 'full'}-0001.params")

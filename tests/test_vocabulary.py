@@ -58,7 +58,7 @@ RETIRED = {"--batch-size", "--data-dir", "--data", "--work", "--output", "--out-
 # Commands that write an output: each takes --overwrite (train/distill write their run under --prefix).
 WRITERS = {"data synth", "data lst", "data rec", "data unpack", "data pairs", "verify", "lfr features", "export",
            "embed", "plot-log", "distill cache", "train", "distill", "demo", "experiment distill", "recipe lfr-light",
-           "recipe recursive", "data synth-ijb", "ijb", "identify"}
+           "recipe recursive", "data synth-ijb", "ijb", "identify", "merge-fc7"}
 READS_DATASET = {"data unpack", "data check", "distill cache", "train", "distill"}
 PRINTS_JSON = {"data synth", "data lst", "data rec", "data unpack", "data check", "data pairs", "flops", "verify",
                "tar-at-far", "export", "embed", "compare", "lfr features", "distill cache", "data synth-ijb", "ijb",

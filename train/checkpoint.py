@@ -2,8 +2,9 @@
 the embedding only, loadable by any MXNet/InsightFace tool), and a training state for ``--resume``.
 
 The state is ``prefix-state-%08d.params`` (every training array, classifier ``fc7`` included),
-``prefix-state-%08d-optimizer.params`` (the optimizer's momentum arrays, an MXNet NDArray file) and the pointer
-``prefix-state.json`` (epoch, batch, update counts, schedule scale, best results, and the settings ``--resume``
+``prefix-state-%08d-optimizer.params`` (the optimizer's momentum arrays, an MXNet NDArray file), for a sharded
+classifier (--fc-parallel) ``prefix-state-%08d-fc7.params`` (this worker's shards and their momentum), and the
+pointer ``prefix-state.json`` (epoch, batch, update counts, schedule scale, best results, and the settings ``--resume``
 must find unchanged). Each file is written atomically and the pointer last, so a kill at any moment leaves the
 previous state complete and readable. File names come from `vargface.train.run_files.RunFiles`.
 
@@ -214,21 +215,27 @@ def _copy(state):
     return None if state is None else state.copy()
 
 
-def save_state(prefix, info, arg_params, aux_params, module=None):
+def save_state(prefix, info, arg_params, aux_params, module=None, classifier=None):
     """Write a training state; ``module`` (a bound mx.mod.Module with optimizer) supplies the optimizer state
-    unless its updates run on a distributed server, which keeps that state itself."""
+    unless its updates run on a distributed server, which keeps that state itself; ``classifier`` (a
+    `vargface.train.partial_fc.PartialFC`) its shards and their momentum."""
     files = _files(prefix)
     step = int(info["num_update"])
-    params_file, optimizer_file = files.state_params(step), files.state_optimizer(step)
-    _save_arrays(params_file, arg_params, aux_params)
-    info = dict(info, version=STATE_VERSION, params=os.path.basename(params_file), optimizer=None)
+    written = [files.state_params(step)]
+    _save_arrays(written[0], arg_params, aux_params)
+    info = dict(info, version=STATE_VERSION, params=os.path.basename(written[0]), optimizer=None, fc7_shards=None)
     info.pop("states", None)
-    if module is not None and not (module._kvstore is not None and "dist" in module._kvstore.type):
-        info["optimizer"] = dict(save_optimizer(optimizer_file, module), file=os.path.basename(optimizer_file))
+    if module is not None and not (module._update_on_kvstore and "dist" in module._kvstore.type):
+        written.append(files.state_optimizer(step))
+        info["optimizer"] = dict(save_optimizer(written[-1], module), file=os.path.basename(written[-1]))
+    if classifier is not None:
+        written.append(files.state_fc7(step))
+        classifier.save(written[-1])
+        info["fc7_shards"] = {"file": os.path.basename(written[-1]), "layout": str(classifier.layout)}
     with atomic_path(files.state) as tmp, open(tmp, "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
     for old in files.state_arrays():
-        if old not in (params_file, optimizer_file):
+        if old not in written:
             os.remove(old)
 
 
@@ -273,6 +280,18 @@ def load_state(prefix, trust_states=False):
             raise VargfaceError(f"--resume: {path} names optimizer state {file}, which does not exist")
         optimizer = ("arrays", file, bookkeeping)
     return info, arg, aux, optimizer
+
+
+def shards_file(prefix, info):
+    """The sharded classifier's file a state names (None for a state of the full head), checked to exist."""
+    files = _files(prefix)
+    record = info.get("fc7_shards")
+    if record is None:
+        return None
+    path = files.beside(record.get("file") if isinstance(record, dict) else "")
+    if not isinstance(record, dict) or not os.path.isfile(path):
+        raise VargfaceError(f"{files.state} names classifier shards {path}, which do not exist")
+    return path
 
 
 def restore_optimizer(module, optimizer):

@@ -193,6 +193,21 @@ def _check_together(values):
         if values["clip_grad_norm"] > 0:
             raise VargfaceError("--clip-grad-norm needs the gradient summed over all workers, which a dist kvstore "
                                 "forms only inside the update; use --clip-grad-norm 0 with a dist kvstore")
+    if values["fc_parallel"]:
+        from vargface.train.losses import MARGIN_LOSSES
+
+        if values["loss_name"] not in MARGIN_LOSSES:
+            raise VargfaceError(f"--fc-parallel shards normalised class centres: it needs a margin loss (nsoftmax, "
+                                f"arcface, cosface, combined, arcneg), not --loss {values['loss']}")
+        if values["kvstore"] == "dist_async":
+            raise VargfaceError("--fc-parallel computes one softmax over every worker's shard in step: use "
+                                "--kvstore dist_sync or dist_device_sync, not dist_async")
+        if values["dtype"] != "float32":
+            raise VargfaceError(f"--fc-parallel trains its classifier in float32: --dtype {values['dtype']} is for "
+                                f"the full head only")
+    elif values["sample_ratio"] != 1:
+        raise VargfaceError(f"--sample-ratio {values['sample_ratio']:g} samples the centres of a sharded "
+                            f"classifier: add --fc-parallel")
     if values["resume"] and values["overwrite"]:
         raise VargfaceError("--resume continues the run at --prefix and --overwrite replaces it: give one")
     if "generations" in values and values["ckpt"] == 0:

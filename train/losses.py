@@ -13,19 +13,39 @@ from vargface.errors import VargfaceError
 EPS = 1e-6
 
 
-def margin_target(cos_t, m1, m2, m3):
-    """cos(m1·θ + m2) − m3 for the true-class cosine ``cos_t`` (shape (B,)), monotone decreasing in θ."""
+def margin_target(F, cos_t, m1, m2, m3):
+    """cos(m1·θ + m2) − m3 for the true-class cosine ``cos_t`` (shape (B,)), monotone decreasing in θ. ``F`` is
+    mx.sym or mx.nd: the full head builds it into its graph, the sharded head (train/partial_fc.py) runs it on
+    NDArrays."""
     if m1 == 1.0 and m2 == 0.0:
         return cos_t - m3
-    theta = mx.sym.arccos(mx.sym.clip(cos_t, -1.0 + EPS, 1.0 - EPS))
-    target = mx.sym.cos(theta * m1 + m2)
+    theta = F.arccos(F.clip(cos_t, -1.0 + EPS, 1.0 - EPS))
+    target = F.cos(theta * m1 + m2)
     theta_max = (math.pi - m2) / m1
     if theta_max < math.pi:
         # Past θ_max, cos(m1·θ + m2) would increase again: continue it as cos_t − (cos θ_max + 1), which equals
         # −1 at θ_max and keeps decreasing (InsightFace's "threshold" trick, made continuous).
         cos_max = math.cos(theta_max)
-        target = mx.sym.where(cos_t > cos_max, target, cos_t - (cos_max + 1.0))
+        target = F.where(cos_t > cos_max, target, cos_t - (cos_max + 1.0))
     return target - m3
+
+
+# Rows of the initial classifier drawn from one seed: any range of classes is the same however it is split.
+INIT_BLOCK = 4096
+
+
+def initial_classifier(seed, sigma, start, stop, emb_size):
+    """Rows [start, stop) of the initial class centres, Normal(0, sigma) as InsightFace's, float32 NumPy: drawn
+    per block of INIT_BLOCK rows from (seed, block), so the full head and every shard layout of the sharded one
+    start from the same classifier."""
+    import numpy as np
+
+    parts = []
+    for block in range(start // INIT_BLOCK, (max(stop, start + 1) - 1) // INIT_BLOCK + 1):
+        first = block * INIT_BLOCK
+        values = np.random.default_rng([int(seed), block]).standard_normal((INIT_BLOCK, emb_size), dtype=np.float32)
+        parts.append(values[max(start, first) - first:min(stop, first + INIT_BLOCK) - first] * np.float32(sigma))
+    return np.concatenate(parts)[:stop - start]
 
 
 def _fc7_options(config):
@@ -43,39 +63,48 @@ def softmax_logits(embedding, label, config, num_classes):
     return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
 
 
-def _margin_parts(embedding, label, config, num_classes):
-    """(all cosines (B, C), one-hot labels, the true class's margin target (B,), its cosine (B,))."""
-    cos_all = cosine_logits(embedding, num_classes, int(config.emb_size), **_fc7_options(config))
-    cos_t = mx.sym.pick(cos_all, label, axis=1)
-    target = margin_target(cos_t, float(config.loss_m1), float(config.loss_m2), float(config.loss_m3))
-    return cos_all, mx.sym.one_hot(label, depth=num_classes), target, cos_t
+def margin_from_cosines(F, cos_all, label, depth, config, cos_t=None, one_hot=None):
+    """The margin logits of ``config.loss_name`` from the cosines ``cos_all`` (B, depth) of the embeddings to
+    ``depth`` class centres: s·(cos(m1·θ + m2) − m3) at the label's column, s·cos θ elsewhere (nsoftmax, ArcFace,
+    CosFace, combined), or ArcNegFace's re-weighted negatives.
 
-
-def margin_softmax_logits(embedding, label, config, num_classes):
-    """s·(cos(m1·θ + m2) − m3) for the true class, s·cos θ for the others (nsoftmax, ArcFace, CosFace,
-    combined)."""
-    s = float(config.loss_s)
-    if (float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)) == (1.0, 0.0, 0.0):
-        return cosine_logits(embedding, num_classes, int(config.emb_size), **_fc7_options(config)) * s
-    cos_all, one_hot, target, cos_t = _margin_parts(embedding, label, config, num_classes)
+    ``label`` (B,) indexes the columns; a row whose class is not among them has label −1 (the sharded head: its
+    class lives on another shard) and gets no target column. ``cos_t`` (B,) is the true class's cosine, by default
+    picked from ``cos_all``; the sharded head passes it in because ArcNegFace's negatives need it on every shard,
+    and ``one_hot`` (of ``label``, by default made here) because its softmax gradient needs the same array."""
+    s, m1, m2, m3 = float(config.loss_s), float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)
+    if config.loss_name == "margin_softmax" and (m1, m2, m3) == (1.0, 0.0, 0.0):
+        return cos_all * s
+    if cos_t is None:
+        cos_t = F.pick(cos_all, label, axis=1)
+    one_hot = F.one_hot(label, depth=depth) if one_hot is None else one_hot
+    target = margin_target(F, cos_t, m1, m2, m3)
+    if config.loss_name == "arcneg":
+        # t_j = α·exp(−(cos θ_j − cos(θ_y + m))² / σ), not back-propagated
+        near = F.broadcast_sub(cos_all, F.expand_dims(target, 1))
+        t = F.BlockGrad(float(config.loss_alpha) * F.exp(-F.square(near) / float(config.loss_sigma)))
+        negative = t * cos_all + t - 1.0
+        positive = F.broadcast_mul(one_hot, F.expand_dims(target, 1))
+        return (positive + (1.0 - one_hot) * negative) * s
     # Only the true class changes: add (target − cos θ_y) at the label position.
-    return (cos_all + mx.sym.broadcast_mul(one_hot, mx.sym.expand_dims(target - cos_t, 1))) * s
+    return (cos_all + F.broadcast_mul(one_hot, F.expand_dims(target - cos_t, 1))) * s
 
 
-def arcneg_logits(embedding, label, config, num_classes):
-    """ArcNegFace: the margin target for the true class, negatives re-weighted by
-    t_j = α·exp(−(cos θ_j − cos(θ_y + m))² / σ), t_j not back-propagated."""
-    cos_all, one_hot, target, _ = _margin_parts(embedding, label, config, num_classes)
-    near = mx.sym.broadcast_sub(cos_all, mx.sym.expand_dims(target, 1))
-    t = mx.sym.BlockGrad(float(config.loss_alpha) * mx.sym.exp(-mx.sym.square(near) / float(config.loss_sigma)))
-    negative = t * cos_all + t - 1.0
-    positive = mx.sym.broadcast_mul(one_hot, mx.sym.expand_dims(target, 1))
-    return (positive + (1.0 - one_hot) * negative) * float(config.loss_s)
+def margin_logits(embedding, label, config, num_classes):
+    """The margin-softmax family (nsoftmax, ArcFace, CosFace, combined) and ArcNegFace on the cosines to all
+    ``num_classes`` centres of ``fc7_weight``."""
+    cos_all = cosine_logits(embedding, num_classes, int(config.emb_size), **_fc7_options(config))
+    return margin_from_cosines(mx.sym, cos_all, label, num_classes, config)
 
 
-# config.loss_name -> its logits; a new loss is one function here, its loss_name choice and, if it has settings,
-# a preset in LOSSES of train/schema.py (docs/README.md#where-a-new-piece-goes).
-LOGITS = {"softmax": softmax_logits, "margin_softmax": margin_softmax_logits, "arcneg": arcneg_logits}
+# The losses whose logits come from cosines (margin_from_cosines): the ones the sharded classifier supports.
+MARGIN_LOSSES = ("margin_softmax", "arcneg")
+
+
+# config.loss_name -> its logits; a new loss is one function here (a margin form: a branch of margin_from_cosines,
+# which the sharded classifier shares), its loss_name choice and, if it has settings, a preset in LOSSES of
+# train/schema.py (docs/README.md#where-a-new-piece-goes).
+LOGITS = {"softmax": softmax_logits, **dict.fromkeys(MARGIN_LOSSES, margin_logits)}
 
 
 def logits(embedding, label, config, num_classes=None):
@@ -89,9 +118,15 @@ def cosine_logits(embedding, num_classes, emb_size, lr_mult=1.0, wd_mult=1.0, si
     """cos θ between L2-normalised embeddings and L2-normalised class weights ``fc7_weight``: (B, C)."""
     weight = mx.sym.Variable("fc7_weight", shape=(num_classes, emb_size), lr_mult=lr_mult, wd_mult=wd_mult,
                              init=mx.init.Normal(sigma))
-    norm_emb = mx.sym.L2Normalization(embedding, mode="instance")
-    norm_w = mx.sym.L2Normalization(weight, mode="instance")
-    return mx.sym.FullyConnected(norm_emb, norm_w, no_bias=True, num_hidden=num_classes, name="fc7")
+    return cosines(mx.sym, embedding, weight, num_classes, name="fc7")
+
+
+def cosines(F, embedding, weight, num_rows, **name):
+    """cos θ between the rows of ``embedding`` (B, D) and the ``num_rows`` rows of ``weight``, both
+    L2-normalised: (B, num_rows). ``F``: mx.sym or mx.nd (as in `margin_target`)."""
+    norm_emb = F.L2Normalization(embedding, mode="instance")
+    norm_w = F.L2Normalization(weight, mode="instance")
+    return F.FullyConnected(norm_emb, norm_w, no_bias=True, num_hidden=num_rows, **name)
 
 
 def loss_head(embedding, config, num_classes=None):
@@ -147,3 +182,9 @@ def smoothed_cross_entropy(F, true_log_prob, log_prob_sum, eps, num_classes):
     ``num_classes`` logits (``log_prob_sum``): −(1 − ε − ε/(C − 1)) · log p_y − ε/(C − 1) · Σ_j log p_j."""
     on, off = smoothing_weights(eps, num_classes)
     return -(true_log_prob * (on - off) + log_prob_sum * off)
+
+
+def negatives_need_target(config):
+    """Whether the logits of the other classes depend on the true class's margin target (ArcNegFace's t_j): the
+    sharded head then shares the true class's cosine between the shards."""
+    return config.loss_name == "arcneg"

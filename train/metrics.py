@@ -14,8 +14,10 @@ LOSS, ACCURACY, GRAD_NORM = "loss", "acc", "grad_norm"
 
 
 class NanLoss(Exception):
-    def __init__(self, metric, value, epoch, batch, step):
-        super().__init__(f"{metric} became {value} at epoch {epoch} batch {batch} (update {step + 1})")
+    """A metric or weight became NaN or inf; ``where`` names the worker of a distributed run (' on worker K')."""
+
+    def __init__(self, metric, value, epoch, batch, step, where=""):
+        super().__init__(f"{metric} became {value} at epoch {epoch} batch {batch} (update {step + 1}){where}")
         self.metric, self.value, self.epoch, self.batch, self.step = metric, value, epoch, batch, step
 
 
@@ -31,6 +33,18 @@ def device_row(outputs, label):
     correct = mx.nd.sum(mx.nd.argmax(prob, axis=1) == label)
     extras = [mx.nd.sum(out.astype("float32", copy=False)) for out in outputs[1:]]
     return mx.nd.concat(*[value.reshape((1,)) for value in [nll, correct] + extras], dim=0)
+
+
+def sharded_row(result, per_device_outputs, batch, home):
+    """The step's metric sums on ``home`` (no host copy) with the sharded classifier (`vargface.train.partial_fc`):
+    its loss and accuracy (``result``, means over the sampled centres) times this worker's ``batch``, its terms
+    on the centres (``result.extras``, once), then each further Module output's sum over the devices
+    (``per_device_outputs``: the outputs after the embedding, one NDArray per device each)."""
+    import mxnet as mx
+
+    values = [result.loss * batch, result.accuracy * batch] + list(result.extras.values())
+    values += [mx.nd.add_n(*[mx.nd.sum(out).as_in_context(home) for out in output]) for output in per_device_outputs]
+    return mx.nd.concat(*[value.as_in_context(home).reshape((1,)) for value in values], dim=0)
 
 
 def step_row(per_device_outputs, labels, home):

@@ -3,7 +3,7 @@ and nowhere else (docs/formats.md#checkpoints).
 
 PREFIX-symbol.json + PREFIX-%04d.params    embedding checkpoints (InsightFace's layout)
 PREFIX_best-...                            the best verification round's checkpoint
-PREFIX-state.json + PREFIX-state-%08d...   the training state --resume continues
+PREFIX-state.json + PREFIX-state-%08d...   the training state --resume continues (-fc7: a sharded classifier)
 PREFIX-config.py, PREFIX-log.jsonl         what ran, and its log
 PREFIX-lineage.json, PREFIX-genK-...       a distillation chain and its generations
 PREFIX-workerK-...                         worker K of a distributed run
@@ -13,7 +13,7 @@ import os
 import re
 
 LATEST = 1  # --ckpt 3 keeps the latest weights as checkpoint 1
-_OWN = (r"symbol\.json|\d{4}\.params|state\.json|state-\d{8}(?:-optimizer)?\.params|state-\d{8}\.states|"
+_OWN = (r"symbol\.json|\d{4}\.params|state\.json|state-\d{8}(?:-optimizer|-fc7)?\.params|state-\d{8}\.states|"
         r"config\.py|log\.jsonl|lineage\.json")
 
 
@@ -66,6 +66,10 @@ class RunFiles:
     def state_optimizer(self, step):
         return f"{self.prefix}-state-{int(step):08d}-optimizer.params"
 
+    def state_fc7(self, step):
+        """This worker's shards of a --fc-parallel classifier (`vargface.train.partial_fc.save_shards`)."""
+        return f"{self.prefix}-state-{int(step):08d}-fc7.params"
+
     @property
     def config(self):
         return f"{self.prefix}-config.py"
@@ -104,8 +108,8 @@ class RunFiles:
 
     def state_arrays(self):
         """The state's array files that exist (the current state's, and older ones not yet removed)."""
-        pattern = re.compile(re.escape(os.path.basename(self.prefix)) + r"-state-\d{8}(?:-optimizer\.params|\.params|"
-                             r"\.states)$")
+        pattern = re.compile(re.escape(os.path.basename(self.prefix)) + r"-state-\d{8}(?:-optimizer\.params|"
+                             r"-fc7\.params|\.params|\.states)$")
         return self._matching(pattern)
 
     def existing(self):

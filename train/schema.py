@@ -278,6 +278,9 @@ DATASETS = {
     "emore": dict(dataset_path="../datasets/faces_emore", num_classes=85742, val_targets=["lfw", "cfp_fp", "agedb_30"]),
     "retina": dict(dataset_path="../datasets/ms1m-retinaface-t1", num_classes=93431,
                    val_targets=["lfw", "cfp_fp", "agedb_30"]),
+    # InsightFace's Glint360K (17.1M images); sized for a sharded classifier (--fc-parallel)
+    "glint360k": dict(dataset_path="../datasets/glint360k", num_classes=360232,
+                      val_targets=["lfw", "cfp_fp", "agedb_30"]),
 }
 # A folder made by `vargface data`: num_classes from its `property`, val_targets = its .bin files.
 FOLDER = dict(num_classes=0, val_targets=None)
@@ -323,6 +326,11 @@ KEYS = [
     Key("fc7_init_sigma", 0.01, "float", "standard deviation of the classifier's initial weights", low=0),
     Key("fc7_lr_mult", 1.0, "float", "learning-rate multiplier of the classifier", low=0),
     Key("fc7_wd_mult", 1.0, "float", "weight-decay multiplier of the classifier", low=0),
+    Key("fc_parallel", False, "bool", "shard the classifier's class centres over the training devices and workers "
+        "and compute the softmax across them, exactly (Partial FC; margin losses; docs/partial_fc.md)", resume=True),
+    Key("sample_ratio", 1.0, "float", "with --fc-parallel: each shard reads, per step, the centres of the batch's "
+        "classes plus random others up to this fraction of its classes (1: all; 0.1 is Partial FC's choice)",
+        low=0, open_low=True, high=1, resume=True, placeholder="R"),
     Key("label_smoothing", 0.0, "float", "label smoothing ε of the softmax cross-entropy: target 1-ε on the class, "
         "ε/(C-1) on each other; the margin stays on the true logit (0: off)", low=0, rule=_below_one, resume=True,
         placeholder="EPS"),

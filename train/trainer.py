@@ -1,6 +1,12 @@
 """Data-parallel training on mx.mod.Module: embedding network + margin-softmax head (+ plugin losses), gradients
 summed over the devices by a KVStore (device, nccl, local) or over machines (dist_sync, dist_device_sync), float32
 or mixed precision, exact resume, periodic verification, NaN guard. One step is `vargface.train.step.TrainStep`.
+With --fc-parallel the classifier is sharded over the devices and workers outside the Module
+(`vargface.train.partial_fc`).
+
+A dist_sync run sums the gradients through the kvstore and updates on the workers (the servers only sum), and its
+workers decide together: a NaN or a signal on any of them stops all of them at the same update, and a worker that
+cannot start stops the others.
 
 Determinism for resume: the data order comes from (seed, epoch) in FaceRecordIter, the MXNet and NumPy RNGs are
 re-seeded from (seed, update count) before every batch, and the update count drives the LR schedule; so restoring
@@ -24,6 +30,7 @@ from vargface.train.config import resolve_prefix
 from vargface.train.metrics import NanLoss, Window
 from vargface.train.precision import FLOAT32, INITIAL_SCALE, LossScale
 from vargface.train.run_files import RunFiles
+from vargface.train.workers import WorkerGroup
 
 
 class TrainerPlugin:
@@ -84,7 +91,8 @@ def embedding_symbol(config):
 @dataclass
 class TrainingGraph:
     """The graph fit() trains: the faithful embedding (what checkpoints hold), the training Symbol (margin head on
-    the embedding or its fast rewrite, plus the plugin's losses) and the shapes of one global batch."""
+    the embedding or its fast rewrite, plus the plugin's losses; with --fc-parallel the embedding itself, whose
+    gradient the sharded classifier gives) and the shapes of one global batch."""
 
     emb_sym: object
     train_sym: object
@@ -99,7 +107,7 @@ class TrainingGraph:
         module = mx.mod.Module(self.train_sym, data_names=[n for n, _ in self.data_shapes],
                                label_names=[n for n, _ in self.label_shapes], context=contexts,
                                logger=logging.getLogger("vargface"))
-        module.bind(data_shapes=self.data_shapes, label_shapes=self.label_shapes)
+        module.bind(data_shapes=self.data_shapes, label_shapes=self.label_shapes or None)
         return module
 
 
@@ -116,12 +124,16 @@ def training_graph(config, plugin, batch_size, contexts):
     emb_sym = embedding_symbol(config)
     train_emb = training_embedding(emb_sym, config.train_graph, contexts)
     extra_losses = plugin.extra_losses(train_emb, config)
-    head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
-    head = head_outputs(head_input, config)
-    extras = head[1:] + extra_losses  # (Symbol, metric name) after the class probabilities
-    heads = [head[0][0]] + [symbol for symbol, _ in extras]
     data_shapes = [("data", (batch_size, 3, side, side))] + [(n, tuple(s)) for n, s in plugin.extra_inputs(batch_size)]
-    label_shapes = [("softmax_label", (batch_size,))]
+    if config.fc_parallel:  # the classifier lives outside the graph, sharded (vargface.train.partial_fc)
+        extras, label_shapes = extra_losses, []
+        heads = [train_emb] + [symbol for symbol, _ in extras]
+    else:
+        head_input = mx.sym.BlockGrad(train_emb) if plugin.detach_margin_loss() else train_emb
+        head = head_outputs(head_input, config)
+        extras = head[1:] + extra_losses  # (Symbol, metric name) after the class probabilities
+        heads = [head[0][0]] + [symbol for symbol, _ in extras]
+        label_shapes = [("softmax_label", (batch_size,))]
     if config.dtype == precision.FLOAT32:
         train_sym = mx.sym.Group(heads)
     else:
@@ -236,6 +248,9 @@ class _Run:
         self.dist = config.kvstore.startswith("dist")
         self.kv = mx.kv.create(config.kvstore) if self.dist else None
         self.rank, self.workers = (self.kv.rank, self.kv.num_workers) if self.dist else (0, 1)
+        # dist_sync workers train in step (sums, gathers and shared decisions); dist_async ones each on their own
+        self.asynchronous = config.kvstore == "dist_async"
+        self.group = WorkerGroup(None if self.asynchronous else self.kv)
         # a distributed run's workers log as one stream: each line says whose it is
         self.log = (lambda line: log(f"[worker {self.rank}/{self.workers}] {line}")) if self.dist else log
         for warning in warnings:
@@ -247,14 +262,31 @@ class _Run:
         make_folder(os.path.dirname(os.path.abspath(self.prefix)), f"--prefix {self.prefix}")
         self.lock = ckpt.PrefixLock(self.prefix).acquire()
         try:
-            self._claim(config)
-            self._build(config, graph)
+            failure = None
+            try:
+                self._claim(config)
+                self._build(config, graph)
+            except Exception as error:  # noqa: BLE001  (raised again below, once the others know)
+                failure = error
+            # every worker learns whether all could start: one that stops alone leaves the others waiting
+            others = [r for r in self.group.raised("start", {"failed": failure is not None})["failed"]
+                      if r != self.rank]
+            if failure is not None:
+                raise failure
+            if others:
+                raise VargfaceError(f"worker(s) {', '.join(map(str, others))} of this run could not start (their "
+                                    f"output says why); this worker stops too")
         except BaseException:
             self.lock.release()
             raise
 
     def say(self, text):
         self.log(f"{self.label}: {text}")
+
+    @property
+    def where(self):
+        """' on worker K' in a distributed run's messages."""
+        return f" on worker {self.rank}" if self.dist else ""
 
     def _claim(self, config):
         """Under the lock: a fresh run needs an empty prefix, or --overwrite, which removes the old run's files
@@ -283,6 +315,7 @@ class _Run:
         self.rescale_grad = 1.0 / (len(self.contexts) * self.workers)
         self.graph = graph or training_graph(config, self.plugin, self.batch_size, self.contexts)
         self.emb_sym, self.train_sym = self.graph.emb_sym, self.graph.train_sym
+        self.head = self._classifier(config)
         self.extra_names = self.graph.extra_names
         # The release clips the embedding network's gradients only, not the classifier's.
         self.clip = (set(self.emb_sym.list_arguments()) - {"data"}, float(config.clip_grad_norm)) \
@@ -293,12 +326,13 @@ class _Run:
         self.resume_from = None
         if config.resume:
             info, arg, aux, states = ckpt.load_state(self.files, trust_states=bool(config.trust_states))
+            shards = self._check_shards(info)
             ckpt.check_compatible(info, arg, aux, self.train_sym, self.graph.data_shapes + self.graph.label_shapes,
                                   config, self.files.state)
             recorded = info.get("run") or ckpt.saved_config_record(self.files.config, self.record_of_run)
             ckpt.check_resume(recorded, self.record_of_run, self.files.state if info.get("run") else
                               self.files.config)
-            self.resume_from = (TrainState.from_info(info, self.files.state), arg, aux, states)
+            self.resume_from = (TrainState.from_info(info, self.files.state), arg, aux, states, shards)
             if self.already_finished():
                 return  # nothing is written
         self.pretrained = ({}, {})
@@ -315,17 +349,56 @@ class _Run:
         self.module = self.graph.bind(self.contexts)
         from vargface.train.step import TrainStep
 
-        # The devices' gradients are summed by a KVStore of this run's (a dist kvstore: the Module's own, which
-        # updates on the servers); one device needs none.
-        aggregator = mx.kv.create(config.kvstore) if not self.dist and len(self.contexts) > 1 else None
+        # The devices' gradients are summed by a KVStore: a dist_sync run's own (over the workers too), else one of
+        # this run's; one device alone needs none, and dist_async's Module sums and updates on its servers.
+        if self.dist:
+            aggregator = None if self.asynchronous else self.kv
+        else:
+            aggregator = mx.kv.create(config.kvstore) if len(self.contexts) > 1 else None
         self.step = TrainStep(self.module, self.contexts, self.extra_names, kvstore=aggregator, clip=self.clip,
-                              mixed=config.dtype != FLOAT32, rescale_grad=self.rescale_grad)
+                              mixed=config.dtype != FLOAT32, rescale_grad=self.rescale_grad, head=self.head,
+                              detach=self.plugin.detach_margin_loss(), group=self.group)
         self.infer = None
         from vargface.train.config import save_config
 
         header = f"what ran at {self.prefix}, resolved; {self.plugin.rerun(self.files)}"
         save_config(config, self.files.config, [header], self.described())
         self.say(f"settings checked, saved to {self.files.config}")
+        for line in self.classifier_lines:
+            self.say(line)
+
+    def _classifier(self, config):
+        """The sharded classifier of --fc-parallel (None: the head is in the graph); either way the classifier's
+        memory per device is refused when it cannot fit, before anything is allocated, and stated once the
+        settings are checked."""
+        from vargface.train.partial_fc import PartialFC, check_fits, fc7_memory
+
+        head = PartialFC(config, self.contexts, config.sample_ratio, self.group) if config.fc_parallel else None
+        memory = fc7_memory(int(config.num_classes), int(config.emb_size), int(config.per_batch_size),
+                            len(self.contexts), self.workers, float(config.sample_ratio), parallel=head is not None)
+        check_fits(memory, self.contexts)
+        self.classifier_lines = [memory.line() + (f"; {head.layout}" if head else "")]
+        if head and head.sample_ratio < 1:
+            self.classifier_lines.append(f"--sample-ratio {head.sample_ratio:g}: loss and acc are over the sampled "
+                                         f"centres")
+        return head
+
+    def _check_shards(self, info):
+        """The shard file of a state to resume; a state of another classifier or shard layout is refused, naming
+        both."""
+        shards = ckpt.shards_file(self.files, info)
+        if (self.head is None) != (shards is None):
+            raise VargfaceError(f"--resume: {self.files.state} holds a sharded classifier (--fc-parallel): resume "
+                                f"with it" if shards else f"--resume: {self.files.state} holds a classifier that is "
+                                f"not sharded; this run shards it (--fc-parallel): resume without --fc-parallel")
+        if shards is None:
+            return None
+        saved = info["fc7_shards"].get("layout")
+        if saved != str(self.head.layout):
+            raise VargfaceError(f"--resume: {self.files.state} holds the classifier as {saved}; this run splits it "
+                                f"as {self.head.layout}. Resume with the same devices (--ctx) and workers, or merge "
+                                f"the shards (`vargface merge-fc7`)")
+        return shards
 
     def settings(self):
         """The settings a resume must find unchanged: the schema's resume keys and the run's devices and workers."""
@@ -364,16 +437,30 @@ class _Run:
 
     # ---- state -------------------------------------------------------------------------------------------------
     def fresh_state(self):
+        import mxnet as mx
+
+        from vargface.train.losses import initial_classifier
+
         _seed_rngs(self.config.seed, 0)
         arg, aux = self.pretrained
-        self.module.init_params(make_initializer(self.config.net_init), arg_params=arg or None,
-                                aux_params=aux or None, allow_missing=True, force_init=True)
-        if arg:
-            self.say(f"embedding initialised from --pretrained {self.config.pretrained}")
+        c = self.config
+        if self.head:
+            self.head.init_weights(c.seed)
+        elif "fc7_weight" in self.train_sym.list_arguments():  # the classifier the sharded head starts from too
+            arg = {**arg, "fc7_weight": mx.nd.array(initial_classifier(c.seed, c.fc7_init_sigma, 0,
+                                                                       int(c.num_classes), int(c.emb_size)))}
+        self.module.init_params(make_initializer(c.net_init), arg_params=arg or None, aux_params=aux or None,
+                                allow_missing=True, force_init=True)
+        if self.pretrained[0]:
+            self.say(f"embedding initialised from --pretrained {c.pretrained}")
         return TrainState()
 
-    def restore(self, state, arg, aux, states):
+    def restore(self, state, arg, aux, states, shards=None):
+        from vargface.train.partial_fc import load_shards
+
         self.module.set_params(arg, aux, allow_missing=False, force_init=True, allow_extra=True)
+        if self.head:
+            load_shards(shards, self.head)
         return state, states
 
     def init_optimizer(self, state, states=None):
@@ -384,19 +471,28 @@ class _Run:
         params = {"learning_rate": float(c.lr), "momentum": float(c.mom), "wd": float(c.wd),
                   "rescale_grad": self.rescale_grad, "lr_scheduler": schedule,
                   "begin_num_update": int(state.num_update), "multi_precision": c.dtype != FLOAT32}
-        self.module.init_optimizer(kvstore=self.kv if self.dist else None, optimizer="sgd", optimizer_params=params,
-                                   force_init=True)
+        # Only dist_async updates on its servers; otherwise the step sums the gradients (`self.step`) and every
+        # device updates its copy, so the optimizer's momentum is here for the training state.
+        self.module.init_optimizer(kvstore=self.kv if self.asynchronous else None, optimizer="sgd",
+                                   optimizer_params=params, force_init=True)
+        if self.group.size > 1:  # every worker starts from rank 0's weights
+            group = self.module._exec_group
+            for name, arrays in zip(group.param_names, group.param_arrays):
+                first = self.group.sum(f"start:{name}", arrays[0] if self.rank == 0 else arrays[0].zeros_like())
+                for array in arrays:
+                    if array is not first:
+                        first.copyto(array)
         ckpt.restore_optimizer(self.module, states)
         self.schedule = schedule
         self.step.start(LossScale(state.loss_scale or INITIAL_SCALE, state.loss_scale_clean)
-                        if c.dtype != FLOAT32 else None)
+                        if c.dtype != FLOAT32 else None, schedule)
 
     def save_state(self, state):
         arg, aux = current_params(self.module)
         info = dict(state.info(), network=self.config.network, seed=int(self.config.seed),
                     num_classes=int(self.config.num_classes), run=self.record_of_run,
                     saved=time.strftime("%Y-%m-%d %H:%M:%S"))
-        ckpt.save_state(self.files, info, arg, aux, self.module)
+        ckpt.save_state(self.files, info, arg, aux, self.module, classifier=self.head)
 
     def save_embedding(self, number):
         arg, aux = current_params(self.module)
@@ -492,7 +588,8 @@ def _fit(run):
                 # state still holds the old scale) lowers it again.
                 lr_scale = float(state.lr_scale) * float(config.nan_lr_factor)
                 info, arg, aux, states = ckpt.load_state(run.files)
-                state, states = run.restore(TrainState.from_info(info, run.files.state), arg, aux, states)
+                state, states = run.restore(TrainState.from_info(info, run.files.state), arg, aux, states,
+                                            ckpt.shards_file(run.files, info))
                 state.lr_scale = lr_scale
                 run.init_optimizer(state, states)
                 run.say(f"{nan}; rolled back to update {state.num_update} with the learning rate x{state.lr_scale:g}")
@@ -523,9 +620,12 @@ def _checkpoint(run, state, history, final=False):
     arg, aux = current_params(run.module)
     # The loss is checked before each update, the weights that update made only here: nothing non-finite is saved.
     bad = next((name for name, value in {**arg, **aux}.items() if not np.isfinite(value.asnumpy()).all()), None)
-    if bad:  # made by the last update, which may have ended an epoch
+    bad = bad or (run.head.first_nonfinite() if run.head else None)
+    elsewhere = [r for r in run.group.raised("weights", {"bad": bad is not None})["bad"] if r != run.rank]
+    if bad or elsewhere:  # made by the last update, which may have ended an epoch
         epoch, batch = (state.epoch, state.batch - 1) if state.batch else (state.epoch - 1, run.iters_per_epoch - 1)
-        raise NanLoss(f"weight {bad}", "non-finite", epoch, batch, state.num_update - 1)
+        metric = f"weight {bad}" if bad else f"a weight of worker {elsewhere[0]}"
+        raise NanLoss(metric, "non-finite", epoch, batch, state.num_update - 1, run.where if bad else "")
     state.msave += 1
     number = 1 if int(c.ckpt) == 3 else state.msave
     improved = False
@@ -565,7 +665,7 @@ def _train(run, state, history, stop):
             extra = run.plugin.extra_data(batch)
             _seed_rngs(c.seed, state.num_update + 1)
             where = (state.epoch, state.batch, state.num_update)
-            outcome = step(batch, extra, where)
+            outcome = step(batch, extra, where, stopping=stop.signal is not None)
             state.batch += 1
             if outcome.skipped:
                 window.skipped()
@@ -581,11 +681,13 @@ def _train(run, state, history, stop):
                 if state.num_update % int(c.verbose) == 0 and not run.last_update(state):
                     window.check()
                     _checkpoint(run, state, history)
-            if stop.signal is not None:
+            if outcome.signalled:
                 window.check()
-                run.say(f"stopping on signal {stop.signal} at update {state.num_update}; continue with --resume")
+                cause = f"signal {stop.signal}" if stop.signal is not None else \
+                    f"a signal to worker {outcome.signalled[0]}"
+                run.say(f"stopping on {cause} at update {state.num_update}; continue with --resume")
                 run.save_state(state)
-                return state, int(stop.signal)
+                return state, int(stop.signal or signal.SIGTERM)
         else:
             state.epoch, state.batch = state.epoch + 1, 0
     window.check()
@@ -636,9 +738,10 @@ def _speedometer(run, state, window, tic, history):
 def serve(role):
     """Run this process as a parameter-server ``role`` ('server' or 'scheduler') until the workers finish.
 
-    Plain ``DMLC_ROLE=server python -c 'import mxnet'`` starts serving inside the mxnet import, where the server
-    cannot unpickle the workers' optimizer (its LR schedule needs gluoncv, which needs a finished mxnet import);
-    so import first, then take the role."""
+    A vargface run's servers only sum (its workers update, `vargface.train.workers`). Plain
+    ``DMLC_ROLE=server python -c 'import mxnet'`` would serve that too, but starts serving inside the mxnet import,
+    where a server handed an optimizer could not unpickle it (the LR schedule needs gluoncv, which needs a finished
+    mxnet import); so import first, then take the role."""
     if role not in ("server", "scheduler"):
         raise VargfaceError(f"serve: role {role!r} must be 'server' or 'scheduler'")
     os.environ.pop("DMLC_ROLE", None)

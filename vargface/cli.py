@@ -10,6 +10,7 @@ import sys
 
 COMMAND_MODULES = [
     "vargface.symbols.cli", "vargface.data.cli", "vargface.train.cli", "vargface.train.distill_cli",
+    "vargface.train.partial_fc",
     "vargface.eval.cli", "vargface.demo", "vargface.experiment", "vargface.recipe",
 ]
 
