@@ -11,11 +11,14 @@ whose estimate exceeds the available memory, or --memory-limit (all its devices 
 refused, not run.
 Run: OMP_NUM_THREADS=2 .venv/bin/python bench/partial_fc.py [--classes 100000,1000000,2000000] [--memory-limit GB]"""
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from vargface.openmp import configure  # noqa: E402
@@ -42,8 +45,11 @@ def run_case(classes, devices, ratio, emb_size, batch, steps):
     rng = np.random.RandomState(0)
     labels = [rng.randint(0, classes, size=batch) for _ in range(steps + 1)]
     embeddings = [rng.randn(batch, emb_size).astype(np.float32) for _ in range(steps + 1)]
+    # The profiler's own trace file: never /dev/null, which MXNet (as root) would replace with a regular file.
+    trace = os.path.join(tempfile.mkdtemp(prefix="vargface-bench-"), "profile.json")
+    atexit.register(shutil.rmtree, os.path.dirname(trace), ignore_errors=True)
     mx.profiler.set_config(profile_memory=True, profile_symbolic=False, profile_imperative=False,
-                           profile_api=False, aggregate_stats=True, filename=os.devnull)
+                           profile_api=False, aggregate_stats=True, filename=trace)
     mx.profiler.set_state("run")  # the first step, with the set-up, is profiled and not timed
     if ratio is None:
         module = mx.mod.Module(loss_head(mx.sym.Variable("data"), config), context=contexts)
