@@ -12,7 +12,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=True)
+configure(one_cpu_device=True)
 os.environ.update(MXNET_SUBGRAPH_BACKEND="default", MXNET_SUBGRAPH_VERBOSE="0")  # as the runner binds
 
 import mxnet as mx  # noqa: E402

@@ -15,7 +15,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=True)  # as `vargface` itself does on CPU
+configure(one_cpu_device=True)  # as `vargface` itself does on CPU
 
 
 def save_random(preset, prefix):

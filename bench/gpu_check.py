@@ -17,7 +17,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=False)  # as `vargface` does for GPUs: no spinning OpenMP threads beside the loader
+configure(one_cpu_device=False)  # as `vargface` does for GPUs: no spinning OpenMP threads beside the loader
 
 
 def prelu_check(ctx):

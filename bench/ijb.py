@@ -18,7 +18,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=True)  # as `vargface` itself does on CPU
+configure(one_cpu_device=True)  # as `vargface` itself does on CPU
 import numpy as np  # noqa: E402
 
 GOAL_SECONDS, GOAL_BYTES = 600, 6 * 2 ** 30

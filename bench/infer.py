@@ -15,7 +15,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=True)  # as `vargface` itself does on CPU
+configure(one_cpu_device=True)  # as `vargface` itself does on CPU
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")  # its log line would split a table row
 
 import mxnet as mx  # noqa: E402  (after the thread settings)

@@ -2,13 +2,14 @@
 device against the sharded classifier (train/partial_fc.py) at sample ratio 1 and 0.1, in one run.
 
 Every case trains the head alone (ArcFace on random embeddings, SGD with momentum) on the same global batch, in its
-own process: the full head is the trainer's Module on one cpu context; the sharded one splits the classes over 2
-(and 4) cpu contexts. The defaults, 128-d embeddings and a global batch of 64, keep the full head at 2M classes
-within a shared 23 GB machine (at 512-d it needs about 19 GB); the figures scale with --emb-size and --batch. Reported: seconds per step (forward, backward, update), its speed-up over the full
-head, the peak memory per device as MXNet's memory profiler counts it on each context (weights, momentum,
-gradients, logits and temporaries), the estimate the trainer prints at start, and the process's peak RSS. A case
-whose estimate exceeds the available memory, or --memory-limit (all its devices together), is reported as
-refused, not run.
+own process, its OpenMP threads set up as `vargface` sets them for that many CPU devices (vargface.openmp): the
+full head is the trainer's Module on one cpu context; the sharded one splits the classes over 2 (and 4) cpu
+contexts. The defaults, 128-d embeddings and a global batch of 64, keep the full head at 2M classes within a shared
+23 GB machine (at 512-d it needs about 19 GB); the figures scale with --emb-size and --batch. Reported: seconds per
+step (forward, backward, update), its speed-up over the full head, the peak memory per device as MXNet's memory
+profiler counts it on each context (weights, momentum, gradients, logits and temporaries), the estimate the
+trainer prints at start, and the process's peak RSS. A case whose estimate exceeds the available memory, or
+--memory-limit (all its devices together), is reported as refused, not run.
 Run: OMP_NUM_THREADS=2 .venv/bin/python bench/partial_fc.py [--classes 100000,1000000,2000000] [--memory-limit GB]"""
 import argparse
 import atexit
@@ -21,9 +22,7 @@ import sys
 import tempfile
 import time
 
-from vargface.openmp import configure  # noqa: E402
-
-configure(cpu_only=True)  # as `vargface` itself does on CPU
+from vargface.openmp import configure
 
 GB = 1024 ** 3
 # name, devices, sample ratio (None: the full head on one device)
@@ -113,8 +112,10 @@ def main():
     args = parser.parse_args()
     if args.case:
         classes, devices, ratio = json.loads(args.case)
+        configure(one_cpu_device=devices == 1)  # as `vargface train --ctx` with these devices would
         print(json.dumps(run_case(classes, devices, ratio, args.emb_size, args.batch, args.steps)))
         return
+    configure(one_cpu_device=False)  # the threads; each case's process chooses its wait policy (above)
     from vargface.errors import VargfaceError
     from vargface.train.partial_fc import check_fits
 

@@ -13,7 +13,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=True)  # as `vargface` itself does on CPU
+configure(one_cpu_device=True)  # as `vargface` itself does on CPU
 
 CASES = [  # label, preset, options, batch
     ("demo_student", "vargfacenet", dict(multiplier=0.25, emb_size=64, input_size=48), 32),

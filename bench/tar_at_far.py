@@ -9,7 +9,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=True)  # as `vargface` itself does on CPU
+configure(one_cpu_device=True)  # as `vargface` itself does on CPU
 import numpy as np  # noqa: E402
 
 from vargface.eval.tar_at_far import tar_at_far  # noqa: E402

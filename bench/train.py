@@ -10,7 +10,7 @@ import time
 
 from vargface.openmp import configure  # noqa: E402
 
-configure(cpu_only=True)  # as `vargface` itself does on CPU
+configure(one_cpu_device=True)  # as `vargface` itself does on CPU
 
 CASES = [  # label, preset, options, batch, timed steps
     ("vargfacenet", "vargfacenet", {}, 16, 3),

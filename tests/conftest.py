@@ -7,7 +7,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # The test process runs on CPU alone, as `vargface` would set it up; the processes tests start decide for
 # themselves (several at once, as in the distributed tests, must not spin), so the wait policy leaves the
 # environment once MXNet has read it.
-if "OMP_WAIT_POLICY" in configure(cpu_only=True):
+if "OMP_WAIT_POLICY" in configure(one_cpu_device=True):
     import mxnet  # noqa: E402,F401  (OpenMP reads its settings now)
 
     del os.environ["OMP_WAIT_POLICY"]

@@ -15,9 +15,10 @@ from vargface.train.config import generate_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# ---- the CPU-only decision (vargface.openmp: spinning OpenMP threads only on CPUs, one process) -------------------
-@pytest.mark.parametrize("argv, environment, cpu_only", [
-    (["train", "--ctx", "cpu:0,cpu:1"], {}, True),
+# ---- the one-CPU-device decision (vargface.openmp: spinning OpenMP threads only on one CPU, one process) ----------
+@pytest.mark.parametrize("argv, environment, one_cpu_device", [
+    (["train", "--ctx", "cpu:0"], {}, True),
+    (["train", "--ctx", "cpu:0,cpu:1"], {}, False),  # two engine threads at once: spinning takes the other's cores
     (["train", "--ctx", "gpu:0"], {}, False),
     (["train", "--config", "configs/r100_retina.py"], {}, False),  # the file asks for eight GPUs
     (["train", "--config", "configs/r100_retina.py", "--ctx", "cpu"], {}, True),  # the command line wins
@@ -31,14 +32,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["recipe", "recursive"], {}, False),
     (["recipe", "recursive", "--ctx", "cpu"], {}, True),
 ])
-def test_cpu_only_decision_for_every_way_to_ask_for_gpus(argv, environment, cpu_only, monkeypatch):
-    from vargface.cli import _cpu_only, build_parser
+def test_one_cpu_device_decision_for_every_way_to_ask_for_devices(argv, environment, one_cpu_device, monkeypatch):
+    from vargface.cli import _one_cpu_device, build_parser
 
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("DMLC_ROLE", raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    assert _cpu_only(build_parser().parse_args(argv)) is cpu_only
+    assert _one_cpu_device(build_parser().parse_args(argv)) is one_cpu_device
 
 
 @pytest.mark.parametrize("files, affinity, cores", [

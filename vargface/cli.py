@@ -15,9 +15,9 @@ COMMAND_MODULES = [
 ]
 
 
-def _cpu_only(args):
-    """Whether the command runs on CPUs alone, in one process: its devices (--ctx, --eval-ctx, or a --config
-    file's ctx) name no GPU, and no distributed role or kvstore is in play (vargface.openmp)."""
+def _one_cpu_device(args):
+    """Whether the command runs on one CPU device, in one process: its devices (--ctx, --eval-ctx, or a --config
+    file's ctx) name no GPU and no second CPU, and no distributed role or kvstore is in play (vargface.openmp)."""
     from vargface.errors import VargfaceError
 
     settings = {}
@@ -28,9 +28,10 @@ def _cpu_only(args):
             settings = read_config_file(args.config)
         except VargfaceError:  # the command reports it
             pass
-    devices = [getattr(args, "ctx", None) or settings.get("ctx") or "cpu", getattr(args, "eval_ctx", None) or ""]
+    devices = [str(getattr(args, "ctx", None) or settings.get("ctx") or "cpu"),
+               str(getattr(args, "eval_ctx", None) or "")]
     kvstore = str(getattr(args, "kvstore", None) or settings.get("kvstore") or "")
-    return (not any("gpu" in str(d) for d in devices) and not kvstore.startswith("dist")
+    return (not any("gpu" in d or "," in d for d in devices) and not kvstore.startswith("dist")
             and "DMLC_ROLE" not in os.environ)
 
 
@@ -91,7 +92,7 @@ def _run(argv):
         name = f"vargface {args.command}"
         from vargface.openmp import configure
 
-        configure(cpu_only=_cpu_only(args))
+        configure(one_cpu_device=_one_cpu_device(args))
         show_progress(not getattr(args, "json", False))
         return args.func(args) or 0
     except VargfaceError as error:

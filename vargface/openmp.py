@@ -1,10 +1,11 @@
 """OpenMP settings for MXNet, made before it starts (it reads them once, at import): docs/environment.md#cpu-threads.
 
 - OMP_NUM_THREADS: the usable cores (without it MXNet used one core on CPU).
-- OMP_WAIT_POLICY=ACTIVE when everything runs on CPUs in one process: between MXNet's many short parallel regions
-  the OpenMP threads otherwise go to sleep, and waking them halved CPU training speed beside the data loader's
-  threads. Not on GPUs or in distributed runs, where spinning threads would take the cores from data loading or
-  from the other processes.
+- OMP_WAIT_POLICY=ACTIVE when everything runs on one CPU device in one process: between MXNet's many short
+  parallel regions the OpenMP threads otherwise go to sleep, and waking them halved CPU training speed beside the
+  data loader's threads. Not on GPUs or in distributed runs, where spinning threads would take the cores from data
+  loading or from the other processes, and not on several CPU devices (``--ctx cpu:0,cpu:1``), whose engine
+  threads run operators at once: each device's spinning threads took the cores from the other's.
 - MXNET_SUBGRAPH_VERBOSE=0: MXNet otherwise logs "Subgraph backend MKLDNN is activated" at every bind.
 
 Engine worker threads (MXNET_CPU_WORKER_NTHREADS) stay at 1: more made oneDNN fail intermittently on CPU. A value
@@ -42,10 +43,11 @@ def usable_cores():
     return min(cores, limit) if limit else cores
 
 
-def configure(cpu_only):
-    """Set the defaults above (``cpu_only``: CPUs alone, one process); returns the names it set."""
+def configure(one_cpu_device):
+    """Set the defaults above (``one_cpu_device``: one CPU device in one process, nothing else); returns the
+    names it set."""
     wanted = {"OMP_NUM_THREADS": str(usable_cores()), "MXNET_SUBGRAPH_VERBOSE": "0"}
-    if cpu_only:
+    if one_cpu_device:
         wanted["OMP_WAIT_POLICY"] = "ACTIVE"
     chosen = [name for name in wanted if name not in os.environ]
     for name in chosen:
