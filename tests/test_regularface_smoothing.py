@@ -9,7 +9,7 @@ from test_losses import LOSSES, arcneg_t, bind, inputs, numeric_grad, ref_logits
 
 from vargface.train import regularface
 from vargface.train.config import generate_config
-from vargface.train.losses import head_outputs, smoothed_target
+from vargface.train.losses import head_outputs
 from vargface.train.regularface import penalty, regularface_loss
 
 
@@ -127,22 +127,34 @@ def test_label_smoothing_loss_and_gradient_equal_the_formula(name):
     np.testing.assert_allclose(grads["data"].asnumpy(), expected, rtol=2e-3, atol=1e-4)
 
 
-def test_the_smoothed_target_is_the_heads_and_a_row_of_another_shard_is_flat():
-    """`smoothed_target` (what a sharded classifier's logit gradient subtracts) is SoftmaxOutput's smoothed target:
-    probabilities − batch × gradient of the logits."""
+def test_the_sharded_logit_gradient_is_the_heads_smoothed_one_and_a_row_of_another_shard_is_flat():
+    """`logit_gradient` (the sharded classifier's, with its target as on/off values at the label positions) is
+    SoftmaxOutput's gradient with smooth_alpha; a row whose class is on another shard has ε/(C−1) everywhere."""
+    from vargface.train.losses import smoothing_weights
+    from vargface.train.partial_fc import logit_gradient
+
     eps, classes = 0.3, 6
     z, label = np.random.RandomState(2).randn(4, classes), np.array([0, 5, 2, 2])
     data = mx.sym.Variable("z")
     exe = mx.sym.SoftmaxOutput(data, mx.sym.Variable("y"), normalization="valid", smooth_alpha=eps).simple_bind(
         mx.cpu(), z=z.shape, y=label.shape, grad_req={"z": "write", "y": "null"})
-    prob = exe.forward(is_train=True, z=z, y=label)[0].asnumpy()
+    prob = exe.forward(is_train=True, z=z, y=label)[0]
     exe.backward()
-    target = smoothed_target(mx.nd, mx.nd.array(label), classes, eps, classes).asnumpy()
-    np.testing.assert_allclose(target, prob - len(label) * exe.grad_dict["z"].asnumpy(), atol=1e-6)
-    assert target.sum(axis=1) == pytest.approx(np.ones(4))
-    # a shard holding columns without the row's class: ε/(C−1) on each, C the classes of the whole softmax
-    shard = smoothed_target(mx.nd, mx.nd.array([-1, 1]), 3, eps, classes).asnumpy()
-    np.testing.assert_allclose(shard, [[eps / 5] * 3, [eps / 5, 1 - eps, eps / 5]], rtol=1e-6)
+    on, off = smoothing_weights(eps, classes)
+    where = mx.nd.array([np.arange(4), label], dtype="int32")
+    grad = logit_gradient(prob.copy(), where, on, off, 1.0 / len(label)).asnumpy()
+    np.testing.assert_allclose(grad, exe.grad_dict["z"].asnumpy(), atol=1e-6)
+    # a shard of 3 of the 6 columns holding row 1's class only (at its column 1): every other row is flat
+    part = prob[:, :3].copy()
+    grad = logit_gradient(part.copy(), mx.nd.array([[1], [1]], dtype="int32"), on, off, 1.0).asnumpy()
+    expected = part.asnumpy() - eps / 5
+    expected[1, 1] = part.asnumpy()[1, 1] - (1 - eps)
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
+    # without smoothing: the one-hot label
+    grad = logit_gradient(part.copy(), mx.nd.array([[1], [1]], dtype="int32"), 1.0, 0.0, 0.5).asnumpy()
+    expected = part.asnumpy() * 0.5
+    expected[1, 1] -= 0.5
+    np.testing.assert_allclose(grad, expected, rtol=1e-6)
 
 
 # ---- off means untouched -----------------------------------------------------------------------------------------

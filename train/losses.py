@@ -63,21 +63,22 @@ def softmax_logits(embedding, label, config, num_classes):
     return mx.sym.FullyConnected(embedding, weight, bias, num_hidden=num_classes, name="fc7")
 
 
-def margin_from_cosines(F, cos_all, label, depth, config, cos_t=None, one_hot=None):
+def margin_from_cosines(F, cos_all, label, depth, config, cos_t=None):
     """The margin logits of ``config.loss_name`` from the cosines ``cos_all`` (B, depth) of the embeddings to
     ``depth`` class centres: s·(cos(m1·θ + m2) − m3) at the label's column, s·cos θ elsewhere (nsoftmax, ArcFace,
     CosFace, combined), or ArcNegFace's re-weighted negatives.
 
     ``label`` (B,) indexes the columns; a row whose class is not among them has label −1 (the sharded head: its
     class lives on another shard) and gets no target column. ``cos_t`` (B,) is the true class's cosine, by default
-    picked from ``cos_all``; the sharded head passes it in because ArcNegFace's negatives need it on every shard,
-    and ``one_hot`` (of ``label``, by default made here) because its softmax gradient needs the same array."""
+    picked from ``cos_all``; the sharded head passes it in because ArcNegFace's negatives need it on every shard.
+    Where only the true class changes, the sharded head writes the same logits in place
+    (train/partial_fc.py `PartialFC._target_logits`)."""
     s, m1, m2, m3 = float(config.loss_s), float(config.loss_m1), float(config.loss_m2), float(config.loss_m3)
     if config.loss_name == "margin_softmax" and (m1, m2, m3) == (1.0, 0.0, 0.0):
         return cos_all * s
     if cos_t is None:
         cos_t = F.pick(cos_all, label, axis=1)
-    one_hot = F.one_hot(label, depth=depth) if one_hot is None else one_hot
+    one_hot = F.one_hot(label, depth=depth)
     target = margin_target(F, cos_t, m1, m2, m3)
     if config.loss_name == "arcneg":
         # t_j = α·exp(−(cos θ_j − cos(θ_y + m))² / σ), not back-propagated
@@ -143,8 +144,8 @@ def head_outputs(embedding, config, num_classes=None):
     ``regularface``. With both at 0 the head is the plain softmax cross-entropy, op for op.
 
     Gradients are averaged over the device batch (``normalization='valid'``); the trainer rescales by the number
-    of devices/workers whose gradients the KVStore sums. SoftmaxOutput's ``smooth_alpha`` is exactly the smoothed
-    target of `smoothed_target`."""
+    of devices/workers whose gradients the KVStore sums. SoftmaxOutput's ``smooth_alpha`` targets exactly
+    `smoothing_weights` (1 − ε on the label, ε / (C − 1) elsewhere), as the sharded head's gradient does."""
     from vargface.train.regularface import regularface_loss
 
     label = mx.sym.Variable("softmax_label")
@@ -166,15 +167,6 @@ def head_outputs(embedding, config, num_classes=None):
 def smoothing_weights(eps, num_classes):
     """(target on the true class, target on each other class): 1 − ε and ε / (C − 1) over C classes."""
     return 1.0 - eps, eps / max(1, num_classes - 1)
-
-
-def smoothed_target(F, label, depth, eps, num_classes):
-    """The label-smoothed target (B, depth) over ``depth`` of the softmax's ``num_classes`` logits: 1 − ε at the
-    label's column, ε / (C − 1) at every other; a row labelled −1 (its class is among other logits, e.g. on another
-    shard) is ε / (C − 1) everywhere. The logits' gradient of the smoothed cross-entropy is softmax − target.
-    ``F``: mx.sym or mx.nd."""
-    on, off = smoothing_weights(eps, num_classes)
-    return F.one_hot(label, depth=depth, on_value=on, off_value=off)
 
 
 def smoothed_cross_entropy(F, true_log_prob, log_prob_sum, eps, num_classes):

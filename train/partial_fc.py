@@ -99,13 +99,32 @@ class StepResult:
     extras: dict
 
 
-def logit_gradient(prob, target, scale):
-    """d(loss)/d(logits) of the softmax cross-entropy against the target distribution ``target`` (rows over the
-    shard's sampled centres: the one-hot label, zero where the class is elsewhere, or its label-smoothed form),
-    times ``scale``: the one place it is formed. Written over ``prob`` (an (N, S) buffer less at the peak)."""
-    prob -= target
+def logit_gradient(prob, where, on, off, scale):
+    """d(loss)/d(logits) of the softmax cross-entropy, times ``scale``: the one place it is formed, over one
+    shard's sampled centres. The target is ``on`` at the (row, column) pairs ``where`` ((2, n) NDArray, the rows
+    whose class is on this shard, or None) and ``off`` elsewhere: the one-hot label (1, 0) or its label-smoothed
+    form. Written over ``prob`` (an (N, S) buffer less at the peak) and without an (N, S) target array."""
+    if off:
+        prob -= off
+    if where is not None:
+        _scatter(prob, where, _gather(prob, where) - (on - off))
     prob *= scale
     return prob
+
+
+def _gather(array, where):
+    """The elements of a 2-d ``array`` at the (row, column) pairs ``where`` ((2, n) int32 NDArray)."""
+    import mxnet as mx
+
+    return mx.nd.gather_nd(array, where)
+
+
+def _scatter(array, where, values):
+    """Write ``values`` at the (row, column) pairs ``where`` of ``array``, in place (the operator behind
+    NDArray's advanced-index assignment, without its per-call index conversion)."""
+    import mxnet as mx
+
+    mx.nd._internal._scatter_set_nd(lhs=array, rhs=values, indices=where, shape=array.shape, out=array)
 
 
 class PartialFC:
@@ -229,19 +248,19 @@ class PartialFC:
         shards = [self._shard_inputs(d, batch, all_labels, update) for d in range(len(self.contexts))]
         with autograd.record():
             cos = [cosines(mx.nd, s["emb"], s["rows"], s["rows"].shape[0]) for s in shards]
-        true_cos = [None] * len(shards)
         if negatives_need_target(self.config):
             # ArcNegFace weighs every shard's negatives by the true class's cosine, which its owner shares.
             shared = self._sum("true_cos", [_owned(mx.nd.pick(c.detach(), s["label"], axis=1), s["label"])
                                             for c, s in zip(cos, shards)])
             true_cos = [shared.as_in_context(c.context) for c in cos]  # (a copy recorded by autograd breaks it)
-        one_hots = [mx.nd.one_hot(s["label"], depth=c.shape[1]) for c, s in zip(cos, shards)]  # one per shard
-        with autograd.record():
-            if negatives_need_target(self.config):  # the owner's own cosine keeps its gradient
+            with autograd.record():  # the owner's own cosine keeps its gradient
                 true_cos = [mx.nd.where(s["label"] >= 0, mx.nd.pick(c, s["label"], axis=1), t)
                             for c, s, t in zip(cos, shards, true_cos)]
-            logits = [margin_from_cosines(mx.nd, c, s["label"], c.shape[1], self.config, cos_t=t, one_hot=h)
-                      for c, s, t, h in zip(cos, shards, true_cos, one_hots)]
+                logits = [margin_from_cosines(mx.nd, c, s["label"], c.shape[1], self.config, cos_t=t)
+                          for c, s, t in zip(cos, shards, true_cos)]
+            slopes = None
+        else:  # only the true class's logit has a margin: formed in place, its slope kept for the gradient
+            logits, slopes = map(list, zip(*[self._target_logits(c, s["where"]) for c, s in zip(cos, shards)]))
         eps = float(self.config.get("label_smoothing", 0.0))
         sampled = self._sampled_counts(all_labels)  # of every shard of the run
         # Each shard's softmax (one fused pass) holds 1 / sum exp(z - m_k) at its largest logit m_k: m_k, that
@@ -262,22 +281,30 @@ class PartialFC:
         total = mx.nd.sum(sums, axis=0)
         log_sum_exp = peak + mx.nd.log(total)
         if eps:
-            from vargface.train.losses import smoothed_cross_entropy, smoothed_target
+            from vargface.train.losses import smoothed_cross_entropy, smoothing_weights
 
             counts = mx.nd.array(sampled, ctx=home).reshape((-1, 1))
             # sum_j log p_j over every sampled centre, shard by shard: sum_j (z_j - m_k) + S_k (m_k - L)
             log_prob_sum = mx.nd.sum(rows[:, 3] + mx.nd.broadcast_mul(
                 counts, mx.nd.broadcast_sub(rows[:, 0], log_sum_exp)), axis=0)
             loss = smoothed_cross_entropy(mx.nd, true_logit - log_sum_exp, log_prob_sum, eps, sum(sampled))
-            targets = [smoothed_target(mx.nd, s["label"], len(s["picked"]), eps, sum(sampled)) for s in shards]
+            on, off = smoothing_weights(eps, sum(sampled))
         else:
-            loss, targets = log_sum_exp - true_logit, one_hots
-        for d, target in enumerate(targets):
+            loss, (on, off) = log_sum_exp - true_logit, (1.0, 0.0)
+        scale = 1.0 / len(all_labels)
+        for d, s in enumerate(shards):
             z, prob = logits[d], probs[d]
             logits[d] = probs[d] = None  # this shard's (N, S) buffers go before the next shard's gradient is formed
             share = (sums[len(shards) * self.group.rank + d] / total).as_in_context(z.context)
             prob = mx.nd.broadcast_mul(prob, mx.nd.expand_dims(share, 1), out=prob)
-            z.backward(logit_gradient(prob, target, 1.0 / len(all_labels)))
+            if slopes is None:
+                z.backward(logit_gradient(prob, s["where"], on, off, scale))
+            else:  # d(logit)/d(cos) is s, and s times the margin's slope at the true class
+                grad = logit_gradient(prob, s["where"], on, off, scale * float(self.config.loss_s))
+                if s["where"] is not None:
+                    _scatter(grad, s["where"], _gather(grad, s["where"]) * slopes[d])
+                cos[d].backward(grad)
+            cos[d] = None
             del z, prob
         extras = {}
         if float(self.config.get("regularface", 0.0)):
@@ -301,6 +328,29 @@ class PartialFC:
             centres_grad += grad
             values.append(value)
         return self._sum("regularface", values)
+
+    def _target_logits(self, cos, where):
+        """The margin logits of a loss whose margin changes the true class alone (margin_from_cosines): s·cos θ,
+        with s·(cos(m1·θ_y + m2) − m3) written at the rows' label columns ``where`` (None: no row's class is on
+        this shard), outside autograd; and the margin's slope d target / d cos θ_y there, for the gradient. The
+        same logits as the full head's without its (N, S) one-hot and broadcasts, forward and backward."""
+        import mxnet as mx
+        from mxnet import autograd
+
+        from vargface.train.losses import margin_target
+
+        c = self.config
+        scale = float(c.loss_s)
+        logits = cos.detach() * scale
+        if where is None:
+            return logits, None
+        cos_t = _gather(cos.detach(), where)
+        cos_t.attach_grad()
+        with autograd.record():
+            target = margin_target(mx.nd, cos_t, float(c.loss_m1), float(c.loss_m2), float(c.loss_m3))
+        target.backward()
+        _scatter(logits, where, target.detach() * scale)
+        return logits, cos_t.grad
 
     def _sampled_counts(self, all_labels):
         """The number of centres every shard of the run samples in this step (the same on every worker)."""
@@ -368,6 +418,8 @@ class PartialFC:
         self.sampled[d] = picked + start
         positions = np.full(len(all_labels), -1.0, dtype=np.float32)
         positions[inside] = np.searchsorted(picked, all_labels[inside] - start)
+        owned = np.flatnonzero(inside)  # the rows whose class is on this shard, and its column among the sampled
+        where = mx.nd.array(np.stack([owned, positions[owned]]), ctx=ctx, dtype="int32") if owned.size else None
         emb = batch.as_in_context(ctx) if batch.context != ctx else batch.copy()
         emb.attach_grad()
         if len(picked) == rows:  # the shard itself is the leaf (its gradient buffer is kept between steps)
@@ -378,7 +430,8 @@ class PartialFC:
             index = mx.nd.array(picked, ctx=ctx, dtype="int32")  # MXNet's take is twice as fast as with int64
             leaf = mx.nd.take(self.weights[d], index)
             leaf.attach_grad()
-        return {"emb": emb, "rows": leaf, "index": index, "label": mx.nd.array(positions, ctx=ctx), "picked": picked}
+        return {"emb": emb, "rows": leaf, "index": index, "label": mx.nd.array(positions, ctx=ctx), "where": where,
+                "picked": picked}
 
     def _sum(self, name, parts):
         """The sum of one array per local device (on the first device) and over the workers."""
