@@ -132,6 +132,22 @@ def test_fc_parallel_stopped_and_resumed_ends_where_the_full_head_ends(full_head
     assert_same_training(full_head[0], prefix)
 
 
+def test_dist_sync_workers_clip_the_norm_of_their_summed_gradient(full_head, data_dir, tmp_path):
+    """--clip-grad-norm with dist_sync: every worker reads the norm of the gradient summed over all workers (the
+    same on both, over the bound: the clip acts), scales by it, and the workers stay bit-identical."""
+    prefix = str(tmp_path / "clip")
+    code, output = train("--dataset", data_dir, "--verbose", "4", "--prefix", prefix, "--clip-grad-norm", "0.5",
+                         "--frequent", "1")
+    assert code == 0, output[-3000:]
+    logs = [[json.loads(line) for line in open(f"{p}-log.jsonl")] for p in (prefix, prefix + "-worker1")]
+    norms = [[e["grad_norm"] for e in log if e["type"] == "train"] for log in logs]
+    assert len(norms[0]) == 8 and norms[0] == norms[1] and min(norms[0]) > 0.5
+    clipped, plain = final_arrays(prefix), final_arrays(full_head[0])
+    for name in (k for k in clipped[0] if k.startswith("arg:")):  # (BatchNorm's running statistics stay local)
+        np.testing.assert_array_equal(clipped[0][name], clipped[1][name], err_msg=name)
+    assert not np.allclose(clipped[0]["arg:fc7_weight"], plain[0]["arg:fc7_weight"])  # the clip changed the updates
+
+
 def test_a_nan_on_one_worker_stops_both_with_a_clear_error(data_dir, tmp_path):
     """The gate loss of one worker becomes -inf at its third batch: both workers stop before that update, each
     saying what happened where, and every process of the run ends."""

@@ -190,9 +190,10 @@ def _check_together(values):
         if values["on_nan"] == "rollback":
             raise VargfaceError("--on-nan rollback needs every worker to roll back together; with a dist kvstore "
                                 "use --on-nan stop and --resume")
-        if values["clip_grad_norm"] > 0:
-            raise VargfaceError("--clip-grad-norm needs the gradient summed over all workers, which a dist kvstore "
-                                "forms only inside the update; use --clip-grad-norm 0 with a dist kvstore")
+        if values["clip_grad_norm"] > 0 and values["kvstore"] == "dist_async":
+            raise VargfaceError("--clip-grad-norm needs the gradient summed over all workers, which dist_async forms "
+                                "only on its servers, inside the update; use --kvstore dist_sync (the workers sum, "
+                                "clip and update) or --clip-grad-norm 0")
     if values["fc_parallel"]:
         from vargface.train.losses import MARGIN_LOSSES
 

@@ -380,7 +380,7 @@ KEYS = [
     Key("end_epoch", 10000, "int", "stop after this many epochs", low=1),
     Key("max_steps", 0, "int", "stop after this many updates (0: run to end_epoch)", low=0),
     Key("clip_grad_norm", 0.0, "float", "scale the embedding network's gradient, summed over the devices, down to "
-        "this global L2 norm (0: off; not with a dist kvstore)", low=0),
+        "this global L2 norm (0: off; not with dist_async)", low=0),
     Key("train_graph", "auto", "str", "auto (fast, unless a check on the GPU finds MXNet's PReLU slope gradient "
         "right) | faithful (the network's own ops) | fast (the same function with right PReLU slope gradients, "
         "in ops with fast CPU kernels, docs/fast_graph.md); checkpoints always hold the faithful graph",
