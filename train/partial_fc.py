@@ -19,7 +19,7 @@ import numpy as np
 
 from vargface.errors import VargfaceError
 
-# Labels and sampled positions travel as float32 inside MXNet's one_hot/pick: exact below 2**24.
+# Labels and sampled positions travel as float32 inside MXNet's pick (and ArcNegFace's one_hot): exact below 2**24.
 MAX_SHARD_ROWS = 2 ** 24
 
 
