@@ -1,5 +1,4 @@
 """`vargface` subcommands of vargface.eval: verify, lfr features, tar-at-far, export, embed, compare, ijb, identify."""
-import contextlib
 import json
 import sys
 
@@ -143,8 +142,8 @@ def register(subparsers):
     p.add_argument("--distractor-list", metavar="LIST", help="one image path per distractor row (for --noise)")
     p.add_argument("--noise", action="append", metavar="FILE",
                    help="a list of mislabelled images to leave out (MegaFace's, FaceScrub's); repeatable")
-    p.add_argument("--sizes", default=",".join(str(10 ** k) for k in range(1, 7)), metavar="D,D,...",
-                   help="comma-separated gallery sizes in distractors (default: %(default)s)")
+    p.add_argument("--sizes", metavar="D,D,...",
+                   help="comma-separated gallery sizes in distractors (default: the powers of ten from 10 to 10^6)")
     p.add_argument("--rank", type=options.positive_int, default=10, metavar="K",
                    help="highest rank reported (default: 10)")
     p.add_argument("--tile", type=options.positive_int, default=8192, metavar="N",
@@ -165,15 +164,21 @@ def _embedder(args):
 
 def _verify(args):
     from vargface.errors import VargfaceError
-    from vargface.eval.verification import verify_model
-    from vargface.symbols.checkpoint import parse_model_arg
 
     targets = [t for t in args.target.split(",") if t]
     if not targets:
         raise VargfaceError("--target: expected one or more .bin files, e.g. lfw.bin,cfp_fp.bin")
     if args.nfolds < 1:
         raise VargfaceError(f"--nfolds {args.nfolds}: expected a positive number of folds (10 as reported)")
-    options.refuse_existing(args.roc, args.overwrite, option="--roc")
+    with options.claimed(args.overwrite, (args.roc, "--roc")):
+        _verify_and_report(args, targets)
+    return 0
+
+
+def _verify_and_report(args, targets):
+    from vargface.eval.verification import verify_model
+    from vargface.symbols.checkpoint import parse_model_arg
+
     prefix, epoch = parse_model_arg(args.model)
     results = verify_model(prefix, epoch, targets, ctx=args.ctx, batch_size=options.total_batch(args),
                            nrof_folds=args.nfolds, progress=not args.json)
@@ -194,7 +199,6 @@ def _verify(args):
     sys.stdout.flush()
     if args.roc:  # after the results, so a plot that cannot be written does not lose them
         _plot_roc(results, args.roc)
-    return 0
 
 
 def _plot_roc(results, path):
@@ -213,10 +217,8 @@ def _plot_roc(results, path):
 
 def _lfr_features(args):
     from vargface.eval.lfr import extract_features
-    from vargface.locks import OutputLock
 
-    with OutputLock(args.out):  # the output and its resume files: one writer at a time
-        options.refuse_existing(args.out, args.overwrite)
+    with options.claimed(args.overwrite, (args.out, "--out")):  # the output and its resume files
         embedder = _embedder(args)
         computed = extract_features(embedder, args.image_list, args.root, args.out, progress=not args.json)
     options.emit(args, f"wrote {args.out} ({computed} rows computed in this run, {embedder.embedding_size}-d)",
@@ -279,10 +281,10 @@ def _export(args):
     from vargface.eval.export import export_onnx
     from vargface.symbols.checkpoint import parse_model_arg
 
-    options.refuse_existing(args.out, args.overwrite)
     prefix, epoch = parse_model_arg(args.model)
-    sym, arg_params, aux_params, size = load_embedding_model(prefix, epoch)
-    result = export_onnx(sym, arg_params, aux_params, args.out, input_size=size, tolerance=args.tolerance)
+    with options.claimed(args.overwrite, (args.out, "--out")):
+        sym, arg_params, aux_params, size = load_embedding_model(prefix, epoch)
+        result = export_onnx(sym, arg_params, aux_params, args.out, input_size=size, tolerance=args.tolerance)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -310,10 +312,10 @@ def _embed(args):
     from vargface.atomic import atomic_path
 
     _refuse_folders(args.images)
-    options.refuse_existing(args.out, args.overwrite)
-    embeddings = _embedder(args).embed_files(args.images, flip=not args.no_flip, progress=not args.json)
-    with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, embeddings)
+    with options.claimed(args.overwrite, (args.out, "--out")):
+        embeddings = _embedder(args).embed_files(args.images, flip=not args.no_flip, progress=not args.json)
+        with atomic_path(args.out) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, embeddings)
     options.emit(args, f"wrote {args.out}: {embeddings.shape[0]} x {embeddings.shape[1]} float32, rows L2-normalised",
                  {"out": args.out, "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1])})
     return 0
@@ -334,12 +336,9 @@ def _ijb(args):
     from vargface.atomic import atomic_path
     from vargface.eval.ijb import evaluate, format_result
     from vargface.eval.templates import parse_mode
-    from vargface.locks import OutputLock
 
     mode = parse_mode(args.mode)
-    with OutputLock(args.out), OutputLock(args.roc) if args.roc else contextlib.nullcontext():
-        options.refuse_existing(args.out, args.overwrite)
-        options.refuse_existing(args.roc, args.overwrite, option="--roc")
+    with options.claimed(args.overwrite, (args.out, "--out"), (args.roc, "--roc")):
         result, skipped, scores, genuine = evaluate(_embedder(args), args.root, args.target, args.out, mode,
                                                     workers=args.workers, overwrite=args.overwrite,
                                                     progress=not args.json)
@@ -359,29 +358,26 @@ def _identify(args):
 
     from vargface.errors import VargfaceError
     from vargface.eval.identify import identify, identities_of, is_noise, read_names, read_noise
-    from vargface.locks import OutputLock
 
-    sizes = []
-    for item in args.sizes.split(","):
+    sizes = None  # identify's default
+    for item in args.sizes.split(",") if args.sizes is not None else ():
         if not item.strip().isdigit() or int(item) < 1:
             raise VargfaceError(f"--sizes: {item!r} is not a positive whole number; expected e.g. 10,100,1000")
-        sizes.append(int(item))
-    with OutputLock(args.cmc) if args.cmc else contextlib.nullcontext():
-        options.refuse_existing(args.cmc, args.overwrite, option="--cmc")
+        sizes = (sizes or []) + [int(item)]
+    with options.claimed(args.overwrite, (args.cmc, "--cmc")):
         probes, distractors = _load_array(args.probes, "PROBES"), _load_array(args.distractors, "DISTRACTORS")
         names = read_names(args.probe_list, "PROBE_LIST")
+        distractor_names = read_names(args.distractor_list, "--distractor-list") if args.distractor_list else None
         for what, array, listed, path in (("PROBES", probes, names, args.probe_list),
-                                          ("DISTRACTORS", distractors, None, args.distractor_list)):
+                                          ("DISTRACTORS", distractors, distractor_names, args.distractor_list)):
             if array.ndim != 2:
                 raise VargfaceError(f"{what}: expected an (N, D) array, got shape {array.shape}")
-            listed = read_names(path, "--distractor-list") if listed is None and path else listed
             if listed is not None and len(listed) != len(array):
                 raise VargfaceError(f"{what} has {len(array)} rows but {path} lists {len(listed)} images; expected "
                                     f"one line per row")
         noise = read_noise(args.noise)
         keep_probes = ~is_noise(names, noise)
-        keep = ~is_noise(read_names(args.distractor_list, "--distractor-list"), noise) \
-            if args.distractor_list and noise else None
+        keep = ~is_noise(distractor_names, noise) if distractor_names is not None and noise else None
         result = identify(np.asarray(probes)[keep_probes], identities_of(names)[keep_probes], distractors, keep,
                           sizes, args.rank, args.tile, progress=not args.json,
                           probe_rows=np.flatnonzero(keep_probes))

@@ -80,7 +80,7 @@ def _trials(labels):
 
 
 def identify(probes, labels, distractors, keep=None, sizes=None, max_rank=10, tile=8192, progress=True,
-             what=("PROBES", "DISTRACTORS"), probe_rows=None):
+             probe_rows=None):
     """Rank-1..``max_rank`` identification rates at each gallery size.
 
     ``probes`` (P, d) and ``labels`` (P,) are the probe images and identities (already without noise);
@@ -96,11 +96,11 @@ def identify(probes, labels, distractors, keep=None, sizes=None, max_rank=10, ti
     skipped = [{"distractors": d, "reason": f"{d} distractors requested, {available} available"}
                for d in sizes if d > available]
     if not measured:
-        raise VargfaceError(f"{what[1]}: {available} distractors, fewer than the smallest gallery size asked for "
+        raise VargfaceError(f"DISTRACTORS: {available} distractors, fewer than the smallest gallery size asked for "
                             f"({sizes[0]})")
     if probes.shape[1] != distractors.shape[1]:
-        raise VargfaceError(f"{what[0]} are {probes.shape[1]}-d but {what[1]} are {distractors.shape[1]}-d")
-    x = _unit_rows(probes, np.arange(len(probes)) if probe_rows is None else probe_rows, what[0])
+        raise VargfaceError(f"PROBES are {probes.shape[1]}-d but DISTRACTORS are {distractors.shape[1]}-d")
+    x = _unit_rows(probes, np.arange(len(probes)) if probe_rows is None else probe_rows, "PROBES")
     probe, mate = _trials(np.asarray(labels))
     mate_score = np.einsum("ij,ij->i", x[probe], x[mate])
     k = int(max_rank)
@@ -113,7 +113,7 @@ def identify(probes, labels, distractors, keep=None, sizes=None, max_rank=10, ti
             while done < size:
                 stop = min(done + tile, size)
                 block = _unit_rows(distractors[done:stop] if keep is None else distractors[rows[done:stop]],
-                                   rows[done:stop], what[1])
+                                   rows[done:stop], "DISTRACTORS")
                 scores = flat[:len(x) * len(block)].reshape(len(x), len(block))
                 np.dot(x, block.T, out=scores)
                 # only probes with a score above their current k-th best change their top k

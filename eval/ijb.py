@@ -423,14 +423,23 @@ def cache_path(out, checksum):
 
 
 def crop_features(embedder, images, out, workers=None, overwrite=False, progress=True):
-    """Per-crop [image, mirror] features of every crop (resuming a killed run), memory-mapped from the cache."""
-    from vargface.data.parallel import imap_ordered
-    from vargface.options import progress_bar
+    """Per-crop [image, mirror] features of every crop (resuming a killed run), memory-mapped from the cache, whose
+    lock is held while it is read or written."""
+    from vargface.locks import OutputLock
 
     # not the folder: a moved or copied data set keeps its features
     identity = {"format": CACHE_FORMAT, "weights": embedder.checksum, "crops": images.digest(), "rows": len(images),
                 "cols": 2 * embedder.embedding_size}
     cache = FeatureCache(cache_path(out, embedder.checksum), identity, overwrite)
+    with OutputLock(cache.path):  # runs with other --out files of one stem share it
+        return _fill(cache, embedder, images, workers, progress)
+
+
+def _fill(cache, embedder, images, workers, progress):
+    """The finished features of ``cache``, computing (or resuming) the rows it lacks."""
+    from vargface.data.parallel import imap_ordered
+    from vargface.options import progress_bar
+
     ready = cache.finished()
     if ready is not None:
         return ready

@@ -133,9 +133,7 @@ def open_set_identification(probe_feats, probe_subjects, gallery_feats, gallery_
     probe_subjects, gallery_subjects = np.asarray(probe_subjects), np.asarray(gallery_subjects)
     order = np.argsort(gallery_subjects, kind="stable")
     column = np.full(len(probe_subjects), -1)
-    pos = np.searchsorted(gallery_subjects[order], probe_subjects)
-    found = pos < len(order)
-    found[found] = gallery_subjects[order][pos[found]] == probe_subjects[found]
+    pos, found = rows_of(gallery_subjects[order], probe_subjects)
     column[found] = order[pos[found]]
     mated = column >= 0
     rank = np.zeros(len(probe_subjects), np.int64)

@@ -176,6 +176,8 @@ WRITERS = {
                                      "--per-batch-size", 2],
     "lfr features": lambda i, out: ["lfr", "features", i.list, "--model", i.model, "--root", i.faces, "--out",
                                     out, "--per-batch-size", 2],
+    "embed": lambda i, out: ["embed", "--model", i.model, "--out", out, *sorted(i.faces.rglob("*.jpg"))],
+    "verify --roc": lambda i, out: ["verify", "--model", i.model, "--target", i.pack, "--nfolds", 2, "--roc", out],
 }
 
 

@@ -7,6 +7,7 @@ InsightFace's trainer does), for training and inference alike; ``--json`` prints
 stdout and turns the progress bars off. Spellings the vocabulary replaced keep working as `ALIASES`.
 `progress_bar` is the one place a progress bar is made."""
 import argparse
+import contextlib
 import difflib
 import os
 import sys
@@ -123,6 +124,21 @@ def refuse_existing(path, overwrite, option="--out"):
     """Refuse to replace an existing output unless ``overwrite``; the message names the output and the option."""
     if path and not overwrite and os.path.lexists(path):
         raise VargfaceError(f"{option} {path} exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def claimed(overwrite, *outputs):
+    """Hold each output's lock while the command writes it, and refuse one that exists unless ``overwrite``:
+    one writer at a time, nothing replaced unasked. ``outputs``: (path, option) pairs; a None path (an
+    optional output not asked for) is skipped."""
+    from vargface.locks import OutputLock
+
+    with contextlib.ExitStack() as stack:
+        for path, option in outputs:
+            if path:
+                stack.enter_context(OutputLock(path))
+                refuse_existing(path, overwrite, option)
+        yield
 
 
 _progress = {"enabled": True}
