@@ -190,6 +190,10 @@ def _check_together(values):
         if values["on_nan"] == "rollback":
             raise VargfaceError("--on-nan rollback needs every worker to roll back together; with a dist kvstore "
                                 "use --on-nan stop and --resume")
+        if values["dtype"] != "float32":
+            raise VargfaceError(f"--dtype {values['dtype']} skips a step whose gradients overflow, and with --kvstore "
+                                f"{values['kvstore']} every worker would have to skip it together; use --dtype float32 "
+                                "with a dist kvstore")
         if values["clip_grad_norm"] > 0 and values["kvstore"] == "dist_async":
             raise VargfaceError("--clip-grad-norm needs the gradient summed over all workers, which dist_async forms "
                                 "only on its servers, inside the update; use --kvstore dist_sync (the workers sum, "

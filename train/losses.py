@@ -150,7 +150,7 @@ def head_outputs(embedding, config, num_classes=None):
 
     label = mx.sym.Variable("softmax_label")
     fc7 = logits(embedding, label, config, num_classes)
-    eps, lam = float(config.get("label_smoothing", 0.0)), float(config.get("regularface", 0.0))
+    eps, lam = float(config.label_smoothing), float(config.regularface)
     smoothing = {"smooth_alpha": eps} if eps else {}
     outputs = [(mx.sym.SoftmaxOutput(fc7, label, normalization="valid", name="softmax", **smoothing), None)]
     if eps:

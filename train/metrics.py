@@ -78,10 +78,6 @@ class Window:
         """A batch trained on without an update (a mixed-precision overflow): it counts for the speed only."""
         self.batches += 1
 
-    @property
-    def count(self):
-        return len(self.rows)
-
     def read(self):
         """The rows as metric values (a float array per row), in one copy from the device."""
         import mxnet as mx

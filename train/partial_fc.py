@@ -261,8 +261,8 @@ class PartialFC:
             slopes = None
         else:  # only the true class's logit has a margin: formed in place, its slope kept for the gradient
             logits, slopes = map(list, zip(*[self._target_logits(c, s["where"]) for c, s in zip(cos, shards)]))
-        eps = float(self.config.get("label_smoothing", 0.0))
-        sampled = self._sampled_counts(all_labels)  # of every shard of the run
+        eps, lam = float(self.config.label_smoothing), float(self.config.regularface)
+        sampled = self._sampled_counts(all_labels) if eps or lam else None  # of every shard of the run
         # Each shard's softmax (one fused pass) holds 1 / sum exp(z - m_k) at its largest logit m_k: m_k, that
         # value and the true class's logit (where the shard owns the class) travel in one all-gather (with
         # label smoothing also sum_j (z_j - m_k)), and each shard's softmax times its share of the global sum is
@@ -307,7 +307,7 @@ class PartialFC:
             cos[d] = None
             del z, prob
         extras = {}
-        if float(self.config.get("regularface", 0.0)):
+        if lam:
             extras["regularface"] = self._regularface(shards, sampled)
         emb_grad = self._sum("emb_grad", [s["emb"].grad for s in shards])
         self._pending = [(s["index"], s["rows"]) for s in shards]
@@ -323,7 +323,7 @@ class PartialFC:
 
         lam, values = float(self.config.regularface), []
         for s in shards:
-            value, grad = penalty(s["rows"].detach(), lam * len(s["picked"]) / sum(sampled))
+            value, grad = penalty(s["rows"].detach(), lam * s["rows"].shape[0] / sum(sampled))
             centres_grad = s["rows"].grad
             centres_grad += grad
             values.append(value)
@@ -403,7 +403,7 @@ class PartialFC:
     @property
     def metric_names(self):
         """The names of `StepResult.extras`, in their order."""
-        return ["regularface"] if float(self.config.get("regularface", 0.0)) else []
+        return ["regularface"] if float(self.config.regularface) else []
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _shard_inputs(self, d, batch, all_labels, update):
@@ -430,8 +430,7 @@ class PartialFC:
             index = mx.nd.array(picked, ctx=ctx, dtype="int32")  # MXNet's take is twice as fast as with int64
             leaf = mx.nd.take(self.weights[d], index)
             leaf.attach_grad()
-        return {"emb": emb, "rows": leaf, "index": index, "label": mx.nd.array(positions, ctx=ctx), "where": where,
-                "picked": picked}
+        return {"emb": emb, "rows": leaf, "index": index, "label": mx.nd.array(positions, ctx=ctx), "where": where}
 
     def _sum(self, name, parts):
         """The sum of one array per local device (on the first device) and over the workers."""

@@ -22,7 +22,7 @@ LOSS_OPS = ("SoftmaxOutput", "MakeLoss", "LinearRegressionOutput", "LogisticRegr
             "MAERegressionOutput", "SVMOutput")
 
 
-def check_devices(dtype, contexts, kvstore):
+def check_devices(dtype, contexts):
     """Refuse a precision the devices cannot train in, naming the option."""
     if dtype == FLOAT32:
         return
@@ -33,9 +33,6 @@ def check_devices(dtype, contexts, kvstore):
     if dtype == "bfloat16" and kinds != {"cpu"}:
         raise VargfaceError("--dtype bfloat16 trains on CPUs (oneDNN; MXNet 1.9 has no GPU bfloat16 kernels for "
                             "these networks); on GPUs use --dtype float16")
-    if kvstore.startswith("dist"):
-        raise VargfaceError(f"--dtype {dtype} skips a step whose gradients overflow, and with --kvstore {kvstore} "
-                            "every worker would have to skip it together; use --dtype float32 with a dist kvstore")
 
 
 def _scaled_gradient(x, scale):

@@ -77,8 +77,11 @@ class TrainStep:
         self.scale, self.schedule = scale, schedule
         if self.kvstore is not None and not self._keys:
             group = self.module._exec_group
+            together = self.group is not None and self.group.size > 1
             for index, name, _ in self.params:
                 self.kvstore.init(name, group.param_arrays[index][0])
+                if together:  # a dist kvstore keeps rank 0's values: every worker starts from its weights
+                    self.kvstore.pull(name, out=group.param_arrays[index])
             self._keys = True
         if scale is not None:
             self.set_scale()
@@ -114,8 +117,8 @@ class TrainStep:
         else:
             labels = getattr(batch, "host_label", batch.label[0])  # the iterator's NumPy copy: no read back
             result = self.head.train_step(module, batches, labels, where[2] + 1, self.detach)
-            row = sharded_row(result, module.get_outputs(merge_multi_context=False)[1:],
-                              sum(s.stop - s.start for s in self.slices), self.contexts[0])
+            row = sharded_row(result, module.get_outputs(merge_multi_context=False)[1:], self.counts[0],
+                              self.contexts[0])
         self._aggregate()
         together = self.group is not None and self.group.size > 1
         synced = self.clip is not None or self.scale is not None or together

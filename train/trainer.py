@@ -189,7 +189,7 @@ def check_devices(config, contexts):
     if config.kvstore == "nccl" and len(gpus) != len(contexts):
         raise VargfaceError(f"--kvstore nccl sums gradients between the GPUs of one machine (NCCL), but --ctx "
                             f"{devices} names CPUs; use --kvstore device")
-    check_precision(config.dtype, contexts, config.kvstore)
+    check_precision(config.dtype, contexts)
     if config.kvstore == "local" and gpus and len(contexts) > 1:
         return [f"--kvstore local sums the {len(contexts)} GPUs' gradients on the host (CPU), through PCIe every "
                 f"step; --kvstore device sums them on the GPUs and --kvstore nccl over NCCL"]
@@ -475,13 +475,6 @@ class _Run:
         # device updates its copy, so the optimizer's momentum is here for the training state.
         self.module.init_optimizer(kvstore=self.kv if self.asynchronous else None, optimizer="sgd",
                                    optimizer_params=params, force_init=True)
-        if self.group.size > 1:  # every worker starts from rank 0's weights
-            group = self.module._exec_group
-            for name, arrays in zip(group.param_names, group.param_arrays):
-                first = self.group.sum(f"start:{name}", arrays[0] if self.rank == 0 else arrays[0].zeros_like())
-                for array in arrays:
-                    if array is not first:
-                        first.copyto(array)
         ckpt.restore_optimizer(self.module, states)
         self.schedule = schedule
         self.step.start(LossScale(state.loss_scale or INITIAL_SCALE, state.loss_scale_clean)

@@ -28,10 +28,15 @@ def _one_cpu_device(args):
             settings = read_config_file(args.config)
         except VargfaceError:  # the command reports it
             pass
-    devices = [str(getattr(args, "ctx", None) or settings.get("ctx") or "cpu"),
-               str(getattr(args, "eval_ctx", None) or "")]
+    from vargface.context import device_specs
+
+    lists = [getattr(args, "ctx", None) or settings.get("ctx") or "cpu", getattr(args, "eval_ctx", None)]
+    try:
+        devices = {spec for text in lists if text for spec in device_specs(text)}
+    except VargfaceError:  # the command reports it
+        return False
     kvstore = str(getattr(args, "kvstore", None) or settings.get("kvstore") or "")
-    return (not any("gpu" in d or "," in d for d in devices) and not kvstore.startswith("dist")
+    return (len(devices) == 1 and all(kind == "cpu" for kind, _ in devices) and not kvstore.startswith("dist")
             and "DMLC_ROLE" not in os.environ)
 
 
