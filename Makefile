@@ -2,8 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CORES := $(shell nproc 2>/dev/null || echo 2)
-export OMP_NUM_THREADS ?= $(CORES)
 
 .PHONY: install test demo experiment sweep bench clean
 

@@ -155,6 +155,8 @@ def test_a_sweep_report_names_students_that_reach_the_teacher(tmp_path):
                                            (["--budgets", "1,10"], "at least 2"),
                                            (["--budgets", "a"], "--budgets a: expected"),
                                            (["--budgets", "5", "--student-steps", "5"], "drop --student-steps"),
+                                           (["--student-steps", "1"], "--student-steps must be at least 2"),
+                                           (["--teacher-steps", "1"], "--teacher-steps must be at least 2"),
                                            (["--variants", "regularface,nope"], "unknown 'nope'")])
 def test_bad_sweep_options_are_refused(argv, message, run_cli, tmp_path):
     code, _, err = run_cli("experiment", "distill", "--quick", "--dry-run", "--out", tmp_path / "x", *argv)

@@ -157,11 +157,16 @@ def settings_from_args(args, profile):
         if args.student_steps is not None:
             raise VargfaceError("--budgets sets the student updates per round at each budget: drop --student-steps")
         settings["budgets"] = budgets = parse_budgets(args.budgets)
-        if budgets[0] < settings["warmup"] + 2:  # the cosine schedule needs two updates after the warm-up
-            raise VargfaceError(f"--budgets {args.budgets}: every N must be at least {settings['warmup'] + 2} (the "
-                                f"{settings['warmup']} warm-up updates and two more)")
         if args.teacher_steps is None:
             settings["teacher_steps"] = max(settings["teacher_steps"], TEACHER_PER_BUDGET * budgets[-1])
+    # every run's cosine schedule needs two updates after the warm-up: checked before anything runs
+    need = settings["warmup"] + 2
+    for option, steps in (("--budgets: every N" if settings.get("budgets") else "--student-steps",
+                           min(settings.get("budgets") or [settings["student_steps"]])),
+                          ("--teacher-steps", settings["teacher_steps"])):
+        if steps < need:
+            raise VargfaceError(f"{option} must be at least {need} (the {settings['warmup']} warm-up updates and "
+                                f"two more), got {steps}")
     return settings
 
 
