@@ -309,3 +309,16 @@ def test_synthetic_fixture_follows_the_layout(tmp_path):
     assert sorted(np.r_[galleries[0][1], galleries[1][1]].tolist()) == [1, 2, 3]
     assert len(probes[0]) == 3 and set(probes[1].tolist()) == {1, 2, 3}
     assert ((images.faceness > 0) & (images.faceness <= 1)).all()
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 256])
+def test_pair_scores_equal_the_rowwise_dot_products_in_every_grouping(block):
+    """Groups of ``block`` first templates, scored against the second templates they name (a few: gathered;
+    most: all of them): each pair's score is its two rows' dot product, in the pairs' own order."""
+    from vargface.eval.templates import pair_scores
+
+    rng = np.random.RandomState(4)
+    feats = rng.randn(60, 8).astype(np.float32)  # 100 pairs: small groups name few, the whole batch most
+    first, second = rng.randint(0, 60, 100), rng.randint(0, 60, 100)
+    expected = np.einsum("ij,ij->i", feats[first], feats[second])
+    np.testing.assert_allclose(pair_scores(feats, first, second, block=block), expected, rtol=1e-5, atol=1e-6)

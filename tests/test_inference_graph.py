@@ -81,7 +81,9 @@ def test_every_preset_computes_the_faithful_embedding_and_taps(preset):
     images = np.random.RandomState(1).uniform(0, 255, (2, 3, size, size)).astype(np.float32)
     runner = InferenceRunner(sym, arg, aux, ctx="cpu", batch_size=2, output=outputs)
     expected = faithful_outputs(runner.symbol, arg, aux, images)
-    for name, got, want in zip(outputs, runner.forward_outputs(images), expected):
+    got_all = runner.forward_outputs(images)
+    assert len(got_all) == len(expected) == len(outputs)  # no tap lost on either side
+    for name, got, want in zip(outputs, got_all, expected):
         assert got.shape == want.shape and relative_error(got, want) <= TOLERANCE, name
 
     # every BatchNorm after a layer is folded into it, and only the PReLU with a slope above 1 stays MXNet's
@@ -143,7 +145,7 @@ def test_trained_checkpoint_verifies_as_on_the_faithful_graph(tmp_path, run_cli)
     from vargface.eval.verification import evaluate, load_pairs
     from vargface.symbols.checkpoint import load_checkpoint
     from vargface.train.config import generate_config
-    from vargface.train.trainer import fit
+    from vargface.train.trainer import embedding_symbol, fit
 
     data = tmp_path / "data"
     make_synthetic_rec(str(data), 8, 6, size=32, seed=4, workers=1, progress=False)
@@ -158,6 +160,10 @@ def test_trained_checkpoint_verifies_as_on_the_faithful_graph(tmp_path, run_cli)
     accuracy = json.loads(done.stdout)["val"]["accuracy"]
 
     sym, arg, aux = load_checkpoint(prefix, epoch)
+    # trained on the fast graph (the CPU default), saved as the faithful one: its ops, PReLUs included, and arrays
+    assert config.train_graph == "auto" and ("LeakyReLU", "BatchNorm") in _ops(sym)
+    assert _ops(sym) == _ops(embedding_symbol(config)) and sym.list_arguments() == embedding_symbol(
+        config).list_arguments()
     images, issame = load_pairs(str(data / "val.bin"), input_size_of(sym))
     faithful = flip_sum_embeddings(images, lambda batch: faithful_outputs(sym, arg, aux, batch)[0], 64,
                                    dtype=np.float64)
@@ -168,14 +174,16 @@ def test_trained_checkpoint_verifies_as_on_the_faithful_graph(tmp_path, run_cli)
     assert os.path.exists(f"{prefix}-symbol.json")
 
 
-def test_one_image_at_a_time():
+@pytest.mark.parametrize("preset", list(presets()))
+def test_one_image_at_a_time(preset):
     # the faithful VarGFaceNet crashed MXNet at a batch of one; a service embeds one face at a time
-    sym = get_symbol("vargfacenet")
-    arg, aux = random_params(sym, 112)
-    images = np.random.RandomState(4).uniform(0, 255, (4, 3, 112, 112)).astype(np.float32)
-    batched = InferenceRunner(sym, arg, aux, ctx="cpu", batch_size=4).forward(images)
+    sym = get_symbol(preset)
+    size = input_size_of(sym)
+    arg, aux = random_params(sym, size)
+    images = np.random.RandomState(4).uniform(0, 255, (2, 3, size, size)).astype(np.float32)
+    batched = InferenceRunner(sym, arg, aux, ctx="cpu", batch_size=2).forward(images)
     single = InferenceRunner(sym, arg, aux, ctx="cpu", batch_size=1)
     assert single.batch_size == 1
-    for _ in range(5):
+    for _ in range(2):
         for image, expected in zip(images, batched):
             assert relative_error(single.forward(image[None])[0], expected) <= TOLERANCE

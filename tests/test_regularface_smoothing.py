@@ -88,7 +88,6 @@ def test_regularface_never_forms_a_classes_by_classes_matrix(monkeypatch):
     """Large C: the cosines are formed a block of rows at a time within the byte budget, never C x C."""
     count, budget = 1000, 4 * 1000 * 64  # 64 rows of cosines per block
     monkeypatch.setattr(regularface, "BLOCK_BYTES", budget)
-    monkeypatch.setattr(regularface, "block_rows", lambda n, budget=budget: max(1, budget // (4 * n)))
     shapes, real_dot = [], mx.nd.dot
     monkeypatch.setattr(mx.nd, "dot", lambda *a, **k: shapes.append(real_dot(*a, **k).shape) or real_dot(*a, **k))
     weight = np.random.RandomState(1).randn(count, 16)

@@ -18,9 +18,10 @@ TINY = 1e-24
 OP_TYPE = "vargface_regularface"
 
 
-def block_rows(num_rows, budget=BLOCK_BYTES):
-    """Rows per block so that one block's cosines to all ``num_rows`` centres fit in ``budget`` bytes (at least 1)."""
-    return max(1, budget // (4 * max(1, num_rows)))
+def block_rows(num_rows, budget=None):
+    """Rows per block so that one block's cosines to all ``num_rows`` centres fit in ``budget`` bytes (default:
+    `BLOCK_BYTES`, read when called), at least 1."""
+    return max(1, (BLOCK_BYTES if budget is None else budget) // (4 * max(1, num_rows)))
 
 
 def nearest_others(unit, rows_per_block=None):
