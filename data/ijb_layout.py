@@ -32,3 +32,21 @@ class Layout:
         """Gallery 1 or 2 (G1/G2; S1/S2 for IJB-B), under ``spelling`` or the target's own."""
         spelling = spelling or GALLERY_SPELLINGS[self.target][index - 1]
         return os.path.join(self.meta, f"{self.target.lower()}_1N_gallery_{spelling}.csv")
+
+    @property
+    def galleries(self):
+        """{'G1': path, 'G2': path} of the 1:N gallery files present, under the target's own spelling or else the
+        other target's."""
+        found = {}
+        for index in (1, 2):
+            own = GALLERY_SPELLINGS[self.target][index - 1]
+            spellings = [own] + [s[index - 1] for s in GALLERY_SPELLINGS.values() if s[index - 1] != own]
+            paths = [self.gallery(index, s) for s in spellings if os.path.isfile(self.gallery(index, s))]
+            if paths:
+                found[f"G{index}"] = paths[0]
+        return found
+
+    @property
+    def has_1n(self):
+        """Whether the 1:N files are there: both galleries and the probes."""
+        return len(self.galleries) == 2 and os.path.isfile(self.probes)

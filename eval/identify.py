@@ -19,14 +19,10 @@ SIZES = tuple(10 ** k for k in range(1, 7))
 
 
 def read_names(path, option):
-    """The image names of a list file, one per feature row (blank lines ignored)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise VargfaceError(f"{option} {path}: cannot read it ({getattr(error, 'strerror', None) or error})") \
-            from None
-    return names
+    """The image names of a list file, one per feature row (blank lines ignored; an empty list is allowed)."""
+    from vargface.eval.lfr import read_list
+
+    return read_list(path, option, empty=True)
 
 
 def read_noise(paths):
@@ -52,14 +48,10 @@ def identities_of(names):
 
 
 def _unit_rows(rows, numbers, what):
-    """L2-normalised float32 copy; ``numbers`` are the rows' numbers in their file, for the error."""
-    rows = np.array(rows, dtype=np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
-    if bad.size:
-        raise VargfaceError(f"{what}: row {int(numbers[bad[0]])} is zero or not finite")
-    rows /= norms
-    return rows
+    """An L2-normalised float32 copy (a memory-mapped input is read-only)."""
+    from vargface.eval.tar_at_far import unit_rows
+
+    return unit_rows(np.array(rows, dtype=np.float32), numbers, what)
 
 
 def _trials(labels):

@@ -33,20 +33,13 @@ CACHE_FORMAT = 1
 
 
 def open_layout(root, target):
-    """The target's files (vargface.data.ijb_layout) with ``galleries``: {'G1': path, 'G2': path} of the 1:N
-    gallery files found (either spelling), and ``has_1n``."""
+    """The target's files (vargface.data.ijb_layout), refused when its folders are not there."""
     from vargface.data.ijb_layout import Layout
 
     found = Layout(root, target)
     if not os.path.isdir(found.crops) or not os.path.isdir(found.meta):
         raise VargfaceError(f"--root {found.root}: expected InsightFace's IJB layout, the folders loose_crop/ and "
                             f"meta/ (e.g. IJB_release/{found.target})")
-    found.galleries = {}
-    for index, name in ((1, "G1"), (2, "G2")):
-        paths = [found.gallery(index, s) for s in (f"G{index}", f"S{index}") if os.path.isfile(found.gallery(index, s))]
-        if paths:
-            found.galleries[name] = paths[0]
-    found.has_1n = len(found.galleries) == 2 and os.path.isfile(found.probes)
     return found
 
 
@@ -472,10 +465,11 @@ def evaluate(embedder, root, target, out, mode, workers=None, overwrite=False, p
     template_ids = np.unique(images.templates)
     first, second, genuine = read_pairs(files, template_ids)
     searches = {}
-    if files.has_1n:
+    galleries = files.galleries if files.has_1n else {}
+    if galleries:
         probes = read_subjects(files.probes, template_ids, files.templates)
         searches = {name: read_subjects(path, template_ids, files.templates, one_per_subject=True)
-                    for name, path in sorted(files.galleries.items())}
+                    for name, path in sorted(galleries.items())}
     raw = crop_features(embedder, images, out, workers=workers, overwrite=overwrite, progress=progress)
     ids, feats = template_features(raw, images.faceness, images.templates, images.medias, mode)
     scores = pair_scores(feats, first, second)

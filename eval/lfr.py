@@ -54,15 +54,17 @@ def read_features(path, mmap=False):
     return np.fromfile(path, dtype=ROW, offset=HEADER_BYTES).reshape(rows, cols).astype(np.float32)
 
 
-def read_list(list_file):
-    """Image paths of a test list, one per line (blank lines ignored), in order."""
+def read_list(list_file, option="--list", empty=False):
+    """Image paths (or names) of a list file, one per line (blank lines ignored), in order; an empty list is
+    refused unless ``empty``. Errors name the ``option`` that gave the file."""
     try:
         with open(list_file, encoding="utf-8") as handle:
             paths = [line.strip() for line in handle if line.strip()]
-    except OSError as error:
-        raise VargfaceError(f"--list {list_file}: cannot read it ({error.strerror})") from None
-    if not paths:
-        raise VargfaceError(f"--list {list_file}: no image paths in it; expected one path per line")
+    except (OSError, UnicodeDecodeError) as error:
+        raise VargfaceError(f"{option} {list_file}: cannot read it ({getattr(error, 'strerror', None) or error})") \
+            from None
+    if not paths and not empty:
+        raise VargfaceError(f"{option} {list_file}: no image paths in it; expected one path per line")
     return paths
 
 

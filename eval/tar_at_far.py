@@ -123,13 +123,14 @@ def tar_at_far_nearest(scores, issame, fars):
     return results
 
 
-def _normalise(features, rows):
-    """Unit rows, in place when ``features`` is already a float32 copy; ``rows`` maps back to input rows."""
+def unit_rows(features, rows, what="features"):
+    """Unit rows, in place when ``features`` is already a float32 copy; ``rows`` maps back to the rows of the input
+    ``what`` (named in the error about a row that is zero or not finite)."""
     features = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     bad = np.flatnonzero((norms[:, 0] == 0) | ~np.isfinite(norms[:, 0]))
     if bad.size:
-        raise VargfaceError(f"features: row {int(rows[bad[0]])} is zero or not finite; cannot normalise it")
+        raise VargfaceError(f"{what}: row {int(rows[bad[0]])} is zero or not finite; cannot normalise it")
     features /= norms
     return features
 
@@ -176,7 +177,7 @@ def tar_at_far(features, labels, fars=None, tile=2048, progress=True):
         raise VargfaceError(f"features have {len(features)} rows but labels have {len(labels)}; "
                             "expected one label per feature row")
     order = np.argsort(labels, kind="stable")
-    x, y = _normalise(features[order], order), labels[order]  # fancy indexing copies: normalise that copy
+    x, y = unit_rows(features[order], order), labels[order]  # fancy indexing copies: normalise that copy
     n = len(y)
     counts = np.unique(y, return_counts=True)[1].astype(np.int64)
     n_pairs = n * (n - 1) // 2
