@@ -103,6 +103,13 @@ def test_recursive_generations_frozen_teacher_and_resume(tmp_path, data_dir, tea
         assert before.keys() == after.keys()
         for name in before:
             assert np.array_equal(before[name], after[name]), name
+    # ... and what its executors compute is still the checkpoint's network
+    from vargface.eval.runner import InferenceRunner
+
+    side = teacher.input_size
+    images = np.random.RandomState(0).uniform(0, 255, (2, 3, side, side)).astype(np.float32)
+    fresh = InferenceRunner(*load_checkpoint(*parse_model_arg(teacher_model)), ctx="cpu", batch_size=2)
+    np.testing.assert_allclose(teacher.runner.forward(images), fresh.forward(images), rtol=1e-5, atol=1e-6)
     assert open(params_file, "rb").read() == file_before
 
     # generation 2 started from generation 1's final weights (and those differ from generation 1's start)
@@ -325,8 +332,8 @@ def teacher_run(tmp_path_factory):
 
 
 def _spy_teacher(monkeypatch):
-    """A fingerprint of the weights the live teacher's executors hold, at every training batch (read once per
-    teacher object: reading them back from the devices is slow)."""
+    """A fingerprint of the weights the live teacher computes with (its runner's copy), at every training batch
+    (taken once per teacher object)."""
     seen, known = [], {}
     original = DistillPlugin.extra_data
 

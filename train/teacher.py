@@ -72,8 +72,8 @@ class Teacher:
         return {tap: [mx.nd.array(out[a:b], ctx=ctx) for a, b, ctx in split] for tap, out in zip(self.taps, outputs)}
 
     def get_params(self):
-        """The teacher's weights as its executors hold them, read back from the devices, so a test can show that
-        training left them unchanged."""
+        """The teacher's weights: the runner's own copy, from which its executors' arrays are derived (what they
+        compute is checked against the checkpoint by forward passes)."""
         return self.runner.get_params()
 
     def describe(self):
