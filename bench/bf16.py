@@ -8,7 +8,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 from vargface.openmp import configure  # noqa: E402
 
@@ -17,6 +16,7 @@ os.environ.update(MXNET_SUBGRAPH_BACKEND="default", MXNET_SUBGRAPH_VERBOSE="0") 
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
+from infer import images_per_second  # noqa: E402  (bench/infer.py: the median pass of a timed run)
 
 
 def executors(sym, arg, aux, batch, size):
@@ -64,12 +64,7 @@ def speed(presets, batch, rounds, seconds):
             forward(images)
         for _ in range(rounds):
             for name, forward in forwards.items():
-                times, start = [], time.perf_counter()
-                while len(times) < 2 or time.perf_counter() - start < seconds:
-                    begin = time.perf_counter()
-                    forward(images)
-                    times.append(time.perf_counter() - begin)
-                rates[name].append(batch / statistics.median(times))
+                rates[name].append(images_per_second(lambda: forward(images), batch, seconds))
         f32, b16 = (statistics.median(rates[k]) for k in ("float32", "bfloat16"))
         print(f"{preset:<24} batch {batch}: float32 {f32:7.1f} img/s  bfloat16 {b16:7.1f} img/s  "
               f"ratio {b16 / f32:.2f}", flush=True)

@@ -21,6 +21,8 @@ from vargface.openmp import configure  # noqa: E402
 configure(one_cpu_device=True)  # as `vargface` itself does on CPU
 import numpy as np  # noqa: E402
 
+from vargface.data.parallel import default_workers  # noqa: E402
+
 GOAL_SECONDS, GOAL_BYTES = 600, 6 * 2 ** 30
 # `vargface ARGS` in a fresh process that prints its own peak resident set (VmHWM, KiB) as its last stderr line;
 # ru_maxrss would also count the benchmark's own memory, which Linux carries over to a child across exec
@@ -131,8 +133,8 @@ def main():
     parser.add_argument("--distractors", type=int, default=1000000, help="(default: %(default)s)")
     parser.add_argument("--probes", type=int, default=3500, help="(default: %(default)s)")
     parser.add_argument("--dim", type=int, default=512, help="identify's feature size (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding threads and rendering "
-                                                                                   "processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="decoding threads and rendering "
+                        "processes (default: the usable cores)")
     parser.add_argument("--work", help="folder for the fixture and features (default: a temporary one, removed)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="vargface-bench-ijb-")
@@ -144,7 +146,7 @@ def main():
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"| measure ({os.cpu_count()} cores) | result |")
+    print(f"| measure ({default_workers()} usable cores) | result |")
     print("|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

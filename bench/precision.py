@@ -72,13 +72,16 @@ def speeds(preset, options, batch, rounds):
 
 def accuracy(dtype, data_dir, prefix, steps, seed):
     """(last logged training loss, held-out accuracy, seconds) of the demo's student trained ``steps`` updates."""
+    from vargface.experiment import PROFILES
     from vargface.train.config import generate_config
     from vargface.train.trainer import fit
 
-    config = generate_config("vargfacenet", data_dir, "arcface", net_multiplier=0.25, emb_size=64, image_size=48,
-                             per_batch_size=32, lr=0.1, lr_schedule="cosine", warmup_steps=20, lr_total_steps=steps,
-                             max_steps=steps, frequent=10, verbose=steps, seed=seed, ctx="cpu", dtype=dtype,
-                             val_targets="heldout", prefix=prefix)
+    demo = PROFILES["demo"]
+    config = generate_config("vargfacenet", data_dir, "arcface", net_multiplier=demo["student_multiplier"],
+                             emb_size=demo["emb_size"], image_size=demo["input_size"],
+                             per_batch_size=demo["per_batch_size"], lr=demo["lr"], lr_schedule="cosine",
+                             warmup_steps=demo["warmup"], lr_total_steps=steps, max_steps=steps, frequent=10,
+                             verbose=steps, seed=seed, ctx="cpu", dtype=dtype, val_targets="heldout", prefix=prefix)
     start = time.perf_counter()
     result = fit(config, log=lambda line: None)
     train = [e for e in result["history"] if e["type"] == "train"]
@@ -104,11 +107,16 @@ def main():
         print(f"  {label}: " + ", ".join(f"{d} {v:.2f} images/s" for d, v in speed.items()), file=sys.stderr)
     results = {dtype: [] for dtype in DTYPES}  # [(loss, accuracy, seconds)] per seed
     if args.steps:
+        from vargface.experiment import PROFILES
+
+        demo = PROFILES["demo"]  # the demo's data set
         with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
             data = os.path.join(tmp, "data")
-            make_synthetic_rec(data, 150, 16, size=48, seed=0, difficulty=0.5, progress=False)
-            make_synthetic_bin(os.path.join(data, "heldout.bin"), 300, 2000, size=48, seed=0, per_identity=8,
-                               difficulty=0.5)
+            make_synthetic_rec(data, demo["identities"], demo["per_identity"], size=demo["input_size"], seed=0,
+                               difficulty=demo["difficulty"], progress=False)
+            make_synthetic_bin(os.path.join(data, "heldout.bin"), demo["heldout_identities"], demo["pairs"],
+                               size=demo["input_size"], seed=0, per_identity=demo["heldout_per_identity"],
+                               difficulty=demo["difficulty"])
             for seed in range(args.seeds):
                 for dtype in DTYPES:
                     run = accuracy(dtype, data, os.path.join(tmp, f"{dtype}-{seed}", "model"), args.steps, seed)
