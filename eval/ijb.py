@@ -11,7 +11,6 @@ a least-squares similarity (Umeyama), ``cv2.warpAffine`` with a black border, BG
 embedded and each output L2-normalised. Those two halves per crop are kept in a feature file beside ``--out``
 (named after the checkpoint's checksum, so another model never reads them), written in order and resumable after
 a kill; the test mode, templates and scores are computed from it (vargface.eval.templates)."""
-import contextlib
 import csv
 import functools
 import hashlib
@@ -315,9 +314,10 @@ class FeatureCache:
     """Per-crop features of one model on one crop list: an LFR2019-format feature file ``path`` (rows in meta
     order, [image, mirror] halves) and ``path.json`` (what they were computed from, rows done).
 
-    Rows are appended to ``path.partial`` a chunk at a time, each chunk synced before ``path.json`` counts it, so a
-    kill loses at most the chunk in flight; a rerun with the same inputs continues at the last counted row. A file
-    made from other inputs is refused unless ``overwrite``."""
+    Rows are written into ``path.partial`` (its room reserved at the start, `vargface.eval.lfr.create_partial`) a
+    chunk at a time, each chunk synced before ``path.json`` counts it, so a kill loses at most the chunk in flight;
+    a rerun with the same inputs continues at the last counted row. A file made from other inputs is refused unless
+    ``overwrite``."""
 
     def __init__(self, path, identity, overwrite=False):
         self.path, self.partial, self.state = path, path + ".partial", path + ".json"
@@ -354,42 +354,37 @@ class FeatureCache:
         return read_features(self.path, mmap=True)
 
     def resume(self):
-        """Rows already computed (0 for a fresh start); the partial file is cut back to exactly those rows."""
-        from vargface.eval.lfr import HEADER_BYTES, ROW, write_header
+        """Rows already computed (0 for a fresh start, which creates the partial file with its room reserved)."""
+        from vargface.eval.lfr import HEADER_BYTES, ROW, create_partial
 
         state = self._recorded() or {}
         done = 0
         if os.path.exists(self.partial) and state.get("identity") == self.identity:
             done = int(state.get("done", 0))
-            if os.path.getsize(self.partial) < HEADER_BYTES + done * self.cols * ROW.itemsize:
-                done = 0  # shorter than recorded: start over
+            if os.path.getsize(self.partial) != HEADER_BYTES + self.rows * self.cols * ROW.itemsize:
+                done = 0  # not the file this run would make: start over
         elif os.path.exists(self.partial) and state and not self.overwrite:
             self._refuse(state)
-        with self._writing():
-            if done == 0:
-                with open(self.partial, "wb") as handle:
-                    write_header(handle, self.rows, self.cols)
-            else:
-                with open(self.partial, "r+b") as handle:
-                    handle.truncate(HEADER_BYTES + done * self.cols * ROW.itemsize)
-            self._record(done)
+        if done == 0:
+            create_partial(self.partial, self.rows, self.cols)
+            self._record(0)
         return done
 
     def append(self, block, done):
-        """Add rows after the first ``done``; returns the new count."""
-        from vargface.eval.lfr import ROW
+        """Write rows after the first ``done``; returns the new count."""
+        from vargface.atomic import write_errors
+        from vargface.eval.lfr import write_rows
 
-        with self._writing(), open(self.partial, "ab") as handle:
-            handle.write(np.ascontiguousarray(block, dtype=ROW).tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._record(done + len(block))
-        return done + len(block)
+        with write_errors(self.partial), open(self.partial, "r+b") as handle:
+            done = write_rows(handle, block, done, self.cols)
+        self._record(done)
+        return done
 
     def finish(self):
+        from vargface.atomic import write_errors
         from vargface.eval.lfr import read_features
 
-        with self._writing():
+        with write_errors(self.partial):
             os.replace(self.partial, self.path)
         return read_features(self.path, mmap=True)
 
@@ -398,15 +393,6 @@ class FeatureCache:
 
         with atomic_path(self.state) as tmp, open(tmp, "w", encoding="utf-8") as handle:
             json.dump({"identity": self.identity, "done": done}, handle, indent=1)
-
-    @contextlib.contextmanager
-    def _writing(self):
-        from vargface.atomic import os_error_text
-
-        try:
-            yield
-        except OSError as error:
-            raise VargfaceError(f"cannot write {self.partial}: {os_error_text(error)}") from None
 
 
 def cache_path(out, checksum):

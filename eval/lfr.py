@@ -99,6 +99,30 @@ def _resume_point(partial, sidecar, identity, size):
     return int(state.get("done", 0))
 
 
+def create_partial(partial, rows, cols):
+    """A new partial feature file: its header, and the room for every row reserved now, so that a full disk is
+    reported before any work, not hours into it."""
+    from vargface.atomic import reserve_space, write_errors
+
+    with write_errors(partial), open(partial, "wb") as handle:
+        write_header(handle, rows, cols)
+    try:
+        reserve_space(partial, HEADER_BYTES + rows * cols * ROW.itemsize)
+    except VargfaceError:
+        os.remove(partial)
+        raise
+
+
+def write_rows(handle, block, first, cols):
+    """Write the rows ``block`` from row ``first`` of the feature file open as ``handle``, on disk before this
+    returns (so a sidecar may count them); returns the row after them. Plain writes, not a memory map: a failed
+    write is an error, never a SIGBUS."""
+    block = np.ascontiguousarray(block, ROW)
+    os.pwrite(handle.fileno(), block.tobytes(), HEADER_BYTES + first * cols * ROW.itemsize)
+    os.fdatasync(handle.fileno())
+    return first + len(block)
+
+
 def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     """Embed every image of ``list_file`` (paths relative to ``root``) into the LFR2019 file ``out``, resumably.
 
@@ -107,7 +131,7 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     images (default: eight batches), each decoded in threads while the block before it is embedded. Returns the
     number of rows computed in this run."""
     from vargface.options import progress_bar
-    from vargface.atomic import atomic_path, move_into_place, reserve_space, write_errors
+    from vargface.atomic import atomic_path, move_into_place, write_errors
 
     paths = read_list(list_file)
     out = os.fspath(out)
@@ -119,23 +143,14 @@ def extract_features(embedder, list_file, root, out, chunk=None, progress=True):
     size = HEADER_BYTES + rows * cols * ROW.itemsize
     done = _resume_point(partial, sidecar, identity, size)
     if done == 0:
-        with write_errors(partial), open(partial, "wb") as handle:
-            write_header(handle, rows, cols)
-        try:
-            reserve_space(partial, size)  # the whole file now: a full disk is reported before any work
-        except VargfaceError:
-            os.remove(partial)
-            raise
+        create_partial(partial, rows, cols)
     bar = progress_bar(total=rows, initial=done, unit="img", desc="lfr features", enabled=progress)
     start = done
     # one stream of blocks: the images of the next block decode in threads while this one is embedded and written
     blocks = embedder.embed_stream([os.path.join(root, name) for name in paths[done:]], step=chunk)
     with write_errors(partial), open(partial, "r+b") as handle:
-        for block in blocks:  # plain writes, not a memory map: a failed write is an error, never a SIGBUS
-            block = np.ascontiguousarray(block, ROW)
-            os.pwrite(handle.fileno(), block.tobytes(), HEADER_BYTES + done * cols * ROW.itemsize)
-            os.fdatasync(handle.fileno())  # the rows are on disk before the sidecar counts them
-            done += len(block)
+        for block in blocks:
+            done = write_rows(handle, block, done, cols)
             with atomic_path(sidecar) as tmp, open(tmp, "w", encoding="utf-8") as state:
                 json.dump({**identity, "done": done}, state)
             bar.update(len(block))
