@@ -10,14 +10,16 @@ def figure(columns=1):
     return plt.subplots(1, columns, figsize=(6 * columns, 4.5), squeeze=False)
 
 
-def save_figure(fig, path, option):
-    """Write ``fig`` as PNG to ``path`` atomically; a failure names the option and says the results stand."""
+def save_figure(fig, path, option, layout=True):
+    """Write ``fig`` as PNG to ``path`` atomically (``layout``: tight, else as its maker laid it out); a failure
+    names the option and says the results stand."""
     import matplotlib.pyplot as plt
 
     from vargface.atomic import atomic_path
     from vargface.errors import VargfaceError
 
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=120)

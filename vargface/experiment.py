@@ -671,16 +671,9 @@ def _write_not_measured(ax, text):
 
 def draw_chart(report, path, title):
     """`chart_figure` written atomically to ``path`` as PNG."""
-    import matplotlib.pyplot as plt
+    from vargface.eval.plots import save_figure
 
-    from vargface.atomic import atomic_path
-
-    fig = chart_figure(report, title)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(chart_figure(report, title), path, "the chart", layout=False)
 
 
 def draw_sweep(report, path, title):
@@ -691,7 +684,7 @@ def draw_sweep(report, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vargface.atomic import atomic_path
+    from vargface.eval.plots import save_figure
 
     parts = report["budgets"]
     budgets = np.array([part["budget"] for part in parts], np.float64)
@@ -718,6 +711,4 @@ def draw_sweep(report, path, title):
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=min(3, len(titles)), fontsize=8)
     fig.suptitle(f"{title}: each gain against the budget N, over {len(report['seeds'])} seed(s)")
     fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(titles) - 1) // 3), 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, "the chart", layout=False)
