@@ -22,7 +22,7 @@ demo: install
 
 # what distillation does: three seeds, equal budgets, the ablations, paired 95% intervals (about 20 minutes on 2 cores)
 experiment: install
-	$(VENV)/bin/vargface experiment distill --variants alpha1,alpha20,kd_only,shrink,intermediate --out experiment_out
+	$(VENV)/bin/vargface experiment distill --variants distillation --out experiment_out
 
 # the gains against the training budget, RegularFace and label smoothing included (about 1.5 hours on 2 cores)
 sweep: install

@@ -221,3 +221,14 @@ def test_the_chart_writes_na_for_a_far_the_set_cannot_measure_and_zooms_the_accu
     column = metric_keys().index("tar@1e-05") + 1  # after the title (and, for models, params, FLOPs, updates)
     assert [row[column + 3] for row in rows[2:5]] == ["n/a"] * 3 and rows[-1][column] == "n/a"
     assert "n/a" not in " ".join(rows[2][:column + 3] + rows[2][column + 4:])
+
+
+def test_variant_groups_name_every_variant_of_their_kind(run_cli, tmp_path):
+    """'distillation': every variant compared with generation 1 (a change of the distillation), none other."""
+    from vargface.experiment import VARIANTS
+
+    code, out, err = run_cli("experiment", "distill", "--quick", "--dry-run", "--variants", "distillation", "--out",
+                             tmp_path / "x")
+    assert code == 0, err
+    for name, variant in VARIANTS.items():
+        assert (f"variant {variant.title} (" in out) == (variant.baseline == "gen1"), name

@@ -124,7 +124,7 @@ def register(subparsers):
                    "or with the student from scratch: " + "; ".join(f"{name} ({v.title}, vs "
                                                                    f"{BASELINE_TITLES[v.baseline]})"
                                                                    for name, v in VARIANTS.items())
-                   + " (default: none; 'all' for every one)")
+                   + " (default: none; 'all' for every one, 'distillation' for the changes of the distillation)")
     p.add_argument("--budgets", default=None, metavar="N,N,...", help="repeat every student run and comparison at "
                    "each of these numbers N of student updates per round (instead of --student-steps), under one "
                    f"teacher trained {TEACHER_PER_BUDGET} x the largest N unless --teacher-steps is given; the report "
@@ -148,7 +148,8 @@ def settings_from_args(args, profile):
                 raise VargfaceError(f"--{name.replace('_', '-')}: must be >= 1 (got {value})")
             settings[name] = value
     if getattr(args, "variants", None) is not None:
-        chosen = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
+        groups = {"all": list(VARIANTS), "distillation": [n for n, v in VARIANTS.items() if v.baseline == "gen1"]}
+        chosen = groups.get(args.variants) or [v for v in args.variants.split(",") if v]
         unknown = [v for v in chosen if v not in VARIANTS]
         if unknown:
             raise VargfaceError(f"--variants: unknown {unknown[0]!r}; choose from {', '.join(VARIANTS)}")

@@ -181,6 +181,7 @@ class Recipe:
         learning rates were tuned for that batch."""
         from vargface.context import device_specs
         from vargface.train.config import read_config_file
+        from vargface.train.schema import BY_NAME
 
         devices, notes = len(device_specs(self.args.ctx)), []
         for name, flags in self.trained.items():
@@ -188,7 +189,7 @@ class Recipe:
             if not os.path.isfile(path) or "--per-batch-size" in flags:
                 continue
             settings = read_config_file(path)
-            tuned, per = len(device_specs(settings.get("ctx", "cpu"))), int(settings.get("per_batch_size", 128))
+            tuned, per = len(device_specs(settings.get("ctx", "cpu"))), int(settings.get("per_batch_size", BY_NAME["per_batch_size"].default))
             if tuned != devices:
                 notes.append(f"note: {self.config(name)} is tuned for a global batch of {per * tuned} ({per} x "
                              f"{tuned} devices); --ctx gives {devices}, a global batch of {per * devices} at the same "
