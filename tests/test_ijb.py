@@ -322,3 +322,26 @@ def test_pair_scores_equal_the_rowwise_dot_products_in_every_grouping(block):
     first, second = rng.randint(0, 60, 100), rng.randint(0, 60, 100)
     expected = np.einsum("ij,ij->i", feats[first], feats[second])
     np.testing.assert_allclose(pair_scores(feats, first, second, block=block), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", __import__("vargface.symbols", fromlist=["presets"]).presets())
+def test_crop_features_are_the_faithful_network_on_the_crop_and_its_mirror_for_every_preset(preset):
+    """IJB's per-crop features on every network: [unit(net(crop)), unit(net(mirror))] of the faithful graph, the
+    crop resized by the runner's rule where the network's side is not the 112 of the aligned crops."""
+    from test_inference_graph import faithful_outputs, realistic_params, relative_error
+
+    from vargface.eval.images import to_input
+    from vargface.eval.runner import InferenceRunner
+    from vargface.symbols import get_symbol
+    from vargface.symbols.checkpoint import input_size_of
+
+    sym = get_symbol(preset)
+    size = input_size_of(sym)
+    arg, aux = realistic_params(sym, size)  # outputs of a trained network's size, far above the norm's 1e-10
+    crops = np.random.RandomState(7).randint(0, 256, (2, ijb.ALIGNED_SIDE, ijb.ALIGNED_SIDE, 3), dtype=np.uint8)
+    got = ijb.embed_crops(InferenceRunner(sym, arg, aux, ctx="cpu", batch_size=2), crops)
+    x = to_input(crops, size)
+    halves = [faithful_outputs(sym, arg, aux, images)[0] for images in (x, np.ascontiguousarray(x[:, :, :, ::-1]))]
+    expected = np.concatenate([h / np.sqrt((h * h).sum(axis=1, keepdims=True) + 1e-10) for h in halves], 1)
+    assert got.shape == expected.shape == (2, 2 * halves[0].shape[1])
+    assert relative_error(got, expected) <= 1e-4
