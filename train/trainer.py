@@ -481,6 +481,9 @@ class _Run:
                         if c.dtype != FLOAT32 else None, schedule)
 
     def save_state(self, state):
+        scale = self.step.scale
+        if scale is not None:  # mixed precision: the loss scale reached, for a resume or a rollback
+            state.loss_scale, state.loss_scale_clean = scale.scale, scale.clean
         arg, aux = current_params(self.module)
         info = dict(state.info(), network=self.config.network, seed=int(self.config.seed),
                     num_classes=int(self.config.num_classes), run=self.record_of_run,
@@ -696,7 +699,6 @@ def _overflowed(run, state, where, history):
     if not scale.overflowed():
         raise NanLoss("gradient", "non-finite", *where)
     run.step.set_scale()
-    state.loss_scale, state.loss_scale_clean = scale.scale, scale.clean
     run.say(f"the gradients of update {where[2] + 1} overflowed at loss scale {before:g}: batch skipped, loss scale "
             f"now {scale.scale:g}")
     run.record({"type": "overflow", "step": state.num_update, "epoch": where[0], "batch": where[1],
@@ -711,7 +713,6 @@ def _count_clean_update(run, state):
     if scale.updated():
         run.step.set_scale()
         run.say(f"update {state.num_update}: loss scale raised to {scale.scale:g}")
-    state.loss_scale, state.loss_scale_clean = scale.scale, scale.clean
 
 
 def _speedometer(run, state, window, tic, history):
